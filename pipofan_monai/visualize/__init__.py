@@ -8,3 +8,26 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+
+"""Pictures: segmentation overlays, training curves and cross-validation charts (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pipofan_monai.visualize.curves import crossval_table, load_metrics_rows, plot_crossval, plot_training_curves
+from pipofan_monai.visualize.overlay import (
+    DEFAULT_COLORS,
+    save_overlay_png,
+    to_radiological_axial,
+    to_radiological_coronal,
+)
+
+__all__ = [
+    "DEFAULT_COLORS",
+    "crossval_table",
+    "load_metrics_rows",
+    "plot_crossval",
+    "plot_training_curves",
+    "save_overlay_png",
+    "to_radiological_axial",
+    "to_radiological_coronal",
+]

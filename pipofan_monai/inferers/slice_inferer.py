@@ -1,0 +1,326 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""2.5D sliding-slice inference: every axial slice of a volume is segmented by a 2D network that sees the
+slice and its neighbours stacked as channels (PIPOFAN.md §5)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data.meta_tensor import MetaTensor
+from monai.inferers import Inferer, sliding_window_inference
+from monai.utils import BlendMode, PytorchPadMode, convert_to_dst_type, look_up_option, optional_import
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["SlidingSliceInferer", "make_slab_indices"]
+
+
+def make_slab_indices(start: int, stop: int, depth: int, context: int = 1, device: torch.device | str | None = None):
+    """Slice indices of the slabs centred on slices ``start .. stop - 1`` of a volume with ``depth`` slices.
+
+    Row ``i`` holds ``z - context, ..., z, ..., z + context`` for ``z = start + i``, clamped to ``[0, depth - 1]``
+    (replicated edges): with ``context=1``, slice 0 uses ``(0, 0, 1)`` and slice ``depth - 1`` uses
+    ``(depth - 2, depth - 1, depth - 1)``; a single-slice volume uses ``(0, 0, 0)``.
+
+    Args:
+        start: first centre slice (inclusive).
+        stop: last centre slice (exclusive).
+        depth: number of slices of the volume (>= 1).
+        context: number of neighbours on each side (>= 0); the slab has ``2 * context + 1`` slices.
+        device: device of the returned tensor.
+
+    Returns:
+        ``(stop - start, 2 * context + 1)`` int64 tensor.
+
+    Raises:
+        ValueError: when ``depth < 1``, ``context < 0`` or the range is not inside ``[0, depth]``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}.")
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}.")
+    if not 0 <= start < stop <= depth:
+        raise ValueError(f"need 0 <= start < stop <= depth, got start={start}, stop={stop}, depth={depth}.")
+    centres = torch.arange(start, stop, device=device)
+    offsets = torch.arange(-context, context + 1, device=device)
+    return (centres[:, None] + offsets[None, :]).clamp_(0, depth - 1)
+
+
+class SlidingSliceInferer(Inferer):
+    """2.5D inference over a volume with a 2D network taking ``2 * context + 1`` adjacent slices as channels.
+
+    The axial (slice) axis is the LAST spatial axis, as after ``Orientationd(axcodes="RAS")``. For every slice
+    ``z`` the network receives slices ``z - context .. z + context`` stacked as channels (edges replicated, so
+    every slice, including the first and the last, is segmented, even when the volume has 1 or 2 slices) and its
+    output for that slab becomes slice ``z`` of the result. ``sw_batch_size`` slabs go through the network in one
+    forward pass; slabs are built chunk by chunk from the volume, so at most ``sw_batch_size`` slabs exist at a
+    time on ``sw_device`` (memory stays bounded for volumes with 1000 slices); only the output volume is
+    accumulated, on ``device``.
+
+    In-plane, the network sees either the whole slice (``roi_size=None``, the default) or overlapping
+    windows blended by :py:func:`monai.inferers.sliding_window_inference` (``roi_size=(224, 224)``,
+    ``overlap=0.5``, ``mode="constant"`` is the authors' choice: 224² windows with stride 112 whose
+    probabilities are averaged -- note that averaging happens on the network output, i.e. on logits unless
+    ``output_activation="softmax"``, which then averages probabilities as the authors did).
+
+    Whole-slice mode and size constraints: the network needs ``H`` and ``W`` divisible by ``pad_divisor``
+    (16 for PIPO-FAN). Slices that are not are padded at the high end (bottom/right) to the next multiple with
+    ``padding_mode`` (``"replicate"`` by default, or ``"constant"`` with ``cval``, ``"reflect"``, ...) and the
+    output is cropped back to ``H x W``, so the output always has the input's in-plane size. In window mode the
+    windows (``roi_size``) must themselves be divisible by ``pad_divisor``; slices smaller than a window are
+    padded by ``sliding_window_inference`` (``padding_mode``/``cval``) and cropped back.
+
+    Devices follow :py:class:`monai.inferers.SlidingWindowInferer`: ``sw_device`` is where the slabs are built
+    and the network runs, ``device`` is where the output volume is stored. For example ``sw_device="cuda"``,
+    ``device="cpu"`` computes on the GPU and keeps a long volume's output in host memory. ``sw_device=None``
+    uses the device of the network's first parameter (or the input's device for a parameter-free callable);
+    ``device=None`` uses the input's device.
+
+    Args:
+        context: neighbours on each side of the centre slice (1 -> 3 channels, the PIPO-FAN default).
+        sw_batch_size: number of slabs (whole-slice mode) or windows (window mode) per forward pass; also
+            the number of slices built per chunk. Default 64.
+        roi_size: ``None`` for whole slices, or the in-plane window size ``(h, w)`` (an int means square).
+        overlap: window overlap in ``[0, 1)`` (window mode only). Default 0.5.
+        mode: window blending, ``"constant"`` or ``"gaussian"`` (window mode only). Default ``"constant"``.
+        sigma_scale: gaussian blending sigma (window mode with ``mode="gaussian"``).
+        padding_mode: how slices are padded (whole-slice mode: to a multiple of ``pad_divisor``; window mode: up
+            to ``roi_size``): one of ``"replicate"``, ``"constant"``, ``"reflect"``, ``"circular"``.
+        cval: fill value for ``padding_mode="constant"``.
+        pad_divisor: required divisor of the network's in-plane input size (16 for PIPO-FAN; 1 disables).
+        output_activation: ``None`` (return the network's logits) or ``"softmax"`` (softmax over channels,
+            computed in float32 before blending/storing).
+        sw_device: device for the slabs and the network (see above).
+        device: device for the output volume (see above).
+        amp: run the network under ``torch.autocast``. On CUDA the dtype is ``amp_dtype`` or, when ``None``,
+            bfloat16 where the GPU supports it else float16. On the CPU autocast is only used when ``amp_dtype`` is
+            given explicitly (otherwise ``amp`` is a no-op there). Outputs are stored as float32.
+        amp_dtype: autocast dtype (``torch.bfloat16``, ``torch.float16``, or their names).
+        channels_last: give the network its input in ``torch.channels_last`` memory format (convert the network
+            too, ``network.to(memory_format=torch.channels_last)``, to benefit).
+        progress: show a tqdm progress bar over chunks (needs ``tqdm``).
+
+    Example::
+
+        inferer = SlidingSliceInferer(sw_batch_size=32, sw_device="cuda", device="cpu", amp=True)
+        with torch.no_grad():
+            logits = inferer(volume, net.eval())  # (B, 1, H, W, D) -> (B, K, H, W, D)
+    """
+
+    def __init__(
+        self,
+        context: int = 1,
+        sw_batch_size: int = 64,
+        roi_size: Sequence[int] | int | None = None,
+        overlap: float = 0.5,
+        mode: BlendMode | str = BlendMode.CONSTANT,
+        sigma_scale: float = 0.125,
+        padding_mode: PytorchPadMode | str = PytorchPadMode.REPLICATE,
+        cval: float = 0.0,
+        pad_divisor: int = 16,
+        output_activation: str | None = None,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype | str | None = None,
+        channels_last: bool = False,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if int(context) < 0:
+            raise ValueError(f"context must be >= 0, got {context}.")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        if int(pad_divisor) < 1:
+            raise ValueError(f"pad_divisor must be >= 1, got {pad_divisor}.")
+        self.context = int(context)
+        self.sw_batch_size = int(sw_batch_size)
+        self.pad_divisor = int(pad_divisor)
+        if roi_size is not None:
+            if isinstance(roi_size, (int, float)):
+                roi = (int(roi_size), int(roi_size))
+            else:
+                roi = tuple(int(r) for r in roi_size)
+            if len(roi) != 2 or any(r < 1 for r in roi):
+                raise ValueError(f"roi_size must be None or two positive in-plane sizes, got {roi_size}.")
+            if any(r % self.pad_divisor for r in roi):
+                raise ValueError(f"roi_size {roi} must be divisible by pad_divisor={self.pad_divisor}.")
+            roi_size = roi
+        self.roi_size = roi_size
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        self.overlap = float(overlap)
+        self.mode = look_up_option(mode, BlendMode)
+        self.sigma_scale = sigma_scale
+        self.padding_mode = look_up_option(padding_mode, PytorchPadMode)
+        self.cval = float(cval)
+        if output_activation is not None and str(output_activation).lower() not in ("softmax", "none"):
+            raise ValueError(f"output_activation must be None or 'softmax', got {output_activation!r}.")
+        no_act = output_activation is None or str(output_activation).lower() == "none"
+        self.output_activation = None if no_act else "softmax"
+        self.sw_device = sw_device
+        self.device = device
+        self.amp = bool(amp)
+        if isinstance(amp_dtype, str):
+            if not hasattr(torch, amp_dtype) or not isinstance(getattr(torch, amp_dtype), torch.dtype):
+                raise ValueError(f"amp_dtype must be a torch dtype name such as 'bfloat16', got {amp_dtype!r}.")
+            amp_dtype = getattr(torch, amp_dtype)
+        self.amp_dtype = amp_dtype
+        self.channels_last = bool(channels_last)
+        self.progress = bool(progress)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_inputs(inputs: torch.Tensor) -> None:
+        if not isinstance(inputs, torch.Tensor):
+            raise ValueError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}.")
+        if inputs.ndim != 5:
+            raise ValueError(
+                f"inputs must be a 5D volume (B, 1, H, W, D) with the axial axis last, got shape {tuple(inputs.shape)}."
+            )
+        if inputs.shape[1] != 1:
+            raise ValueError(f"inputs must have 1 channel (B, 1, H, W, D), got {inputs.shape[1]} channels.")
+        if min(inputs.shape) < 1:
+            raise ValueError(f"inputs has an empty dimension: shape {tuple(inputs.shape)}.")
+        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            n_nan = int(torch.isnan(inputs).sum())
+            raise ValueError(f"inputs contains non-finite values ({n_nan} NaN, the rest +-inf): clean the image first.")
+
+    def _resolve_sw_device(self, inputs: torch.Tensor, network: Callable) -> torch.device:
+        if self.sw_device is not None:
+            return torch.device(self.sw_device)
+        if isinstance(network, torch.nn.Module):
+            param = next(iter(network.parameters()), None)
+            if param is not None:
+                return param.device
+        return inputs.device
+
+    def _autocast(self, device: torch.device):
+        if not self.amp:
+            return nullcontext()
+        if device.type == "cuda":
+            dtype = self.amp_dtype
+            if dtype is None:
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        if self.amp_dtype is not None:
+            return torch.autocast(device.type, dtype=self.amp_dtype)
+        return nullcontext()
+
+    def _pad_amount(self, size: int) -> int:
+        return (-size) % self.pad_divisor
+
+    def _run_network(self, slabs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """(n, C, h, w) slabs -> (n, K, h, w) float32 output (activation applied)."""
+        if self.channels_last:
+            slabs = slabs.contiguous(memory_format=torch.channels_last)
+        with self._autocast(slabs.device):
+            out = network(slabs, *args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                f"the network must return ONE tensor (N, K, H, W), got {type(out).__name__}: put a deep-supervision "
+                "network in eval mode (network.eval()) before inference."
+            )
+        if out.ndim != 4 or out.shape[0] != slabs.shape[0] or tuple(out.shape[2:]) != tuple(slabs.shape[2:]):
+            raise ValueError(
+                f"the network mapped slabs of shape {tuple(slabs.shape)} to {tuple(out.shape)}; expected "
+                f"({slabs.shape[0]}, K, {slabs.shape[2]}, {slabs.shape[3]})."
+            )
+        out = out.float()
+        if self.output_activation == "softmax":
+            out = torch.softmax(out, dim=1)
+        return out
+
+    def _segment_slabs(self, slabs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """(n, C, H, W) slabs on sw_device -> (n, K, H, W) float32 on sw_device."""
+        h, w = slabs.shape[-2:]
+        if self.roi_size is not None:
+            out = sliding_window_inference(
+                slabs,
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=lambda x: self._run_network(x, network, *args, **kwargs),
+                overlap=self.overlap,
+                mode=self.mode,
+                sigma_scale=self.sigma_scale,
+                padding_mode=self.padding_mode,
+                cval=self.cval,
+                sw_device=slabs.device,
+                device=slabs.device,
+            )
+            return torch.as_tensor(out)
+        ph, pw = self._pad_amount(h), self._pad_amount(w)
+        if ph or pw:
+            pad_mode = "constant" if self.padding_mode == PytorchPadMode.CONSTANT else str(self.padding_mode.value)
+            if pad_mode == "reflect" and (ph >= h or pw >= w):
+                raise ValueError(f"padding_mode='reflect' cannot pad a {h}x{w} slice by ({ph}, {pw}); use 'replicate'.")
+            value = self.cval if pad_mode == "constant" else None
+            slabs = F.pad(slabs, (0, pw, 0, ph), mode=pad_mode, value=value)
+        out = self._run_network(slabs, network, *args, **kwargs)
+        return out[..., :h, :w]
+
+    # ------------------------------------------------------------------ main
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        """Segment every axial slice of ``inputs``.
+
+        Args:
+            inputs: ``(B, 1, H, W, D)`` volume (tensor or MetaTensor), axial axis last, ``D >= 1``; finite values.
+            network: callable mapping ``(N, 2 * context + 1, h, w)`` to ``(N, K, h, w)`` (one tensor; ``h``, ``w``
+                are multiples of ``pad_divisor`` in whole-slice mode, ``roi_size`` in window mode).
+            args: extra positional arguments passed to ``network``.
+            kwargs: extra keyword arguments passed to ``network``.
+
+        Returns:
+            ``(B, K, H, W, D)`` float32 logits (or probabilities with ``output_activation="softmax"``) on ``device``;
+            a MetaTensor carrying the input's metadata when ``inputs`` is a MetaTensor.
+
+        Raises:
+            ValueError: wrong input shape (not 5D, channel count != 1), non-finite values, or a network output of
+                the wrong type or shape.
+        """
+        self._check_inputs(inputs)
+        temp_meta = MetaTensor([]).copy_meta_from(inputs, copy_attr=False) if isinstance(inputs, MetaTensor) else None
+        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        batch, _, height, width, depth = volume.shape
+        sw_device = self._resolve_sw_device(volume, network)
+        out_device = torch.device(self.device) if self.device is not None else volume.device
+
+        n_chunks = math.ceil(depth / self.sw_batch_size)
+        bar = None
+        if self.progress and has_tqdm:
+            bar = tqdm(total=batch * n_chunks, desc="slices", unit="chunk")
+        output: torch.Tensor | None = None
+        for b in range(batch):
+            vol_b = volume[b, 0]  # (H, W, D), stays on its device
+            for start in range(0, depth, self.sw_batch_size):
+                stop = min(start + self.sw_batch_size, depth)
+                idx = make_slab_indices(start, stop, depth, self.context, device=vol_b.device)
+                # (H, W, n, C) -> (n, C, H, W); only this chunk is materialised
+                slabs = vol_b[:, :, idx].permute(2, 3, 0, 1).to(device=sw_device, dtype=torch.float32)
+                seg = self._segment_slabs(slabs, network, *args, **kwargs)
+                if output is None:
+                    output = torch.empty(
+                        (batch, seg.shape[1], height, width, depth), dtype=torch.float32, device=out_device
+                    )
+                output[b, :, :, :, start:stop] = seg.permute(1, 2, 3, 0).to(out_device)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if temp_meta is not None:
+            return convert_to_dst_type(output, temp_meta, device=out_device)[0]
+        return output
