@@ -10,3 +10,5 @@
 # limitations under the License.
 
 from .registry import *  # noqa: F401,F403
+from .datalist import *  # noqa: F401,F403
+from .demo import *  # noqa: F401,F403

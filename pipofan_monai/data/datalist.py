@@ -1,0 +1,612 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Datalists for the paper's public datasets in their native download layouts (PIPOFAN.md §4).
+
+:func:`make_datalist` scans any subset of LiTS, KiTS19, MSD Task09 Spleen and BTCV, pairs images with labels,
+assigns five seeded, per-dataset balanced cross-validation folds, records the paper's BTCV split (cases
+0032-0040 validation) and writes one JSON file::
+
+    {
+      "name": ..., "description": ..., "num_folds": 5, "seed": 0,
+      "class_names": ["background", "liver", "kidney", "spleen"],
+      "datasets": {"lits": {"root": "LiTS", "num_cases": 131, "num_test": 70}, ...},
+      "training": [{"image": "LiTS/volume-0.nii", "label": "LiTS/segmentation-0.nii", "dataset": "lits",
+                    "fold": 3, "case_id": "0"}, ...],
+      "test": [{"image": "KiTS19/case_00210/imaging.nii.gz", "dataset": "kits19", "case_id": "case_00210"}, ...],
+      "splits": {"btcv_paper": {"dataset": "btcv", "training": ["0001", ...], "validation": ["0032", ...]}}
+    }
+
+Paths are stored relative to ``relative_to`` (default: the folder of the JSON file, using ``..`` where needed,
+POSIX separators), so a datalist can be moved together with the data or re-rooted with
+``load_datalist(path, dataset_dir=...)``. ``case_id`` is the dataset's own id (unique within a dataset).
+The file is also readable with ``monai.data.load_decathlon_datalist(path, data_list_key="training",
+base_dir=...)`` (it prefixes only ``image``/``label``); do not use ``monai.auto3dseg.utils.datafold_read``,
+which prefixes every string field (the dataset names too).
+
+Problems (a dataset folder missing or empty, an image without label or label without image, duplicated cases,
+a missing ``dataset.json``, unreadable headers, image/label shape or affine mismatch) are never skipped
+silently: ``strict=True`` (default) raises one ``ValueError`` listing all of them by file name; ``strict=False``
+logs them as warnings and leaves the affected cases out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .registry import CLASS_NAMES
+
+__all__ = [
+    "SOURCE_DATASETS",
+    "BTCV_PAPER_VALIDATION",
+    "make_datalist",
+    "load_datalist",
+    "select_fold",
+    "select_split",
+    "assign_folds",
+    "datalist_command",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DATASETS: tuple[str, ...] = ("lits", "kits19", "msd_spleen", "btcv")
+"""Datasets :func:`make_datalist` can scan, in output order."""
+
+BTCV_PAPER_VALIDATION: tuple[str, ...] = tuple(f"{i:04d}" for i in range(32, 41))
+"""BTCV cases the authors used for validation (0032-0040); the other 21 labeled cases train."""
+
+_NII = r"\.nii(?:\.gz)?"
+
+
+@dataclass
+class _Case:
+    case_id: str
+    image: Path
+    label: Path | None
+
+
+def _natural_key(s: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
+
+
+def _files(root: Path) -> list[Path]:
+    """All regular files under ``root`` (recursive), skipping hidden and AppleDouble (``._*``) files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return out
+
+
+def _index(files: Sequence[Path], pattern: str, problems: list[str], what: str) -> dict[str, Path]:
+    """Map the first regex group of matching file names to the path; duplicates are problems."""
+    rx = re.compile(pattern)
+    found: dict[str, Path] = {}
+    for f in files:
+        m = rx.match(f.name)
+        if not m:
+            continue
+        key = m.group(1)
+        if key in found:
+            problems.append(f"duplicate {what} for case {key}: {found[key]} and {f}")
+            continue
+        found[key] = f
+    return found
+
+
+def _scan_lits(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    files = _files(root)
+    vols = _index(files, rf"^volume-(\d+){_NII}$", problems, "LiTS volume")
+    segs = _index(files, rf"^segmentation-(\d+){_NII}$", problems, "LiTS segmentation")
+    tests = _index(files, rf"^test-volume-(\d+){_NII}$", problems, "LiTS test volume")
+    cases = []
+    for k in sorted(set(vols) | set(segs), key=int):
+        if k not in segs:
+            problems.append(f"LiTS image without label: {vols[k]} (expected segmentation-{k}.nii[.gz])")
+        elif k not in vols:
+            problems.append(f"LiTS label without image: {segs[k]} (expected volume-{k}.nii[.gz])")
+        else:
+            cases.append(_Case(str(int(k)), vols[k], segs[k]))
+    test = [_Case(str(int(k)), tests[k], None) for k in sorted(tests, key=int)]
+    return cases, test
+
+
+def _nii_in(folder: Path, stem: str) -> Path | None:
+    for ext in (".nii.gz", ".nii"):
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def _scan_kits19(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    case_dirs = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        case_dirs += [Path(dirpath) / d for d in dirnames if re.match(r"^case_\d+$", d)]
+    seen: dict[str, Path] = {}
+    cases, test = [], []
+    for cdir in sorted(case_dirs, key=lambda p: _natural_key(p.name)):
+        if cdir.name in seen:
+            problems.append(f"duplicate KiTS19 case {cdir.name}: {seen[cdir.name]} and {cdir}")
+            continue
+        seen[cdir.name] = cdir
+        img, seg = _nii_in(cdir, "imaging"), _nii_in(cdir, "segmentation")
+        if img is None:
+            what = f"label without image: {seg}" if seg else "case folder without imaging.nii.gz"
+            problems.append(f"KiTS19 {what} ({cdir})")
+        elif seg is None:
+            test.append(_Case(cdir.name, img, None))
+        else:
+            cases.append(_Case(cdir.name, img, seg))
+    if test:
+        logger.info("KiTS19: %d case(s) without segmentation listed as test cases: %s", len(test),
+                    ", ".join(c.case_id for c in test))
+    return cases, test
+
+
+def _msd_stem(p: Path) -> str:
+    return re.sub(rf"{_NII}$", "", p.name)
+
+
+def _scan_msd_spleen(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    img_dir, lab_dir, ts_dir = root / "imagesTr", root / "labelsTr", root / "imagesTs"
+    nii = re.compile(rf"^[^.].*{_NII}$")
+    images = {p.name: p for p in sorted(img_dir.glob("*")) if nii.match(p.name)} if img_dir.is_dir() else {}
+    labels = {p.name: p for p in sorted(lab_dir.glob("*")) if nii.match(p.name)} if lab_dir.is_dir() else {}
+    for d in (img_dir, lab_dir):
+        if not d.is_dir():
+            problems.append(f"MSD Spleen folder missing: {d}")
+    meta_file = root / "dataset.json"
+    cases, test = [], []
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"MSD Spleen dataset.json unreadable: {meta_file} ({e})")
+            meta = None
+    else:
+        problems.append(f"MSD Spleen dataset.json missing: {meta_file} (pairing imagesTr/labelsTr by file name)")
+        meta = None
+    if meta is not None and isinstance(meta.get("training"), list):
+        listed = set()
+        for entry in meta["training"]:
+            img, lab = root / entry["image"], root / entry["label"]
+            listed.add(img.name)
+            missing = [str(p) for p in (img, lab) if not p.is_file()]
+            if missing:
+                problems.append(f"MSD Spleen dataset.json lists missing file(s): {', '.join(missing)}")
+                continue
+            cases.append(_Case(_msd_stem(img), img, lab))
+        unlisted = sorted(set(images) - listed)
+        if unlisted:
+            listing = ", ".join(str(images[n]) for n in unlisted)
+            problems.append(f"MSD Spleen images not listed in {meta_file}: {listing}")
+        for entry in meta.get("test", []) or []:
+            p = root / (entry["image"] if isinstance(entry, Mapping) else entry)
+            if p.is_file():
+                test.append(_Case(_msd_stem(p), p, None))
+            else:
+                problems.append(f"MSD Spleen dataset.json lists a missing test file: {p}")
+    else:
+        if meta is not None:
+            problems.append(f"MSD Spleen {meta_file} has no 'training' list")
+        for name in sorted(set(images) | set(labels), key=_natural_key):
+            if name not in labels:
+                problems.append(f"MSD Spleen image without label: {images[name]}")
+            elif name not in images:
+                problems.append(f"MSD Spleen label without image: {labels[name]}")
+            else:
+                cases.append(_Case(_msd_stem(images[name]), images[name], labels[name]))
+        if ts_dir.is_dir():
+            test = [_Case(_msd_stem(p), p, None) for p in sorted(ts_dir.glob("*")) if nii.match(p.name)]
+    cases.sort(key=lambda c: _natural_key(c.case_id))
+    return cases, test
+
+
+def _scan_btcv(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    files = _files(root)
+    imgs = _index(files, rf"^img(\d+){_NII}$", problems, "BTCV image")
+    labs = _index(files, rf"^label(\d+){_NII}$", problems, "BTCV label")
+    cases, test = [], []
+    for k in sorted(set(imgs) | set(labs), key=int):
+        if k not in labs:
+            if any("test" in part.lower() for part in imgs[k].relative_to(root).parts[:-1]):
+                test.append(_Case(k, imgs[k], None))
+            else:
+                problems.append(f"BTCV image without label: {imgs[k]} (expected label{k}.nii[.gz])")
+        elif k not in imgs:
+            problems.append(f"BTCV label without image: {labs[k]} (expected img{k}.nii[.gz])")
+        else:
+            cases.append(_Case(k, imgs[k], labs[k]))
+    return cases, test
+
+
+_SCANNERS = {"lits": _scan_lits, "kits19": _scan_kits19, "msd_spleen": _scan_msd_spleen, "btcv": _scan_btcv}
+
+
+def _check_headers(name: str, cases: list[_Case], problems: list[str]) -> list[_Case]:
+    """Compare NIfTI header shapes/affines of each image/label pair (headers only, no voxel data read)."""
+    import nibabel as nib
+
+    good = []
+    for c in cases:
+        try:
+            hi, hl = nib.load(str(c.image)), nib.load(str(c.label))
+        except Exception as e:  # nibabel raises several types for corrupt files
+            problems.append(
+                f"{name} case {c.case_id}: unreadable header ({type(e).__name__}: {e}) in {c.image} or {c.label}"
+            )
+            continue
+        if tuple(hi.shape[:3]) != tuple(hl.shape[:3]):
+            problems.append(
+                f"{name} case {c.case_id}: image {c.image} shape {hi.shape} != label {c.label} shape {hl.shape}"
+            )
+            continue
+        tol = 1e-2 * float(np.abs(hi.affine[:3, :3]).max()) + 1e-4
+        if not np.allclose(hi.affine, hl.affine, atol=tol, rtol=0):
+            problems.append(f"{name} case {c.case_id}: image {c.image} and label {c.label} affines differ "
+                            f"(max {np.abs(hi.affine - hl.affine).max():.4g})")
+            continue
+        good.append(c)
+    return good
+
+
+def assign_folds(case_ids: Sequence[str], num_folds: int = 5, seed: int = 0, salt: str = "") -> dict[str, int]:
+    """Seeded, balanced fold assignment: fold sizes differ by at most one.
+
+    Args:
+        case_ids: unique case ids of ONE dataset (order does not matter: they are sorted first).
+        num_folds: number of folds (>= 1).
+        seed: random seed; the same ``(case_ids, num_folds, seed, salt)`` always gives the same folds.
+        salt: mixed into the seed (the dataset name), so datasets get independent permutations.
+
+    Returns:
+        ``{case_id: fold}`` with folds in ``0..num_folds-1``.
+    """
+    if int(num_folds) < 1:
+        raise ValueError(f"num_folds must be >= 1, got {num_folds}.")
+    ids = sorted(set(case_ids), key=_natural_key)
+    if len(ids) != len(case_ids):
+        raise ValueError(f"case ids are not unique: {sorted(case_ids)}.")
+    rng = np.random.default_rng([int(seed), zlib.crc32(salt.encode())])
+    perm = rng.permutation(len(ids))
+    return {ids[p]: i % int(num_folds) for i, p in enumerate(perm)}
+
+
+def _rel(path: Path, base: Path | None) -> str:
+    if base is None:
+        return Path(os.path.abspath(path)).as_posix()
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+    except ValueError:  # different drive on Windows
+        return Path(os.path.abspath(path)).as_posix()
+
+
+def _write_json(path: Path, obj: Mapping) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def make_datalist(
+    output: str | os.PathLike | None,
+    lits: str | os.PathLike | None = None,
+    kits19: str | os.PathLike | None = None,
+    msd_spleen: str | os.PathLike | None = None,
+    btcv: str | os.PathLike | None = None,
+    num_folds: int = 5,
+    seed: int = 0,
+    relative_to: str | os.PathLike | None = None,
+    strict: bool = True,
+    check_headers: bool = True,
+    btcv_validation: Sequence[str] | None = None,
+    name: str = "pipofan_monai datalist",
+    description: str | None = None,
+) -> dict:
+    """Scan the given dataset roots, assign folds, write and return the datalist (format in the module doc).
+
+    Args:
+        output: JSON file to write (parent folders are created; written atomically); None: write nothing.
+        lits: LiTS root (``volume-N.nii[.gz]`` / ``segmentation-N.nii[.gz]`` anywhere below it, e.g. in the
+            two "Training Batch" folders; ``test-volume-N`` files become test items).
+        kits19: KiTS19 root (``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` anywhere below it; cases
+            without a segmentation are the challenge's test cases and become test items, reported in the log).
+        msd_spleen: MSD Task09 root (``dataset.json``, ``imagesTr/``, ``labelsTr/``; ``._*`` files ignored).
+            The ``training`` list of ``dataset.json`` is used when present.
+        btcv: BTCV root (``img/imgXXXX.nii.gz`` + ``label/labelXXXX.nii.gz`` anywhere below it; unlabeled images
+            in a folder whose name contains "test" become test items).
+        num_folds: folds per dataset. Default 5.
+        seed: fold seed. Default 0.
+        relative_to: folder that paths are stored relative to; default the folder of ``output`` (absolute paths
+            when ``output`` is None).
+        strict: raise ``ValueError`` listing every problem (default), or log warnings and leave the affected
+            cases out.
+        check_headers: compare image/label NIfTI header shapes and affines (reads headers only). Default True.
+        btcv_validation: BTCV case ids of the ``btcv_paper`` split's validation set; default 0032-0040.
+            Missing ones are reported as a warning (a user may hold a subset of BTCV).
+        name: datalist name.
+        description: free text; a default one names the datasets, folds and seed.
+
+    Returns:
+        the datalist dict, exactly as written.
+
+    Raises:
+        ValueError: no dataset given, bad ``num_folds``, or (``strict``) any problem in the trees.
+    """
+    roots = {"lits": lits, "kits19": kits19, "msd_spleen": msd_spleen, "btcv": btcv}
+    roots = {k: Path(v).expanduser() for k, v in roots.items() if v not in (None, "")}
+    if not roots:
+        raise ValueError("give at least one dataset root (lits=, kits19=, msd_spleen=, btcv=).")
+    if int(num_folds) < 1:
+        raise ValueError(f"num_folds must be >= 1, got {num_folds}.")
+    out_path = Path(output).expanduser() if output not in (None, "") else None
+    base = Path(relative_to).expanduser() if relative_to not in (None, "") else (out_path.parent if out_path else None)
+
+    problems: list[str] = []
+    training: list[dict] = []
+    test: list[dict] = []
+    datasets: dict[str, dict] = {}
+    splits: dict[str, dict] = {}
+    for ds in SOURCE_DATASETS:
+        if ds not in roots:
+            continue
+        root = roots[ds]
+        if not root.is_dir():
+            problems.append(f"{ds} root is not a folder: {root}")
+            continue
+        ds_problems: list[str] = []
+        cases, test_cases = _SCANNERS[ds](root, ds_problems)
+        if check_headers:
+            cases = _check_headers(ds, cases, ds_problems)
+        if not cases:
+            ds_problems.append(f"{ds}: no labeled cases found under {root}")
+        problems += ds_problems
+        folds = assign_folds([c.case_id for c in cases], num_folds, seed, salt=ds)
+        if 0 < len(cases) < num_folds:
+            logger.warning("%s has %d labeled cases for %d folds: some folds are empty.", ds, len(cases), num_folds)
+        for c in cases:
+            training.append({"image": _rel(c.image, base), "label": _rel(c.label, base), "dataset": ds,
+                             "fold": folds[c.case_id], "case_id": c.case_id})
+        for c in test_cases:
+            test.append({"image": _rel(c.image, base), "dataset": ds, "case_id": c.case_id})
+        datasets[ds] = {"root": _rel(root, base), "num_cases": len(cases), "num_test": len(test_cases)}
+        if ds == "btcv":
+            wanted = [str(v) for v in (btcv_validation if btcv_validation is not None else BTCV_PAPER_VALIDATION)]
+            wanted_int = {int(v) for v in wanted}
+            ids = [c.case_id for c in cases]
+            val = [i for i in ids if int(i) in wanted_int]
+            missing = sorted(wanted_int - {int(i) for i in ids})
+            if missing:
+                logger.warning("BTCV split 'btcv_paper': validation case(s) %s not found under %s.",
+                               ", ".join(f"{m:04d}" for m in missing), root)
+            splits["btcv_paper"] = {"dataset": "btcv", "training": [i for i in ids if int(i) not in wanted_int],
+                                    "validation": val}
+    if problems:
+        msg = f"{len(problems)} problem(s) while scanning the datasets:\n  " + "\n  ".join(problems)
+        if strict:
+            raise ValueError(msg + "\n(pass strict=False to leave these cases out with a warning)")
+        logger.warning(msg)
+
+    if description is None:
+        counts = ", ".join(f"{k} ({v['num_cases']} cases)" for k, v in datasets.items())
+        where = "the folder of this file" if out_path is not None and base == out_path.parent else str(base or "/")
+        description = (f"PIPO-FAN datalist: {counts}; {num_folds} folds per dataset, seed {seed}; "
+                       f"paths relative to {where}")
+    datalist = {
+        "name": name,
+        "description": description,
+        "num_folds": int(num_folds),
+        "seed": int(seed),
+        "class_names": list(CLASS_NAMES),
+        "datasets": datasets,
+        "training": training,
+        "test": test,
+        "splits": splits,
+    }
+    if out_path is not None:
+        _write_json(out_path, datalist)
+        logger.info("wrote %s: %d training and %d test items", out_path, len(training), len(test))
+    return datalist
+
+
+_PATH_KEYS = ("image", "label")
+
+
+def load_datalist(
+    path_or_dict: str | os.PathLike | Mapping,
+    dataset_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> dict:
+    """Read a datalist and resolve its paths.
+
+    Args:
+        path_or_dict: JSON file written by :func:`make_datalist` (or the demo generator), or such a dict.
+        dataset_dir: folder the relative paths are resolved against; default the JSON file's folder (the
+            current directory for a dict).
+        check_files: raise ``FileNotFoundError`` listing missing image/label files. Default True.
+
+    Returns:
+        a new dict with absolute ``image``/``label`` paths in ``training`` and ``test`` items and absolute
+        dataset roots.
+
+    Raises:
+        ValueError: malformed datalist (missing ``training``, items without ``image``/``label``, bad folds).
+        FileNotFoundError: missing files (with ``check_files``).
+    """
+    if isinstance(path_or_dict, Mapping):
+        dl = copy.deepcopy(dict(path_or_dict))
+        base = Path(dataset_dir).expanduser() if dataset_dir else Path.cwd()
+        src = "<dict>"
+    else:
+        src = str(path_or_dict)
+        p = Path(path_or_dict).expanduser()
+        try:
+            dl = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"datalist not found: {p}") from None
+        except ValueError as e:
+            raise ValueError(f"datalist {p} is not valid JSON: {e}") from e
+        base = Path(dataset_dir).expanduser() if dataset_dir else p.parent
+    if not isinstance(dl, dict) or not isinstance(dl.get("training"), list):
+        found = sorted(dl) if isinstance(dl, dict) else type(dl)
+        raise ValueError(f"datalist {src} needs a 'training' list; keys found: {found}.")
+    num_folds = int(dl.get("num_folds", 5))
+    for i, item in enumerate(dl["training"]):
+        if not isinstance(item, dict) or any(not isinstance(item.get(k), str) for k in _PATH_KEYS):
+            raise ValueError(f"datalist {src}: training item {i} needs string 'image' and 'label' paths, got {item!r}.")
+        if "fold" in item and (not isinstance(item["fold"], int) or not 0 <= item["fold"] < num_folds):
+            raise ValueError(f"datalist {src}: training item {i} ({item.get('case_id')}) has fold {item['fold']!r} "
+                             f"outside 0..{num_folds - 1}.")
+    test = dl.get("test", [])
+    if not isinstance(test, list) or any(not isinstance(t, dict) or not isinstance(t.get("image"), str) for t in test):
+        raise ValueError(f"datalist {src}: 'test' must be a list of items with an 'image' path.")
+
+    def resolve(s: str) -> str:
+        q = Path(s).expanduser()
+        return str(q if q.is_absolute() else Path(os.path.normpath(base / q)))
+
+    missing = []
+    for item in dl["training"] + test:
+        for k in _PATH_KEYS:
+            if isinstance(item.get(k), str):
+                item[k] = resolve(item[k])
+                if check_files and not os.path.exists(item[k]):
+                    missing.append(item[k])
+    for entry in (dl.get("datasets") or {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("root"), str):
+            entry["root"] = resolve(entry["root"])
+    if missing:
+        raise FileNotFoundError(f"datalist {src}: {len(missing)} file(s) missing under {base}, e.g.:\n  "
+                                + "\n  ".join(missing[:10]) + "\n(pass dataset_dir= to re-root the datalist)")
+    return dl
+
+
+def _items(items: Sequence[Mapping] | Mapping) -> list:
+    if isinstance(items, Mapping):
+        if "training" not in items:
+            raise ValueError(
+                f"expected a datalist with a 'training' list or a list of items, got keys {sorted(items)}."
+            )
+        return list(items["training"])
+    return list(items)
+
+
+def select_fold(
+    items: Sequence[Mapping] | Mapping, fold: int, num_folds: int = 5, datasets: Sequence[str] | None = None
+) -> tuple[list, list]:
+    """Cross-validation split: items of fold ``fold`` validate, all others train (each dataset has its own folds).
+
+    Args:
+        items: training items (each with an integer ``fold``) or a datalist dict (its ``training`` list).
+        fold: validation fold, ``0..num_folds-1``.
+        num_folds: number of folds. Default 5.
+        datasets: keep only items of these datasets (by ``dataset``); None keeps all.
+
+    Returns:
+        ``(train, val)`` lists in datalist order.
+
+    Raises:
+        ValueError: ``fold`` out of range, or an item without a valid ``fold``.
+    """
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= int(fold) < int(num_folds):
+        raise ValueError(f"fold must be an integer in 0..{int(num_folds) - 1}, got {fold!r}.")
+    train, val = [], []
+    for item in _items(items):
+        if datasets is not None and item.get("dataset") not in datasets:
+            continue
+        f = item.get("fold")
+        if not isinstance(f, (int, np.integer)) or not 0 <= int(f) < int(num_folds):
+            name = item.get("case_id", item.get("image"))
+            raise ValueError(f"item {name} has fold {f!r}, expected 0..{int(num_folds) - 1}.")
+        (val if int(f) == int(fold) else train).append(item)
+    return train, val
+
+
+def select_split(
+    datalist: Mapping, split: str = "btcv_paper", datasets: Sequence[str] | None = None
+) -> tuple[list, list]:
+    """Named split (e.g. the paper's BTCV 21/9 split): the split dataset's cases go to train/validation as
+    listed; items of the other datasets all go to training (the paper's "BTCV + LiTS + ..." setting).
+
+    Args:
+        datalist: datalist dict with ``splits`` and ``training``.
+        split: split name. Default ``"btcv_paper"``.
+        datasets: keep only these datasets (e.g. ``["btcv"]`` for BTCV alone); None keeps all.
+
+    Returns:
+        ``(train, val)`` lists in datalist order.
+
+    Raises:
+        ValueError: unknown split name (the message lists the available ones).
+    """
+    splits = datalist.get("splits") or {}
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; available: {sorted(splits)}.")
+    spec = splits[split]
+    ds = spec.get("dataset")
+    tr_ids, val_ids = set(map(str, spec.get("training", []))), set(map(str, spec.get("validation", [])))
+    train, val = [], []
+    for item in _items(datalist):
+        name = item.get("dataset")
+        if datasets is not None and name not in datasets:
+            continue
+        if name != ds:
+            train.append(item)
+        elif str(item.get("case_id")) in val_ids:
+            val.append(item)
+        elif str(item.get("case_id")) in tr_ids:
+            train.append(item)
+    return train, val
+
+
+def datalist_command(
+    output: str = "datalist.json",
+    lits: str | None = None,
+    kits19: str | None = None,
+    msd_spleen: str | None = None,
+    btcv: str | None = None,
+    num_folds: int = 5,
+    seed: int = 0,
+    relative_to: str | None = None,
+    strict: bool = True,
+) -> str:
+    """CLI entry (``python -m pipofan_monai datalist --btcv /data/BTCV/RawData/Training --lits /data/LiTS ...``):
+    scan the datasets, write the datalist JSON and print a summary. Arguments as in :func:`make_datalist`.
+
+    Returns:
+        a one-line summary (fire prints it).
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dl = make_datalist(output, lits=lits, kits19=kits19, msd_spleen=msd_spleen, btcv=btcv, num_folds=num_folds,
+                       seed=seed, relative_to=relative_to, strict=strict)
+    counts = ", ".join(f"{k}: {v['num_cases']} labeled + {v['num_test']} test" for k, v in dl["datasets"].items())
+    return f"wrote {output} ({counts}; {dl['num_folds']} folds, seed {dl['seed']})"

@@ -1,0 +1,39 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""MONAI dictionary transforms for PIPO-FAN: dataset label mapping with labeled-class masks, CT loading and
+intensity windowing, 2.5D slab sampling and slice stacking, and ready-made pipelines."""
+
+from __future__ import annotations
+
+from .intensity import CheckFinited, HUWindowd, check_finite
+from .io import CheckSameGridd, LoadCTd, load_ct_transforms
+from .labels import MapDatasetLabelsd, map_dataset_labels
+from .pipelines import get_preprocessing_transforms, get_train_transforms, get_val_transforms
+from .slices import RandSlabCropd, SlabToChannelsd, SlicesToChannelsd, stack_neighbour_slices
+
+__all__ = [
+    "CheckFinited",
+    "HUWindowd",
+    "check_finite",
+    "CheckSameGridd",
+    "LoadCTd",
+    "load_ct_transforms",
+    "MapDatasetLabelsd",
+    "map_dataset_labels",
+    "get_preprocessing_transforms",
+    "get_train_transforms",
+    "get_val_transforms",
+    "RandSlabCropd",
+    "SlabToChannelsd",
+    "SlicesToChannelsd",
+    "stack_neighbour_slices",
+]

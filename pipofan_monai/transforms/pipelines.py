@@ -1,0 +1,142 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Ready-made training and validation pipelines (PIPOFAN.md §4) as ``monai.transforms.Compose``.
+
+Training: load -> channel first -> RAS -> image/label grid check -> dataset label mapping + labeled mask ->
+HU window -> in-plane resize to ``spatial_size`` (slice count kept) -> 2.5D slab crop -> slices to channels
+-> random flips on both in-plane axes. Everything up to the resize is deterministic (cacheable with
+``CacheDataset``); the last four transforms are random and cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from monai.transforms import Compose, RandFlipd, Resized
+
+from pipofan_monai.data.registry import CLASS_NAMES
+
+from .intensity import HUWindowd
+from .io import load_ct_transforms
+from .labels import MapDatasetLabelsd
+from .slices import RandSlabCropd, SlabToChannelsd, SlicesToChannelsd
+
+__all__ = ["get_preprocessing_transforms", "get_train_transforms", "get_val_transforms"]
+
+
+def get_preprocessing_transforms(
+    image_key: str = "image",
+    label_key: str | None = "label",
+    spatial_size: int | None = 256,
+    hu_window: Sequence[float] = (-200.0, 200.0),
+    intensity: str = "scale",
+    num_classes: int = len(CLASS_NAMES),
+    datasets: Mapping[str, Any] | None = None,
+    dataset_key: str = "dataset",
+    image_mode: str = "trilinear",
+    reader: Any = None,
+    allow_missing_label: bool = False,
+) -> list:
+    """Deterministic part shared by training and validation.
+
+    Args:
+        image_key: image key (file path in, ``(1, S, S, D)`` float32 out).
+        label_key: label key (file path in, ``(1, S, S, D)`` global class ids + ``meta["labeled_mask"]`` out);
+            None for image-only pipelines.
+        spatial_size: in-plane size after resizing; None keeps the original size. Default 256.
+        hu_window: HU clip range. Default (-200, 200).
+        intensity: ``"scale"`` (window -> [-1, 1], code) or ``"zscore"`` (paper). Default "scale".
+        num_classes: K global classes. Default 4.
+        datasets: extra dataset table for :class:`MapDatasetLabelsd`.
+        dataset_key: item key naming the source dataset. Default "dataset".
+        image_mode: interpolation for the image ("trilinear" — equal to 2x2 averaging for 512->256 —, "area",
+            "nearest"); labels always use "nearest". Default "trilinear".
+        reader: ``LoadImaged`` reader (None: automatic).
+        allow_missing_label: accept items without a label (inference).
+
+    Returns:
+        list of transforms.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    xforms = load_ct_transforms(keys, reader=reader, allow_missing_keys=allow_missing_label)
+    if label_key:
+        xforms.append(MapDatasetLabelsd(label_key, dataset_key=dataset_key, num_classes=num_classes,
+                                        datasets=datasets, allow_missing_keys=allow_missing_label))
+    xforms.append(HUWindowd(image_key, window=hu_window, mode=intensity))
+    if spatial_size is not None:
+        modes = [image_mode] + (["nearest"] if label_key else [])
+        xforms.append(Resized(keys, spatial_size=(int(spatial_size), int(spatial_size), -1), mode=modes,
+                              allow_missing_keys=allow_missing_label))
+    return xforms
+
+
+def get_train_transforms(
+    image_key: str = "image",
+    label_key: str = "label",
+    spatial_size: int | None = 256,
+    roi_size: int | Sequence[int] = 224,
+    context: int = 1,
+    pos_ratio: float = 1.0,
+    num_samples: int = 1,
+    flip_prob: float = 0.5,
+    organ_free: str = "warn",
+    **kwargs: Any,
+) -> Compose:
+    """Training pipeline giving 2D samples: image ``(2*context+1, roi, roi)`` (slices z-1, z, z+1 as channels),
+    label ``(1, roi, roi)`` (centre slice, global class ids) carrying ``meta["labeled_mask"]`` ``(K,)``.
+
+    Args:
+        image_key, label_key: item keys.
+        spatial_size: in-plane resize (None: keep). Default 256.
+        roi_size: in-plane crop size. Default 224.
+        context: neighbour slices each side. Default 1.
+        pos_ratio: probability of an organ-centred slab (see :class:`RandSlabCropd`). Default 1.0.
+        num_samples: slabs per loaded volume. Default 1.
+        flip_prob: probability of each in-plane flip. Default 0.5.
+        organ_free: behaviour for organ-free volumes, ``"warn"`` (random slab) or ``"error"``.
+        kwargs: passed to :func:`get_preprocessing_transforms` (hu_window, intensity, num_classes, datasets, ...).
+    """
+    keys = [image_key, label_key]
+    xforms = get_preprocessing_transforms(image_key, label_key, spatial_size, **kwargs)
+    xforms += [
+        RandSlabCropd(keys, label_key=label_key, roi_size=roi_size, context=context, pos_ratio=pos_ratio,
+                      num_samples=num_samples, organ_free=organ_free),
+        SlabToChannelsd(keys, center_only=(False, True)),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=0),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=1),
+    ]
+    return Compose(xforms)
+
+
+def get_val_transforms(
+    image_key: str = "image",
+    label_key: str | None = "label",
+    spatial_size: int | None = 256,
+    context: int | None = None,
+    allow_missing_label: bool = True,
+    **kwargs: Any,
+) -> Compose:
+    """Validation / inference pipeline on whole volumes: image ``(1, S, S, D)`` (or ``(2*context+1, S, S, D)``
+    when ``context`` is given), label ``(1, S, S, D)`` global ids with ``meta["labeled_mask"]``.
+
+    Args:
+        image_key, label_key: item keys (``label_key=None``: image only).
+        spatial_size: in-plane resize (None: keep). Default 256.
+        context: if not None, stack neighbour slices as channels here (otherwise the 2.5D inferer does it).
+        allow_missing_label: accept items without a label. Default True.
+        kwargs: passed to :func:`get_preprocessing_transforms`.
+    """
+    xforms = get_preprocessing_transforms(image_key, label_key, spatial_size,
+                                          allow_missing_label=allow_missing_label, **kwargs)
+    if context is not None:
+        xforms.append(SlicesToChannelsd(image_key, context=context))
+    return Compose(xforms)
