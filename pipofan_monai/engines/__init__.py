@@ -8,3 +8,17 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+
+from __future__ import annotations
+
+from .sampler import PartialLabelSampler
+from .workflow import AuthorsLRLambda, TrainingProgressBar, default_device, load_training_data, split_training_data
+
+__all__ = [
+    "PartialLabelSampler",
+    "AuthorsLRLambda",
+    "TrainingProgressBar",
+    "default_device",
+    "load_training_data",
+    "split_training_data",
+]

@@ -8,3 +8,23 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+
+from __future__ import annotations
+
+from .training import (
+    EpochProgressLogger,
+    MetricsFileWriter,
+    ResumableCheckpoint,
+    StageSwitchHandler,
+    atomic_torch_save,
+    stage_for_epoch,
+)
+
+__all__ = [
+    "EpochProgressLogger",
+    "MetricsFileWriter",
+    "ResumableCheckpoint",
+    "StageSwitchHandler",
+    "atomic_torch_save",
+    "stage_for_epoch",
+]

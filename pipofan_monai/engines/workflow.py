@@ -1,0 +1,154 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Small functions the bundle configs call: where the data comes from, which items train and validate, the
+authors' learning-rate schedule and the progress bar."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+from ignite.engine import Engine
+
+__all__ = [
+    "load_training_data",
+    "split_training_data",
+    "AuthorsLRLambda",
+    "TrainingProgressBar",
+    "default_device",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the first CUDA device when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def load_training_data(
+    datalist: str | os.PathLike | Mapping | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    demo_dir: str | os.PathLike | None = None,
+) -> dict:
+    """The datalist the bundle trains on, with absolute paths.
+
+    Args:
+        datalist: a datalist JSON (from ``python -m pipofan_monai datalist``) or dict; None (default) uses the
+            built-in synthetic demo dataset, generated on first use into ``demo_dir``.
+        dataset_dir: folder the datalist's relative paths are resolved against (default: the JSON's folder).
+        demo_dir: where the demo dataset lives (default: ``$PIPOFAN_DEMO_DIR`` or ``~/.cache/pipofan_monai/demo``).
+    """
+    from pipofan_monai.data import ensure_demo_dataset, load_datalist
+
+    if datalist is None or datalist == "":
+        datalist = ensure_demo_dataset(demo_dir)
+        logger.info(f"no datalist given: using the built-in SYNTHETIC demo dataset {datalist}")
+    return load_datalist(datalist, dataset_dir=dataset_dir)
+
+
+def split_training_data(
+    data: Mapping,
+    fold: int = 0,
+    num_folds: int = 5,
+    split: str | None = None,
+    datasets: Sequence[str] | None = None,
+    max_val: int | None = None,
+) -> tuple[list, list]:
+    """(train, validation) items: cross-validation fold ``fold`` of ``num_folds``, or a named split such as
+    the paper's ``"btcv_paper"`` (then ``fold`` is ignored).
+
+    Args:
+        data: datalist dict (from :func:`load_training_data`).
+        fold: validation fold, 0..num_folds-1.
+        num_folds: number of folds.
+        split: named split in the datalist's ``splits``; None for cross-validation.
+        datasets: keep only these source datasets (None: all).
+        max_val: keep at most this many validation volumes (spread over the datasets), None for all.
+    """
+    from pipofan_monai.data import select_fold, select_split
+
+    if split:
+        train, val = select_split(data, split, datasets=datasets)
+    else:
+        if int(data.get("num_folds", num_folds)) != int(num_folds):
+            raise ValueError(
+                f"num_folds={num_folds} but the datalist was made with {data.get('num_folds')} folds; "
+                "regenerate it or pass the matching num_folds."
+            )
+        train, val = select_fold(data, int(fold), int(num_folds), datasets=datasets)
+    if not train:
+        raise ValueError(f"no training items for fold={fold} split={split} datasets={datasets}.")
+    if max_val is not None and len(val) > max_val:
+        by_ds: dict[Any, list] = {}
+        for item in val:
+            by_ds.setdefault(item.get("dataset"), []).append(item)
+        picked: list = []
+        while len(picked) < max_val:
+            for items in by_ds.values():
+                if items and len(picked) < max_val:
+                    picked.append(items.pop(0))
+        val = picked
+    logger.info(
+        f"training on {len(train)} volumes, validating on {len(val)} "
+        + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")
+    )
+    return train, val
+
+
+class AuthorsLRLambda:
+    """Learning-rate factor of the authors' schedule for ``LambdaLR``: ``gamma ** (epoch // step + 1)``, i.e.
+    x0.99 every 40 epochs including at epoch 0 (PIPOFAN.md §3). A class, not a lambda, so it pickles.
+
+    Args:
+        step: epochs between decays (40).
+        gamma: factor per decay (0.99).
+    """
+
+    def __init__(self, step: int = 40, gamma: float = 0.99):
+        if step < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"need step >= 1 and 0 < gamma <= 1, got step={step}, gamma={gamma}.")
+        self.step = int(step)
+        self.gamma = float(gamma)
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma ** (epoch // self.step + 1)
+
+
+class TrainingProgressBar:
+    """Iteration progress bar (ignite's tqdm ``ProgressBar``) showing the running loss and the epoch ETA.
+
+    Args:
+        enabled: False to skip (e.g. on ranks other than 0, or in logs without a terminal).
+        persist: keep each epoch's finished bar.
+    """
+
+    def __init__(self, enabled: bool = True, persist: bool = False):
+        self.enabled = enabled
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar
+
+        from pipofan_monai.handlers.training import loss_of
+
+        def running_loss(output: Any) -> dict:
+            loss = loss_of(output)
+            return {} if loss is None else {"loss": loss}
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=running_loss)
