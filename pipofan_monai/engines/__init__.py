@@ -11,10 +11,26 @@
 
 from __future__ import annotations
 
+from .crossval import run_crossval
+from .inference import (
+    InferenceError,
+    SegmentationRunner,
+    load_network_weights,
+    majority_vote,
+    mean_probabilities,
+    resolve_inputs,
+)
 from .sampler import PartialLabelSampler
 from .workflow import AuthorsLRLambda, TrainingProgressBar, default_device, load_training_data, split_training_data
 
 __all__ = [
+    "InferenceError",
+    "SegmentationRunner",
+    "load_network_weights",
+    "majority_vote",
+    "mean_probabilities",
+    "resolve_inputs",
+    "run_crossval",
     "PartialLabelSampler",
     "AuthorsLRLambda",
     "TrainingProgressBar",

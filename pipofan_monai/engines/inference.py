@@ -112,8 +112,6 @@ class CheckVolumed(MapTransform):
                 )
             if min(shape[1:]) < 1:
                 raise ValueError(f"{key} {name} is empty (shape {shape}).")
-            if not (torch.is_tensor(img) or isinstance(img, np.ndarray)) or str(img.dtype) == "bool":
-                raise ValueError(f"{key} {name} has unsupported type/dtype {type(img).__name__}/{img.dtype}.")
         return d
 
 
@@ -228,7 +226,8 @@ def resolve_inputs(
             p = Path(datalist).expanduser()
             if not p.is_file():
                 raise FileNotFoundError(f"datalist not found: {p}")
-            dl, base, src = json.loads(p.read_text()), Path(dataset_dir).expanduser() if dataset_dir else p.parent, str(p)
+            dl, src = json.loads(p.read_text()), str(p)
+            base = Path(dataset_dir).expanduser() if dataset_dir else p.parent
         if not isinstance(dl.get(datalist_key), list):
             raise ValueError(f"datalist {src} has no list {datalist_key!r}; keys: {sorted(dl)}.")
         items = []
@@ -417,6 +416,13 @@ def _as_bool(value: Any, name: str) -> bool:
             return False
         raise ValueError(f"{name} must be true or false, got {value!r}.")
     return bool(value)
+
+
+def _root_error(e: BaseException) -> BaseException:
+    """The original error behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
+    while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
+        e = e.__cause__
+    return e
 
 
 def _case_name(path: str) -> str:
@@ -665,7 +671,8 @@ class SegmentationRunner:
                     f"[{i + 1}/{len(items)}] {name}: shape {tuple(case['shape'])}, {case['seconds']:.1f} s -> "
                     f"{outputs[-1] if not self.save_overlay or len(outputs) < 2 else outputs[-2]}"
                 )
-            except Exception as e:  # one bad case must not stop the others; every failure is listed at the end
+            except Exception as exc:  # one bad case must not stop the others; every failure is listed at the end
+                e = _root_error(exc)
                 case["error"] = f"{type(e).__name__}: {e}"
                 case["seconds"] = round(time.perf_counter() - t0, 2)
                 logger.error(f"[{i + 1}/{len(items)}] {name}: FAILED: {case['error']}")
@@ -695,6 +702,8 @@ class SegmentationRunner:
     def _report_case(self, item: Mapping, d: Mapping, case: dict, eval_results: list) -> None:
         pred = d[self.pred_key]
         pair, labeled = self._load_label(item, pred)
+        if self.evaluate and pair is None:
+            logger.warning(f"{case['name']}: no label given, not evaluated.")
         if self.evaluate and pair is not None:
             from pipofan_monai.evaluation import evaluate_case
 
