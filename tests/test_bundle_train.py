@@ -172,3 +172,26 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_crossval_one_fold_report(demo, tmp_path):
+    from pipofan_monai.engines.crossval import run_crossval
+
+    overrides = dict(zip([a.lstrip("-") for a in TINY_TRAIN[0::2]], TINY_TRAIN[1::2]))
+    overrides = {k: json.loads(v) if v not in ("False", "True") else v == "True" for k, v in overrides.items()}
+    report = run_crossval(
+        TRAIN, num_folds=5, folds=[1], ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "cv"),
+        datalist=str(demo), max_epochs=2, dps_epochs=1, val_interval=1, **overrides,
+    )
+    assert (tmp_path / "models" / "fold1" / "model.pt").exists()
+    assert [f["fold"] for f in report["folds"]] == [1]
+    rows = json.loads((tmp_path / "cv" / "fold1" / "metrics.json").read_text())
+    best = max(rows, key=lambda r: r["val_mean_dice"])
+    assert report["folds"][0]["dice"]["liver"] == pytest.approx(best["val_dice_liver"])
+    assert report["summary"]["liver"]["num_folds"] == 1 and report["summary"]["liver"]["std"] == 0.0
+    for name in ("crossval.json", "crossval.csv", "crossval.png"):
+        assert (tmp_path / "cv" / name).stat().st_size > 0
+    csv_text = (tmp_path / "cv" / "crossval.csv").read_text().splitlines()
+    assert csv_text[0] == "fold,best_epoch,liver,kidney,spleen,mean" and csv_text[-2].startswith("mean")
+    with pytest.raises(ValueError, match="outside"):
+        run_crossval(TRAIN, num_folds=5, folds=[5])

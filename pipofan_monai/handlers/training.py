@@ -224,7 +224,7 @@ class MetricsFileWriter(_EpochLoss):
         if self.evaluator is not None and self.evaluator.state.metrics and self.evaluator.state.epoch == engine.state.epoch:
             for k, v in self.evaluator.state.metrics.items():
                 if isinstance(v, (int, float)):
-                    row[k] = float(v)
+                    row[k] = float(v) if math.isfinite(v) else None  # undefined (e.g. organ absent): null, not NaN
         self.rows.append(row)
         self.write()
 
