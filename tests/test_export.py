@@ -34,13 +34,6 @@ META = str(REPO / "bundle" / "configs" / "metadata.json")
 TINY = [8, 16, 32, 64, 64]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def eager(tmp_path_factory):

@@ -47,14 +47,6 @@ TINY = [8, 16, 32, 64, 64]
 needs_realct = pytest.mark.skipif(not REALCT.is_dir(), reason=f"real CT test data not found at {REALCT}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: much faster than two oversubscribed threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _save_ckpt(path: Path, seed: int, channels=TINY, wrap: bool = False) -> Path:
     torch.manual_seed(seed)
