@@ -58,7 +58,8 @@ def test_training_runner_two_stages(demo, tmp_path):
     fresh = {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(state, strict=True)
     assert any(not torch.equal(fresh[k], v) for k, v in net.state_dict().items() if v.is_floating_point())
-    last = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False)
+    assert not (ckpt / "last.pt").exists()  # MONAI Label would take it for the model
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert last["engine"]["epoch"] == 3 and set(last) >= {"model", "optimizer", "lr_scheduler"}
     # the authors' schedule: x0.99 every 40 epochs, already after epoch 0 -> 2e-4 * 0.99
     assert rows[-1]["lr"] == pytest.approx(2e-4 * 0.99)
@@ -68,7 +69,7 @@ def test_training_resume(demo, tmp_path):
     common = ["--config_file", TRAIN, "--datalist", str(demo), "--dps_epochs", "2", "--val_interval", "2",
               "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")] + TINY_TRAIN
     run_bundle(["run", "training", "--max_epochs", "2"] + common)
-    first = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    first = torch.load(tmp_path / "runs" / "last.pt", map_location="cpu", weights_only=False)
     proc = run_bundle(["run", "training", "--max_epochs", "4", "--resume", "True"] + common)
     log = proc.stdout + proc.stderr
     assert "resumed from" in log and "at epoch 2" in log
@@ -76,7 +77,7 @@ def test_training_resume(demo, tmp_path):
     assert "epoch 1/4" not in log
     rows = json.loads((tmp_path / "runs" / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "runs" / "last.pt", map_location="cpu", weights_only=False)
     assert last["engine"]["epoch"] == 4 and last["engine"]["iteration"] == 2 * first["engine"]["iteration"]
 
 

@@ -54,9 +54,11 @@ class LoadCTd(LoadImaged):
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(os.fspath(path))):
                 raise FileNotFoundError(f"{key} file not found: {os.fspath(path)!r}.")
             try:
-                d[key] = self._loader(path, reader)
+                out = self._loader(path, reader)
             except Exception as e:  # re-raised with the key and file name, original error chained
                 raise RuntimeError(f"could not read {key} file {path!r}: {type(e).__name__}: {e}") from e
+            # MONAI Label sets ``image_only = False`` on every LoadImaged: keep the MetaTensor, drop the meta dict
+            d[key] = out[0] if isinstance(out, tuple) else out
         return d
 
 
