@@ -127,6 +127,9 @@ class MapDatasetLabelsd(MapTransform):
         datasets: optional extra dataset table as accepted by ``get_dataset_spec`` (config-level
             ``{name: {"label_map": {raw: global}, "labeled_classes": [...]}}``). Default None.
         mask_key: metadata key of the labeled-class mask. Default ``"labeled_mask"``.
+        partial_labels: True (default) attaches the dataset's true labeled-class mask. False is the NAIVE
+            baseline of the loss study: every class counts as labeled (all-ones mask), so organs a dataset does
+            not annotate are treated as background. Labels are mapped the same way in both cases.
         allow_missing_keys: don't raise if a label key is absent (e.g. inference items).
 
     Raises:
@@ -148,6 +151,7 @@ class MapDatasetLabelsd(MapTransform):
         datasets: Mapping[str, Any] | None = None,
         mask_key: str = "labeled_mask",
         allow_missing_keys: bool = False,
+        partial_labels: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if int(num_classes) < 2:
@@ -156,12 +160,13 @@ class MapDatasetLabelsd(MapTransform):
         self.num_classes = int(num_classes)
         self.datasets = dict(datasets) if datasets else None
         self.mask_key = mask_key
+        self.partial_labels = bool(partial_labels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         name = d.get(self.dataset_key, None)
         spec = get_dataset_spec(name, self.datasets) if name not in (None, "") else None
-        if spec is None:
+        if spec is None or not self.partial_labels:
             mask = np.ones(self.num_classes, dtype=np.float32)
         else:
             mask = labeled_mask(spec.labeled_classes, self.num_classes)

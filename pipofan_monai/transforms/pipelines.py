@@ -45,6 +45,7 @@ def get_preprocessing_transforms(
     image_mode: str = "trilinear",
     reader: Any = None,
     allow_missing_label: bool = False,
+    partial_labels: bool = True,
 ) -> list:
     """Deterministic part shared by training and validation.
 
@@ -62,6 +63,9 @@ def get_preprocessing_transforms(
             "nearest"); labels always use "nearest". Default "trilinear".
         reader: ``LoadImaged`` reader (None: automatic).
         allow_missing_label: accept items without a label (inference).
+        partial_labels: attach each dataset's true labeled-class mask (default). False: all-ones masks, the
+            naive baseline treating unannotated organs as background; use it for training pipelines only, so
+            that validation Dice still skips the organs a volume does not annotate.
 
     Returns:
         list of transforms.
@@ -70,7 +74,8 @@ def get_preprocessing_transforms(
     xforms = load_ct_transforms(keys, reader=reader, allow_missing_keys=allow_missing_label)
     if label_key:
         xforms.append(MapDatasetLabelsd(label_key, dataset_key=dataset_key, num_classes=num_classes,
-                                        datasets=datasets, allow_missing_keys=allow_missing_label))
+                                        datasets=datasets, allow_missing_keys=allow_missing_label,
+                                        partial_labels=partial_labels))
     xforms.append(HUWindowd(image_key, window=hu_window, mode=intensity))
     if spatial_size is not None:
         modes = [image_mode] + (["nearest"] if label_key else [])
