@@ -15,7 +15,9 @@ Commands:
     datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV folders and write a datalist with five folds
     demo       write the built-in synthetic demo dataset
     crossval   train one model per fold with the bundle and write the Table-V style report
+    study      run a study of the paper (datasets / loss / architecture) and write its table
     convert    convert an authors' PIPO-FAN checkpoint to a PIPOFAN state_dict
+    benchmark  inference / training / end-to-end throughput, fp32 eager baseline vs optimized path (JSON report)
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=
     return {k: v for k, v in report["summary"].items()}
 
 
+def study(name: str, datalist=None, output_dir=None, max_epochs=None, quick: bool = False, **override):
+    """Run study ``datasets``, ``loss`` or ``architecture`` and write <output_dir>/<name>.{json,csv,png}."""
+    _logging()
+    from pipofan_monai.studies import run_study
+
+    report = run_study(name, datalist=datalist, output_dir=output_dir, max_epochs=max_epochs, quick=quick, **override)
+    return "wrote " + ", ".join(report["files"])
+
+
 def convert(src: str, dst: str, transpose_kernels: bool = False):
     """Convert the authors' checkpoint ``src`` and save ``{"model": state_dict, "config": ...}`` to ``dst``."""
     import torch
@@ -53,13 +64,30 @@ def convert(src: str, dst: str, transpose_kernels: bool = False):
     return f"wrote {dst}: PIPOFAN(legacy_projections=True, **{config})"
 
 
+def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="[64,128,256,512,512]",
+              compile: bool = False, volume_shape="[512,512,200]", output: str = "benchmark.json", quick: bool = False,
+              **kwargs):
+    """Print the throughput table (inference, training, end-to-end, memory, accuracy) and write ``output`` (JSON).
+
+    Other options of :func:`pipofan_monai.benchmark.run_benchmark`: ``--compile_mode``, ``--e2e_spatial_size``,
+    ``--train_batch``, ``--train_size``, ``--iters``, ``--train_steps``, ``--accuracy_slices``, ``--ckpt``,
+    ``--sections``, ``--threads``, ``--seed``.
+    """
+    from pipofan_monai.benchmark import run_benchmark
+
+    report = run_benchmark(device=device, size=size, batch=batch, channels=channels, compile=compile,
+                           volume_shape=volume_shape, output=output or None, quick=quick, **kwargs)
+    print(report["table"])
+
+
 def main() -> None:
     import fire
 
     from pipofan_monai.data import datalist_command, demo_command
 
     _logging()
-    fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "convert": convert})
+    fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
+               "convert": convert, "benchmark": benchmark})
 
 
 if __name__ == "__main__":

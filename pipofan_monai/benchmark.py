@@ -1,0 +1,835 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Throughput benchmark of PIPO-FAN: network inference, training steps, end-to-end bundle inference of a
+synthetic CT volume with a per-stage breakdown, peak memory, and the label-map agreement of the optimized path
+with the fp32 eager baseline (``python -m pipofan_monai benchmark``).
+
+Two execution paths of the same network (same weights) are compared:
+
+- ``baseline``: fp32, contiguous (NCHW) memory, eager.
+- ``optimized``: on CUDA, autocast in bfloat16 (float16 with gradient scaling on GPUs without bf16),
+  ``channels_last``, optionally ``torch.compile``; inputs are copied from pinned host memory with
+  ``non_blocking=True``. On the CPU, the candidates ``fp32 + channels_last`` and (where the CPU has native bf16)
+  ``bf16 autocast + channels_last`` are measured, and the fastest one whose label maps agree with the baseline's
+  (Dice >= 0.99 per organ) is used; if none beats the baseline, the optimized path IS the baseline (reported).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipofan_monai.data.registry import BUILTIN_DATASETS, CLASS_NAMES
+
+__all__ = [
+    "ExecutionPath",
+    "BASELINE",
+    "resolve_device",
+    "default_amp_dtype",
+    "cpu_candidates",
+    "prepare_network",
+    "make_network",
+    "calibrate_batchnorm",
+    "peak_memory",
+    "reset_peak_memory",
+    "benchmark_inference",
+    "benchmark_training",
+    "label_agreement",
+    "benchmark_end_to_end",
+    "run_benchmark",
+    "format_report",
+    "QUICK_SETTINGS",
+]
+
+logger = logging.getLogger("pipofan.benchmark")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "bundle" / "configs" / "inference.json"
+
+#: settings of ``--quick``: a tiny network and volume, finishing in well under a minute on 2 CPU cores.
+QUICK_SETTINGS: dict[str, Any] = {
+    "size": 64,
+    "batch": 8,
+    "channels": (8, 16, 32, 64, 64),
+    "volume_shape": (96, 96, 12),
+    "train_batch": 4,
+    "train_size": 48,
+    "iters": 2,
+    "train_steps": 2,
+    "accuracy_slices": 8,
+    "e2e_spatial_size": 64,
+}
+
+#: e2e stage of each transform class of the bundle's pre/postprocessing (anything else: "postprocess").
+_STAGE_OF = {
+    "LoadCTd": "load",
+    "LoadImaged": "load",
+    "CheckVolumed": "load",
+    "Orientationd": "preprocess",
+    "HUWindowd": "preprocess",
+    "Resized": "preprocess",
+    "EnsureTyped": "preprocess",
+    "Invertd": "invert",
+    "SaveImaged": "save",
+}
+STAGES = ("load", "preprocess", "network", "invert", "postprocess", "save")
+
+
+# ---------------------------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class ExecutionPath:
+    """How the network is executed.
+
+    Args:
+        name: label used in the report.
+        amp_dtype: autocast dtype name (``"bfloat16"``, ``"float16"``) or ``None`` for fp32.
+        channels_last: network weights and inputs in ``torch.channels_last``.
+        compile: wrap the network with ``torch.compile``.
+        compile_mode: ``torch.compile`` mode (``None`` = PyTorch's default).
+    """
+
+    name: str
+    amp_dtype: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return None if self.amp_dtype is None else getattr(torch, self.amp_dtype)
+
+    def autocast(self, device: torch.device):
+        """``torch.autocast`` context for this path on ``device`` (a null context for fp32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def inferer_kwargs(self) -> dict:
+        """The :class:`~pipofan_monai.inferers.SlidingSliceInferer` options of this path."""
+        return {"amp": self.amp_dtype is not None, "amp_dtype": self.dtype, "channels_last": self.channels_last}
+
+
+BASELINE = ExecutionPath("fp32 eager")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` -> ``cuda`` when available else ``cpu``; ``"cuda"`` without a GPU falls back to the CPU
+    with a warning (the benchmark degrades gracefully).
+
+    Raises:
+        ValueError: an unknown device string.
+    """
+    if device is None or str(device).lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("device %r asked but no CUDA GPU is available: benchmarking on the CPU.", str(device))
+        return torch.device("cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}.")
+    return dev
+
+
+def default_amp_dtype(device: torch.device) -> str | None:
+    """bfloat16 on GPUs that support it, float16 on older GPUs, ``None`` on the CPU (measured separately)."""
+    if device.type != "cuda":
+        return None
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def _cpu_has_bf16() -> bool:
+    fn = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool((fn is not None and fn()) or (amx is not None and amx()))
+    except Exception:  # pragma: no cover - private API differences across versions
+        return False
+
+
+def cpu_candidates() -> list[ExecutionPath]:
+    """Optimized-path candidates measured on the CPU: fp32 channels_last, plus bf16 where the CPU has native bf16."""
+    cands = [ExecutionPath("fp32 channels_last", None, True)]
+    if _cpu_has_bf16():
+        cands.append(ExecutionPath("bf16 autocast channels_last", "bfloat16", True))
+    return cands
+
+
+def make_network(channels: Sequence[int], seed: int = 0, ckpt: str | None = None) -> torch.nn.Module:
+    """The bundle's PIPO-FAN (3 input slices, 4 classes) with ``channels``, seeded random weights or ``ckpt``."""
+    from pipofan_monai.networks import PIPOFAN
+
+    torch.manual_seed(int(seed))
+    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=len(CLASS_NAMES), channels=tuple(channels))
+    if ckpt:
+        from pipofan_monai.engines.inference import load_network_weights
+
+        load_network_weights(net, ckpt)
+    return net
+
+
+def prepare_network(network: torch.nn.Module, path: ExecutionPath, device: torch.device, train: bool = False):
+    """A copy of ``network`` on ``device`` in the memory format of ``path`` (compiled when asked), in eval mode
+    unless ``train``. The original is not modified."""
+    net = copy.deepcopy(network).to(device)
+    if path.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.train(train)
+    if path.compile:
+        kw = {} if path.compile_mode in (None, "", "default") else {"mode": path.compile_mode}
+        net = torch.compile(net, dynamic=False, **kw)
+    return net
+
+
+def calibrate_batchnorm(network: torch.nn.Module, slabs: torch.Tensor, batch: int = 8) -> torch.nn.Module:
+    """Set the BatchNorm running statistics of an untrained network from ``slabs`` ``(N, 3, H, W)`` (cumulative
+    averages over batches of ``batch``), so that its random-weight label maps are non-trivial. Returns the
+    network in eval mode."""
+    bns = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    network.train()
+    with torch.no_grad():
+        for s in range(0, slabs.shape[0], batch):
+            network(slabs[s : s + batch])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return network.eval()
+
+
+# ---------------------------------------------------------------------------------------------- memory / timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Reset the peak counter: CUDA allocator peak, or the process's peak RSS (Linux ``clear_refs``, best effort)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device) -> dict:
+    """``{"kind", "peak_mb"}``: ``torch.cuda.max_memory_allocated`` on CUDA, else the peak RSS of the process."""
+    if device.type == "cuda":
+        return {"kind": "cuda_max_memory_allocated", "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return {"kind": "rss_peak", "peak_mb": int(line.split()[1]) / 1024}
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": "rss_peak_process_lifetime", "peak_mb": kb / 1024}
+
+
+def _host_batch(shape: Sequence[int], device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(*shape, generator=generator)
+    return x.pin_memory() if device.type == "cuda" else x
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+# ---------------------------------------------------------------------------------------------- (a) inference
+def benchmark_inference(
+    network: torch.nn.Module, path: ExecutionPath, device: torch.device, size: int = 256, batch: int = 32,
+    iters: int = 10, warmup: int = 2, seed: int = 0,
+) -> dict:
+    """Network inference throughput on whole ``size x size`` slices, ``batch`` slabs per forward pass.
+
+    Each iteration copies a pinned host batch ``(batch, 3, size, size)`` to the device (``non_blocking``) and runs
+    the eval-mode network under ``torch.inference_mode`` (and the path's autocast).
+
+    Returns:
+        ``{"path", "slices_per_s", "seconds_per_batch", "warmup_s", "iters", "batch", "size", "memory"}``.
+    """
+    if size % 16 or size < 16:
+        raise ValueError(f"size must be a positive multiple of 16, got {size}.")
+    net = prepare_network(network, path, device)
+    gen = torch.Generator().manual_seed(seed)
+    host = _host_batch((batch, 3, size, size), device, gen)
+    reset_peak_memory(device)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(max(1, warmup)):
+            with path.autocast(device):
+                net(_to_device(host, device, path.channels_last))
+        _sync(device)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            with path.autocast(device):
+                out = net(_to_device(host, device, path.channels_last))
+        _sync(device)
+        dt = time.perf_counter() - t0
+    del out
+    return {
+        "path": asdict(path), "slices_per_s": iters * batch / dt, "seconds_per_batch": dt / iters,
+        "warmup_s": warm, "iters": iters, "batch": batch, "size": size, "memory": peak_memory(device),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- (b) training
+def benchmark_training(
+    network: torch.nn.Module, path: ExecutionPath, device: torch.device, batch: int = 32, size: int = 224,
+    steps: int = 5, warmup: int = 2, seed: int = 0, learning_rate: float = 2e-4,
+) -> dict:
+    """Training throughput: forward + ``DeepPyramidSupervisionLoss(TargetAdaptiveLoss())`` (stage "dps") + backward
+    + RMSprop step (the bundle's optimizer settings) on batches of 3-slice ``size x size`` crops with random labels
+    and a mix of partial-label masks (LiTS, KiTS19, MSD Spleen, BTCV). Float16 autocast uses a ``GradScaler``.
+
+    Returns:
+        ``{"path", "samples_per_s", "seconds_per_step", "warmup_s", "steps", "batch", "size", "final_loss",
+        "memory"}``.
+    """
+    from pipofan_monai.losses import DeepPyramidSupervisionLoss, TargetAdaptiveLoss
+
+    if size % 16 or size < 16:
+        raise ValueError(f"size must be a positive multiple of 16, got {size}.")
+    net = prepare_network(network, path, device, train=True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.RMSprop(params, lr=learning_rate, alpha=0.99, eps=1e-8, momentum=0.9, weight_decay=0)
+    loss_fn = DeepPyramidSupervisionLoss(TargetAdaptiveLoss(), stage="dps")
+    scaler = torch.amp.GradScaler(device.type, enabled=path.amp_dtype == "float16" and device.type == "cuda")
+    gen = torch.Generator().manual_seed(seed)
+    host_x = _host_batch((batch, 3, size, size), device, gen)
+    host_y = torch.randint(0, len(CLASS_NAMES), (batch, 1, size, size), generator=gen).float()
+    masks = [spec.labeled_mask(len(CLASS_NAMES)) for spec in BUILTIN_DATASETS.values()]
+    host_m = torch.as_tensor(np.stack([masks[i % len(masks)] for i in range(batch)]))
+    if device.type == "cuda":
+        host_y, host_m = host_y.pin_memory(), host_m.pin_memory()
+
+    def step() -> torch.Tensor:
+        x = _to_device(host_x, device, path.channels_last)
+        y = host_y.to(device, non_blocking=True)
+        m = host_m.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with path.autocast(device):
+            outs = net(x)
+        loss = loss_fn([o.float() for o in outs], y, labeled_mask=m)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    for _ in range(max(1, warmup)):
+        step()
+    _sync(device)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return {
+        "path": asdict(path), "samples_per_s": steps * batch / dt, "seconds_per_step": dt / steps, "warmup_s": warm,
+        "steps": steps, "batch": batch, "size": size, "final_loss": float(loss), "memory": peak_memory(device),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    inter = float((a & b).sum())
+    total = float(a.sum()) + float(b.sum())
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def label_agreement(
+    volume: torch.Tensor, reference: tuple[torch.nn.Module, ExecutionPath],
+    candidate: tuple[torch.nn.Module, ExecutionPath], device: torch.device, sw_batch_size: int = 32,
+    threshold: float = 0.99, class_names: Sequence[str] = CLASS_NAMES,
+) -> dict:
+    """Per-organ Dice between the label maps (argmax over classes) of two execution paths on one volume.
+
+    Args:
+        volume: ``(1, 1, H, W, D)`` preprocessed intensities (H, W multiples of 16 avoid padding).
+        reference: ``(network, path)`` of the reference (e.g. the fp32 eager baseline), networks prepared with
+            :func:`prepare_network`.
+        candidate: ``(network, path)`` of the path under test.
+        device: where the networks run.
+        sw_batch_size: slabs per forward pass.
+        threshold: the minimum Dice per organ for ``passed``.
+        class_names: class names (index = class id); background (0) is not scored.
+
+    Returns:
+        ``{"dice": {organ: Dice}, "reference_voxels": {organ: count}, "min_dice", "threshold", "passed",
+        "voxel_agreement"}``; an organ absent from both maps has Dice 1.0.
+    """
+    from pipofan_monai.inferers import SlidingSliceInferer
+
+    if volume.ndim != 5 or volume.shape[:2] != (1, 1):
+        raise ValueError(f"volume must have shape (1, 1, H, W, D), got {tuple(volume.shape)}.")
+    labels = []
+    for net, path in (reference, candidate):
+        inferer = SlidingSliceInferer(sw_batch_size=sw_batch_size, sw_device=device, device="cpu",
+                                      **path.inferer_kwargs())
+        with torch.inference_mode():
+            labels.append(inferer(volume, net).argmax(1)[0])
+    ref, cand = labels
+    dice = {name: _dice(ref == c, cand == c) for c, name in enumerate(class_names) if c > 0}
+    counts = {name: int((ref == c).sum()) for c, name in enumerate(class_names) if c > 0}
+    min_dice = min(dice.values()) if dice else 1.0
+    return {"dice": dice, "reference_voxels": counts, "min_dice": min_dice, "threshold": threshold,
+            "passed": bool(min_dice >= threshold), "voxel_agreement": float((ref == cand).float().mean())}
+
+
+def _phantom(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic abdominal CT (int16 HU, RAS affine) of ``shape``; the demo phantom generator."""
+    from pipofan_monai.data.demo import synthesize_case
+
+    shape = [int(s) for s in shape]
+    img, _, affine = synthesize_case(seed, shape=tuple(max(s, 8) for s in shape))  # the generator needs >= 8
+    return np.ascontiguousarray(img[: shape[0], : shape[1], : shape[2]]), affine
+
+
+def _windowed(img: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, D) HU -> (1, 1, size, size, D) in [0, 1] (window [-200, 200], trilinear in-plane resize)."""
+    t = torch.as_tensor(img, dtype=torch.float32)
+    t = ((t.clamp(-200, 200) + 200) / 400)[None, None]
+    return torch.nn.functional.interpolate(t, size=(size, size, t.shape[-1]), mode="trilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------- (c) end to end
+def _parse_inference_config(config_file: str | os.PathLike, overrides: Mapping[str, Any]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser.update(dict(overrides))
+    return {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
+
+
+def benchmark_end_to_end(
+    network: torch.nn.Module, path: ExecutionPath, device: torch.device, volume_shape: Sequence[int] = (512, 512, 200),
+    spatial_size: int = 256, sw_batch_size: int = 32, config_file: str | os.PathLike = DEFAULT_CONFIG,
+    workdir: str | os.PathLike | None = None, postprocess: bool = True, gpu_resample: bool | None = None,
+    seed: int = 0,
+) -> dict:
+    """End-to-end inference of a synthetic CT NIfTI with the bundle's components and a per-stage breakdown.
+
+    The components (``preprocessing``, ``inferer``, ``postprocessing``) are parsed from ``config_file`` (the
+    bundle's ``inference.json``) with overrides (``spatial_size``, ``sw_batch_size``, output folder, device); the
+    inferer gets the path's autocast/channels_last options. The case is then processed as
+    :class:`~pipofan_monai.engines.inference.SegmentationRunner` does for one checkpoint, each transform timed:
+    load (read + checks) -> preprocess (orientation, HU window, in-plane resample) -> network (sliding-slice
+    inference) -> postprocess (softmax) -> invert (resample back to the original grid) -> postprocess (argmax,
+    connected components) -> save (uint8 NIfTI). With ``gpu_resample`` (default: True on CUDA, False on the CPU)
+    the image is moved to ``device`` before the resample and the network output, its inversion and the argmax
+    stay there.
+    The bare network forward passes over the same slices (``D`` slabs of ``spatial_size``², in chunks of
+    ``sw_batch_size``, same path, tensors already on the device) are timed in the same call.
+
+    Returns:
+        ``{"volume_shape", "spatial_size", "sw_batch_size", "stages": {stage: s}, "transforms": [[name, stage, s]],
+        "total_s", "wall_s", "bare_network_s", "pipeline_over_bare", "memory", "output_file", "output_shape"}``.
+    """
+    from monai.transforms import EnsureTyped
+
+    vs = [int(v) for v in volume_shape]
+    if len(vs) != 3 or min(vs) < 1:
+        raise ValueError(f"volume_shape must be 3 positive sizes, got {volume_shape}.")
+    tmp = tempfile.TemporaryDirectory(prefix="pipofan_bench_", dir=workdir)
+    root = Path(tmp.name)
+    try:
+        import nibabel as nib
+
+        img, affine = _phantom(vs, seed)
+        image_path = root / "bench_ct.nii.gz"
+        nib.save(nib.Nifti1Image(img, affine), str(image_path))
+        on_gpu = device.type == "cuda" if gpu_resample is None else bool(gpu_resample)
+        comps = _parse_inference_config(config_file, {
+            "bundle_root": str(REPO_ROOT / "bundle"),
+            "spatial_size": int(spatial_size),
+            "sw_batch_size": int(sw_batch_size),
+            "output_dir": str(root / "out"),
+            "device": f"$torch.device('{device}')",
+            "amp": path.amp_dtype is not None,
+            "postprocess": bool(postprocess),
+        })
+        pre, inferer, post = comps["preprocessing"], comps["inferer"], comps["postprocessing"]
+        for k, v in path.inferer_kwargs().items():
+            setattr(inferer, k, v)
+        inferer.sw_device = device
+        if on_gpu:
+            pre_t = list(pre.transforms)
+            at = next((i for i, t in enumerate(pre_t) if type(t).__name__ == "Resized"), len(pre_t))
+            pre_t.insert(at, EnsureTyped("image", device=device, track_meta=True))
+            pre.transforms = pre_t
+            inferer.device = device
+            for t in post.transforms:
+                if type(t).__name__ == "Invertd":  # per-key devices, as Invertd's constructor stores them
+                    t.device = (device,) * len(t.keys)
+        net = prepare_network(network, path, device)
+
+        # bare forward passes over the same slices (also the warm-up of the network, compile included)
+        depth = vs[2]
+        gen = torch.Generator().manual_seed(seed)
+        chunks = [_to_device(torch.rand(min(sw_batch_size, depth - s), 3, spatial_size, spatial_size, generator=gen),
+                             device, path.channels_last) for s in range(0, depth, sw_batch_size)]
+        with torch.inference_mode():
+            for c in {c.shape[0]: c for c in chunks}.values():
+                with path.autocast(device):
+                    net(c)
+            _sync(device)
+            t0 = time.perf_counter()
+            for c in chunks:
+                with path.autocast(device):
+                    net(c)
+            _sync(device)
+            bare = time.perf_counter() - t0
+        del chunks
+
+        reset_peak_memory(device)
+        timings: list[list] = []
+
+        def timed(name: str, stage: str, fn: Callable, d: Any) -> Any:
+            _sync(device)
+            t = time.perf_counter()
+            out = fn(d)
+            _sync(device)
+            timings.append([name, stage, time.perf_counter() - t])
+            return out
+
+        t_start = time.perf_counter()
+        d: Any = {"image": str(image_path)}
+        for t in pre.transforms:
+            d = timed(type(t).__name__, _STAGE_OF.get(type(t).__name__, "preprocess"), t, d)
+
+        def run_net(dd):
+            with torch.no_grad():
+                dd["pred"] = inferer(dd["image"][None], net)[0]
+            return dd
+
+        d = timed("SlidingSliceInferer", "network", run_net, d)
+        for t in post.transforms:
+            d = timed(type(t).__name__, _STAGE_OF.get(type(t).__name__, "postprocess"), t, d)
+        wall = time.perf_counter() - t_start
+        stages = {s: sum(x[2] for x in timings if x[1] == s) for s in STAGES}
+        total = sum(stages.values())
+        outputs = sorted((root / "out").glob("*_seg.nii.gz"))
+        out_shape = list(nib.load(str(outputs[0])).shape) if outputs else None
+        return {
+            "volume_shape": vs, "spatial_size": int(spatial_size), "sw_batch_size": int(sw_batch_size),
+            "path": asdict(path), "gpu_resample": on_gpu, "stages": stages, "transforms": timings, "total_s": total,
+            "wall_s": wall, "bare_network_s": bare, "pipeline_over_bare": total / bare if bare > 0 else math.inf,
+            "memory": peak_memory(device), "output_file": outputs[0].name if outputs else None,
+            "output_shape": out_shape,
+        }
+    finally:
+        tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _parse_ints(value: Any, name: str, n: int | None = None) -> tuple[int, ...]:
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{name} must be a list of integers such as [64,128,256,512,512], got {value!r}.") from e
+    if isinstance(value, (int, float)):
+        value = [value]
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a list of integers, got {value!r}.") from e
+    if (n is not None and len(out) != n) or any(v < 1 for v in out):
+        raise ValueError(f"{name} must be {n or 'some'} positive integers, got {value!r}.")
+    return out
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}.")
+
+
+def run_benchmark(
+    device: str = "auto", size: int = 256, batch: int = 32, channels: Any = (64, 128, 256, 512, 512),
+    compile: Any = False, compile_mode: str | None = None, volume_shape: Any = (512, 512, 200),
+    e2e_spatial_size: int | None = None, train_batch: int = 32, train_size: int = 224, iters: int = 10,
+    train_steps: int = 5, accuracy_slices: int = 16, ckpt: str | None = None, output: str | None = None,
+    quick: Any = False, sections: Any = ("inference", "training", "end_to_end"), threads: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run every section and return (and optionally write) the report.
+
+    Args:
+        device: ``"auto"`` (CUDA if available), ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
+        size: in-plane size of the inference benchmark (multiple of 16).
+        batch: slices per forward pass (inference and end-to-end ``sw_batch_size``).
+        channels: the five encoder widths of PIPO-FAN (bundle default ``[64,128,256,512,512]``).
+        compile: also ``torch.compile`` the optimized path (CUDA; on the CPU it is measured if asked too).
+        compile_mode: ``torch.compile`` mode, e.g. ``"max-autotune"`` (default: PyTorch's default).
+        volume_shape: ``(H, W, D)`` of the synthetic CT of the end-to-end section.
+        e2e_spatial_size: the bundle's in-plane ``spatial_size`` for the end-to-end section (default ``size``).
+        train_batch: training batch size.
+        train_size: training crop size (multiple of 16).
+        iters: timed inference batches per path.
+        train_steps: timed training steps per path.
+        accuracy_slices: slices of the phantom used for the label-map agreement check.
+        ckpt: optional checkpoint (``network_channels`` must match); default: seeded random weights with BatchNorm
+            statistics calibrated on the phantom.
+        output: JSON file to write (``None``: don't write).
+        quick: use :data:`QUICK_SETTINGS` (tiny network and volume; < 60 s on 2 CPU cores).
+        sections: subset of ``("inference", "training", "end_to_end")``.
+        threads: ``torch.set_num_threads`` (CPU).
+        seed: seed of weights and data.
+
+    Returns:
+        The report dict (see :func:`format_report`).
+    """
+    quick = _as_bool(quick, "quick")
+    compile = _as_bool(compile, "compile")
+    if quick:
+        size, batch, channels = QUICK_SETTINGS["size"], QUICK_SETTINGS["batch"], QUICK_SETTINGS["channels"]
+        volume_shape, train_batch = QUICK_SETTINGS["volume_shape"], QUICK_SETTINGS["train_batch"]
+        train_size, iters = QUICK_SETTINGS["train_size"], QUICK_SETTINGS["iters"]
+        train_steps = QUICK_SETTINGS["train_steps"]
+        accuracy_slices, e2e_spatial_size = QUICK_SETTINGS["accuracy_slices"], QUICK_SETTINGS["e2e_spatial_size"]
+    channels = _parse_ints(channels, "channels", 5)
+    volume_shape = _parse_ints(volume_shape, "volume_shape", 3)
+    if isinstance(sections, str):
+        sections = [s.strip() for s in sections.strip("[]()").replace("'", "").replace('"', "").split(",") if s.strip()]
+    sections = tuple(sections)
+    bad = [s for s in sections if s not in ("inference", "training", "end_to_end")]
+    if bad:
+        raise ValueError(f"sections must be among inference, training, end_to_end, got {bad}.")
+    for name, v in (("size", size), ("train_size", train_size)):
+        if int(v) < 16 or int(v) % 16:
+            raise ValueError(f"{name} must be a positive multiple of 16, got {v}.")
+    for name, v in (("batch", batch), ("train_batch", train_batch), ("iters", iters), ("train_steps", train_steps),
+                    ("accuracy_slices", accuracy_slices)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}.")
+    size, batch, e2e_size = int(size), int(batch), int(e2e_spatial_size or size)
+    if threads is None and quick:
+        threads = 1  # a tiny network gains nothing from threads, and a shared CPU makes several threads erratic
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    t_all = time.perf_counter()
+    report: dict[str, Any] = {
+        "device": _device_info(dev), "settings": {
+            "size": size, "batch": batch, "channels": list(channels), "compile": compile, "compile_mode": compile_mode,
+            "volume_shape": list(volume_shape), "e2e_spatial_size": e2e_size, "train_batch": int(train_batch),
+            "train_size": int(train_size), "iters": int(iters), "train_steps": int(train_steps), "quick": quick,
+            "ckpt": ckpt, "seed": seed, "sections": list(sections)},
+    }
+    log = _progress
+    log(f"benchmark on {report['device']['name']} ({dev}), network channels {list(channels)}")
+    base_net = make_network(channels, seed, ckpt)
+    img, _ = _phantom((max(size, 64), max(size, 64), int(accuracy_slices)), seed)
+    acc_volume = _windowed(img, size)
+    if not ckpt:  # random weights: BatchNorm statistics from real-looking slabs -> non-trivial label maps
+        from pipofan_monai.inferers import make_slab_indices
+
+        d = acc_volume.shape[-1]
+        slabs = acc_volume[0, 0][:, :, make_slab_indices(0, d, d)].permute(2, 3, 0, 1).contiguous()
+        calibrate_batchnorm(base_net, slabs)
+    report["network"] = {"parameters": sum(p.numel() for p in base_net.parameters()), "weights": ckpt or "random+bn"}
+
+    # candidates of the optimized path
+    if dev.type == "cuda":
+        name = f"{default_amp_dtype(dev)} autocast channels_last" + (" compile" if compile else "")
+        candidates = [ExecutionPath(name, default_amp_dtype(dev), True, compile, compile_mode)]
+    else:
+        candidates = cpu_candidates()
+        if compile:
+            candidates += [ExecutionPath(c.name + " compile", c.amp_dtype, True, True, compile_mode)
+                           for c in candidates]
+
+    # accuracy of every candidate against the fp32 baseline
+    ref = (prepare_network(base_net, BASELINE, dev), BASELINE)
+    accuracy = {}
+    for cand in candidates:
+        log(f"accuracy: label maps of {cand.name!r} vs fp32 on a {tuple(acc_volume.shape[2:])} phantom")
+        accuracy[cand.name] = label_agreement(acc_volume, ref, (prepare_network(base_net, cand, dev), cand), dev,
+                                              sw_batch_size=batch)
+        log(f"  min Dice {accuracy[cand.name]['min_dice']:.4f} -> {'ok' if accuracy[cand.name]['passed'] else 'FAIL'}")
+    report["accuracy"] = accuracy
+    del ref
+
+    # (a) inference
+    report["inference"] = None
+    optimized = candidates[0]
+    if "inference" in sections:
+        log(f"inference: {BASELINE.name}, batch {batch} of {size}x{size}, {iters} iterations")
+        base = benchmark_inference(base_net, BASELINE, dev, size, batch, iters, seed=seed)
+        log(f"  {base['slices_per_s']:.1f} slices/s")
+        measured = {}
+        for cand in candidates:
+            log(f"inference: {cand.name}")
+            measured[cand.name] = benchmark_inference(base_net, cand, dev, size, batch, iters, seed=seed)
+            log(f"  {measured[cand.name]['slices_per_s']:.1f} slices/s")
+        optimized = _choose(candidates, measured, accuracy, "slices_per_s", base["slices_per_s"],
+                            keep=dev.type == "cuda")
+        opt = measured.get(optimized.name, base)
+        report["inference"] = {"baseline": base, "candidates": measured, "optimized": opt,
+                               "optimized_path": optimized.name, "ratio": opt["slices_per_s"] / base["slices_per_s"]}
+    elif dev.type != "cuda":  # not measured: the first candidate that passed the accuracy check
+        optimized = next((c for c in candidates if accuracy[c.name]["passed"]), BASELINE)
+    report["optimized_path"] = asdict(optimized)
+
+    # (b) training
+    report["training"] = None
+    if "training" in sections:
+        log(f"training: {BASELINE.name}, batch {train_batch} of 3x{train_size}x{train_size}, {train_steps} steps")
+        tbase = benchmark_training(base_net, BASELINE, dev, int(train_batch), int(train_size), int(train_steps),
+                                   seed=seed)
+        log(f"  {tbase['samples_per_s']:.1f} samples/s")
+        tmeasured = {}
+        for cand in candidates:
+            log(f"training: {cand.name}")
+            tmeasured[cand.name] = benchmark_training(base_net, cand, dev, int(train_batch), int(train_size),
+                                                      int(train_steps), seed=seed)
+            log(f"  {tmeasured[cand.name]['samples_per_s']:.1f} samples/s")
+        tpath = _choose(candidates, tmeasured, accuracy, "samples_per_s", tbase["samples_per_s"],
+                        keep=dev.type == "cuda")
+        topt = tmeasured.get(tpath.name, tbase)
+        report["training"] = {"baseline": tbase, "candidates": tmeasured, "optimized": topt,
+                              "optimized_path": tpath.name, "ratio": topt["samples_per_s"] / tbase["samples_per_s"]}
+
+    # (c) end to end, (e) pipeline / bare network
+    report["end_to_end"] = None
+    if "end_to_end" in sections:
+        log(f"end to end: synthetic CT {tuple(volume_shape)} -> bundle inference ({optimized.name}, spatial_size "
+            f"{e2e_size}, sw_batch_size {batch})")
+        e2e = benchmark_end_to_end(base_net, optimized, dev, volume_shape, e2e_size, batch, seed=seed)
+        log("  " + ", ".join(f"{k} {v:.2f}s" for k, v in e2e["stages"].items())
+            + f"; total {e2e['total_s']:.2f}s, bare network {e2e['bare_network_s']:.2f}s")
+        report["end_to_end"] = e2e
+    report["elapsed_s"] = time.perf_counter() - t_all
+    report["table"] = format_report(report)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        log(f"wrote {output}")
+    return report
+
+
+def _choose(candidates, measured, accuracy, key, base_value, keep: bool = False) -> ExecutionPath:
+    """The fastest measured candidate, preferring those that passed the accuracy check (a failing one is chosen only
+    when none passes, and is flagged in the report); the baseline when the chosen one does not beat it on the CPU
+    (with ``keep``, as on CUDA, the optimized path is always reported)."""
+    pool = [c for c in candidates if c.name in measured]
+    passing = [c for c in pool if accuracy[c.name]["passed"]]
+    if not pool:
+        return BASELINE
+    best = max(passing or pool, key=lambda c: measured[c.name][key])
+    return best if keep or measured[best.name][key] > base_value else BASELINE
+
+
+def _device_info(dev: torch.device) -> dict:
+    info = {"type": dev.type, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_bf16": _cpu_has_bf16()}
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        info.update(name=p.name, memory_gb=p.total_memory / 2**30, capability=f"{p.major}.{p.minor}",
+                    cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported(),
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["name"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return info
+
+
+def _progress(msg: str) -> None:
+    logger.info(msg)
+    if not logging.getLogger().handlers:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A plain-text table of a :func:`run_benchmark` report."""
+    dev = report["device"]
+    s = report["settings"]
+    lines = [f"PIPO-FAN benchmark on {dev['name']} ({dev['type']}, {dev['threads']} threads, torch {dev['torch']}); "
+             f"channels {s['channels']}, {report['network']['parameters']:,} parameters",
+             f"{'section':<34}{'baseline (fp32 eager)':>24}{'optimized':>16}{'ratio':>8}  optimized path"]
+    inf = report.get("inference")
+    if inf:
+        lines.append(f"{'inference slices/s @' + str(s['size']) + '², b' + str(s['batch']):<34}"
+                     f"{inf['baseline']['slices_per_s']:>24.1f}{inf['optimized']['slices_per_s']:>16.1f}"
+                     f"{inf['ratio']:>8.2f}  {inf['optimized_path']}")
+        for name, m in inf["candidates"].items():
+            lines.append(f"{'  candidate ' + name:<58}{m['slices_per_s']:>16.1f}"
+                         f"{m['slices_per_s'] / inf['baseline']['slices_per_s']:>8.2f}")
+        lines.append(f"{'  peak memory MB':<34}{inf['baseline']['memory']['peak_mb']:>24.0f}"
+                     f"{inf['optimized']['memory']['peak_mb']:>16.0f}  ({inf['baseline']['memory']['kind']})")
+    tr = report.get("training")
+    if tr:
+        lines.append(f"{'training samples/s @' + str(s['train_size']) + '², b' + str(s['train_batch']):<34}"
+                     f"{tr['baseline']['samples_per_s']:>24.1f}{tr['optimized']['samples_per_s']:>16.1f}"
+                     f"{tr['ratio']:>8.2f}  {tr['optimized_path']}")
+        for name, m in tr["candidates"].items():
+            lines.append(f"{'  candidate ' + name:<58}{m['samples_per_s']:>16.1f}"
+                         f"{m['samples_per_s'] / tr['baseline']['samples_per_s']:>8.2f}")
+        lines.append(f"{'  peak memory MB':<34}{tr['baseline']['memory']['peak_mb']:>24.0f}"
+                     f"{tr['optimized']['memory']['peak_mb']:>16.0f}")
+    for name, acc in (report.get("accuracy") or {}).items():
+        lines.append(f"accuracy {name}: Dice vs fp32 " + ", ".join(f"{k} {v:.4f}" for k, v in acc["dice"].items())
+                     + f" -> {'pass' if acc['passed'] else 'FAIL'} (>= {acc['threshold']})")
+    if report.get("accuracy") and report["network"]["weights"] == "random+bn":
+        lines.append("  (random weights have small logit margins: pass --ckpt with a trained model for a meaningful check)")
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines.append(f"end to end {'x'.join(map(str, e2e['volume_shape']))} (spatial_size {e2e['spatial_size']}, "
+                     f"{e2e['path']['name']}): total {e2e['total_s']:.2f} s, peak memory "
+                     f"{e2e['memory']['peak_mb']:.0f} MB")
+        lines.append("  " + " | ".join(f"{k} {v:.2f} s" for k, v in e2e["stages"].items()))
+        lines.append(f"  pipeline / bare network forward ({e2e['volume_shape'][2]} slices): "
+                     f"{e2e['total_s']:.2f} / {e2e['bare_network_s']:.2f} s = {e2e['pipeline_over_bare']:.2f}")
+    return "\n".join(lines)
