@@ -196,3 +196,18 @@ def test_crossval_one_fold_report(demo, tmp_path):
     assert csv_text[0] == "fold,best_epoch,liver,kidney,spleen,mean" and csv_text[-2].startswith("mean")
     with pytest.raises(ValueError, match="outside"):
         run_crossval(TRAIN, num_folds=5, folds=[5])
+
+
+@pytest.mark.parametrize("cwd", ["repo", "bundle"])
+def test_bundle_root_from_repo_root_and_from_inside_bundle(cwd, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO if cwd == "repo" else REPO / "bundle")
+    for name in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config("bundle/configs/" + name if cwd == "repo" else "configs/" + name)
+        assert Path(parser.get_parsed_content("bundle_root")) == REPO / "bundle"
+        if name == "train.json":
+            assert Path(parser.get_parsed_content("ckpt_dir")) == REPO / "bundle" / "models"
+        else:
+            assert Path(parser.get_parsed_content("ckpt_path")) == REPO / "bundle" / "models" / "model.pt"
