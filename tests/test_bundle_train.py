@@ -211,3 +211,36 @@ def test_bundle_root_from_repo_root_and_from_inside_bundle(cwd, monkeypatch):
             assert Path(parser.get_parsed_content("ckpt_dir")) == REPO / "bundle" / "models"
         else:
             assert Path(parser.get_parsed_content("ckpt_path")) == REPO / "bundle" / "models" / "model.pt"
+
+
+def test_stage_switch_resets_optimizer_and_restarts_schedule(caplog):
+    caplog.set_level("INFO")
+    from types import SimpleNamespace
+
+    from pipofan_monai.handlers import StageSwitchHandler
+    from pipofan_monai.losses import DeepPyramidSupervisionLoss
+
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.RMSprop([w], lr=1e-3, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, AuthorsLRLambda(2, 0.5))
+    loss = DeepPyramidSupervisionLoss(stage="dps")
+    handler = StageSwitchHandler(loss, dps_epochs=3, reset_optimizer=opt, lr_scheduler=sched)
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=0))
+    lrs = []
+    for epoch in range(1, 6):
+        engine.state.epoch = epoch
+        handler(engine)
+        w.grad = torch.ones(2)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+        if epoch == 3:
+            assert opt.state[w]  # momentum buffers exist before the switch
+        if epoch == 4:
+            assert loss.stage == "fused" and engine.state.stage == "fused"
+    # scheduler epoch s = e - 1 gives 1e-3 * 0.5 ** (s // 2 + 1): 5e-4, 5e-4, 2.5e-4; the switch at epoch 4 restarts
+    # the schedule at s = 0 (5e-4) and epoch 5 continues it (s = 1: 5e-4)
+    assert lrs == pytest.approx([5e-4, 5e-4, 2.5e-4, 5e-4, 5e-4])
+    assert "training stage dps -> fused" in caplog.text and "schedule restarted" in caplog.text
+    with pytest.raises(ValueError):
+        StageSwitchHandler(torch.nn.MSELoss(), 3)

@@ -50,8 +50,8 @@ class StageSwitchHandler:
 
     The stage is derived from the engine's epoch at every epoch start, so a resumed run is in the right stage.
     The switch is logged. The authors reset the optimizer and learning rate at the switch (two separate runs);
-    with ``reset_optimizer=True`` the optimizer state (momentum, RMS averages) is cleared and the learning rate
-    set back to its initial value at the switch epoch.
+    with ``reset_optimizer`` the optimizer state (momentum, RMS averages) is cleared and the learning-rate
+    schedule restarted from its epoch 0 at the switch epoch.
 
     Args:
         loss: a loss with ``set_stage(stage)`` and a ``stage`` attribute (:class:`DeepPyramidSupervisionLoss`).
@@ -83,9 +83,13 @@ class StageSwitchHandler:
                 self.optimizer.state.clear()
                 base = getattr(self.lr_scheduler, "base_lrs", None)
                 if base is not None:
+                    # restart the schedule as the authors' second run did: initial lr, scheduler at its epoch 0
                     for group, lr in zip(self.optimizer.param_groups, base):
                         group["lr"] = lr
-                logger.info("optimizer state and learning rate reset at the stage switch")
+                    self.lr_scheduler.last_epoch = -1
+                    self.lr_scheduler.step()
+                lr = self.optimizer.param_groups[0]["lr"]
+                logger.info(f"optimizer state reset and learning-rate schedule restarted (lr {lr:.3g}) at the stage switch")
         engine.state.stage = stage  # type: ignore[attr-defined]
 
 
