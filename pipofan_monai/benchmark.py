@@ -64,6 +64,8 @@ __all__ = [
     "run_benchmark",
     "format_report",
     "QUICK_SETTINGS",
+    "SECTIONS",
+    "benchmark_data_path",
 ]
 
 logger = logging.getLogger("pipofan.benchmark")
@@ -83,7 +85,12 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train_steps": 2,
     "accuracy_slices": 8,
     "e2e_spatial_size": 64,
+    "data_volume_shape": (64, 64, 12),
+    "data_workers": 0,
+    "data_batches": 3,
 }
+
+SECTIONS = ("inference", "training", "end_to_end", "data")
 
 #: e2e stage of each transform class of the bundle's pre/postprocessing (anything else: "postprocess").
 _STAGE_OF = {
@@ -588,13 +595,63 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}.")
 
 
+def benchmark_data_path(
+    volume_shape: Sequence[int] = (256, 256, 64),
+    spatial_size: int = 256,
+    train_size: int = 224,
+    batch: int = 32,
+    num_workers: int = 4,
+    batches: int = 20,
+    num_volumes: int = 8,
+    pin_memory: bool = False,
+    seed: int = 0,
+    workdir: str | os.PathLike | None = None,
+) -> dict:
+    """Samples/s of the bundle's training data path alone: synthetic demo volumes cached after the deterministic
+    preprocessing (\`\`CacheDataset\`\`, as train.json), then organ-centred 3-slice crops, slab-to-channels and flips
+    in \`\`num_workers\`\` DataLoader workers, batches of \`\`batch\`\`. Compare it with the training step's samples/s:
+    the data path keeps the accelerator busy when it is faster.
+    """
+    from monai.data import CacheDataset, DataLoader
+
+    from pipofan_monai.data import generate_demo_dataset, load_datalist
+    from pipofan_monai.engines import PartialLabelSampler
+    from pipofan_monai.transforms import get_train_transforms
+
+    with tempfile.TemporaryDirectory(prefix="pipofan_bench_data_", dir=workdir) as tmp:
+        per_source = max(1, int(math.ceil(num_volumes / 4)))
+        datalist = load_datalist(generate_demo_dataset(Path(tmp) / "demo", num_cases_per_source=per_source, num_test=1,
+                                                       shape=tuple(int(v) for v in volume_shape), seed=seed))
+        items = datalist["training"]
+        t0 = time.perf_counter()
+        dataset = CacheDataset(items, get_train_transforms(spatial_size=spatial_size, roi_size=train_size),
+                               cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
+        cache_s = time.perf_counter() - t0
+        sampler = PartialLabelSampler([d.get("dataset") for d in items], mode="mixed", seed=seed,
+                                      samples_per_epoch=batch * (batches + 1))
+        sampler.set_epoch(1)
+        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+        it = iter(loader)
+        first = next(it)  # worker start-up, not timed
+        t0 = time.perf_counter()
+        n = 0
+        for b in it:
+            n += int(b["image"].shape[0])
+        elapsed = time.perf_counter() - t0
+    return {
+        "samples_per_s": n / elapsed if elapsed > 0 else float("nan"), "samples": n, "seconds": elapsed,
+        "cache_s": cache_s, "num_volumes": len(items), "volume_shape": list(volume_shape), "batch": batch,
+        "num_workers": num_workers, "sample_shape": list(first["image"].shape[1:]),
+    }
+
+
 def run_benchmark(
     device: str = "auto", size: int = 256, batch: int = 32, channels: Any = (64, 128, 256, 512, 512),
     compile: Any = False, compile_mode: str | None = None, volume_shape: Any = (512, 512, 200),
     e2e_spatial_size: int | None = None, train_batch: int = 32, train_size: int = 224, iters: int = 10,
     train_steps: int = 5, accuracy_slices: int = 16, ckpt: str | None = None, output: str | None = None,
-    quick: Any = False, sections: Any = ("inference", "training", "end_to_end"), threads: int | None = None,
-    seed: int = 0,
+    quick: Any = False, sections: Any = SECTIONS, threads: int | None = None, seed: int = 0,
+    data_volume_shape: Any = (256, 256, 64), data_workers: int = 4, data_batches: int = 20,
 ) -> dict:
     """Run every section and return (and optionally write) the report.
 
@@ -616,7 +673,10 @@ def run_benchmark(
             statistics calibrated on the phantom.
         output: JSON file to write (``None``: don't write).
         quick: use :data:`QUICK_SETTINGS` (tiny network and volume; < 60 s on 2 CPU cores).
-        sections: subset of ``("inference", "training", "end_to_end")``.
+        sections: subset of ``("inference", "training", "end_to_end", "data")``.
+        data_volume_shape: ``(H, W, D)`` of the synthetic volumes of the data-path section.
+        data_workers: DataLoader workers of the data-path section.
+        data_batches: timed batches (of ``train_batch``) of the data-path section.
         threads: ``torch.set_num_threads`` (CPU).
         seed: seed of weights and data.
 
@@ -631,14 +691,16 @@ def run_benchmark(
         train_size, iters = QUICK_SETTINGS["train_size"], QUICK_SETTINGS["iters"]
         train_steps = QUICK_SETTINGS["train_steps"]
         accuracy_slices, e2e_spatial_size = QUICK_SETTINGS["accuracy_slices"], QUICK_SETTINGS["e2e_spatial_size"]
+        data_volume_shape, data_workers = QUICK_SETTINGS["data_volume_shape"], QUICK_SETTINGS["data_workers"]
+        data_batches = QUICK_SETTINGS["data_batches"]
     channels = _parse_ints(channels, "channels", 5)
     volume_shape = _parse_ints(volume_shape, "volume_shape", 3)
     if isinstance(sections, str):
         sections = [s.strip() for s in sections.strip("[]()").replace("'", "").replace('"', "").split(",") if s.strip()]
     sections = tuple(sections)
-    bad = [s for s in sections if s not in ("inference", "training", "end_to_end")]
+    bad = [s for s in sections if s not in SECTIONS]
     if bad:
-        raise ValueError(f"sections must be among inference, training, end_to_end, got {bad}.")
+        raise ValueError(f"sections must be among {', '.join(SECTIONS)}, got {bad}.")
     for name, v in (("size", size), ("train_size", train_size)):
         if int(v) < 16 or int(v) % 16:
             raise ValueError(f"{name} must be a positive multiple of 16, got {v}.")
@@ -745,6 +807,20 @@ def run_benchmark(
         log("  " + ", ".join(f"{k} {v:.2f}s" for k, v in e2e["stages"].items())
             + f"; total {e2e['total_s']:.2f}s, bare network {e2e['bare_network_s']:.2f}s")
         report["end_to_end"] = e2e
+
+    # (f) the training data path alone
+    report["data"] = None
+    if "data" in sections:
+        shape = _parse_ints(data_volume_shape, "data_volume_shape", 3)
+        log(f"data path: cached {shape} volumes -> {train_size}x{train_size}x3 crops, batch {train_batch}, "
+            f"{data_workers} workers, {data_batches} batches")
+        data = benchmark_data_path(shape, min(int(shape[0]), max(int(train_size), e2e_size)), int(train_size),
+                                   int(train_batch), int(data_workers), int(data_batches), seed=seed,
+                                   pin_memory=dev.type == "cuda")
+        if report.get("training"):
+            data["over_training_step"] = data["samples_per_s"] / report["training"]["optimized"]["samples_per_s"]
+        log(f"  {data['samples_per_s']:.1f} samples/s")
+        report["data"] = data
     report["elapsed_s"] = time.perf_counter() - t_all
     report["table"] = format_report(report)
     if output:
@@ -824,6 +900,12 @@ def format_report(report: Mapping[str, Any]) -> str:
                      + f" -> {'pass' if acc['passed'] else 'FAIL'} (>= {acc['threshold']})")
     if report.get("accuracy") and report["network"]["weights"] == "random+bn":
         lines.append("  (random weights have small logit margins: pass --ckpt with a trained model for a meaningful check)")
+    data = report.get("data")
+    if data:
+        lines.append(f"{'data path samples/s, b' + str(data['batch']) + ', ' + str(data['num_workers']) + ' workers':<34}"
+                     f"{data['samples_per_s']:>24.1f}"
+                     + (f"  ({data['over_training_step']:.2f}x the optimized training step)"
+                        if "over_training_step" in data else ""))
     e2e = report.get("end_to_end")
     if e2e:
         lines.append(f"end to end {'x'.join(map(str, e2e['volume_shape']))} (spatial_size {e2e['spatial_size']}, "

@@ -71,6 +71,11 @@ def test_quick_cli_writes_every_section(tmp_path):
     assert e2e["output_file"] == "bench_ct_seg.nii.gz" and e2e["memory"]["peak_mb"] > 0
     names = [t[0] for t in e2e["transforms"]]
     assert names[0] == "LoadCTd" and "SlidingSliceInferer" in names and "Invertd" in names and names[-1] == "SaveImaged"
+    data = r["data"]
+    assert data["samples_per_s"] > 0 and data["samples"] == 3 * bm.QUICK_SETTINGS["train_batch"]
+    assert data["sample_shape"] == [3, bm.QUICK_SETTINGS["train_size"], bm.QUICK_SETTINGS["train_size"]]
+    assert data["over_training_step"] == pytest.approx(data["samples_per_s"] / r["training"]["optimized"]["samples_per_s"])
+    assert "data path samples/s" in proc.stdout
     acc = r["accuracy"]["fp32 channels_last"]
     assert acc["passed"] and acc["min_dice"] >= 0.99
     # the optimized path is an accuracy-checked candidate or the baseline itself
