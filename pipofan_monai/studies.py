@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.engines.crossval import DEFAULT_CONFIG, _cell, best_epoch_row
+from pipofan_monai.engines.crossval import DEFAULT_CONFIG, _cell, best_validation_dice
 
 __all__ = [
     "STUDIES",
@@ -399,12 +399,9 @@ def run_study(
         wf.finalize()
         seconds = round(time.perf_counter() - t0, 1)
         set_determinism(seed=None)
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else []
-        best = best_epoch_row(metrics)
-        dice = {o: (best.get(f"val_dice_{o}") if best else None) for o in class_names[1:]}
-        dice["mean"] = best.get("val_mean_dice") if best else None
+        best_epoch, dice = best_validation_dice(run_dir / "metrics.json", class_names)
         row = {"name": r["name"], "sources": list(r["sources"]), "dice": dice,
-               "best_epoch": best.get("epoch") if best else None, "seconds": seconds,
+               "best_epoch": best_epoch, "seconds": seconds,
                "dps_epochs": effective["dps_epochs"],
                "checkpoint": str(run_dir / "models" / "model.pt"), "run_dir": str(run_dir)}
         if "partial_labels" in r["overrides"]:

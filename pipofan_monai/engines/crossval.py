@@ -22,7 +22,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["run_crossval", "crossval_report", "best_epoch_row"]
+from pipofan_monai.evaluation.metrics import mean_std
+
+__all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation_dice"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,16 @@ def best_epoch_row(rows: Sequence[dict], key: str = "val_mean_dice") -> dict | N
     """The epoch row with the highest finite ``key`` (the checkpoint kept as model.pt), or None."""
     scored = [r for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return max(scored, key=lambda r: r[key]) if scored else None
+
+
+def best_validation_dice(metrics_path: str | os.PathLike, class_names: Sequence[str]) -> tuple[int | None, dict]:
+    """(best epoch, \`\`{organ: Dice, ..., "mean": Dice}\`\`) of the epoch with the best \`\`val_mean_dice\`\` in a
+    training run's \`\`metrics.json\`\` (values None when the file or a validation is missing)."""
+    path = Path(metrics_path)
+    best = best_epoch_row(json.loads(path.read_text()) if path.exists() else [])
+    dice = {o: (best.get(f"val_dice_{o}") if best else None) for o in class_names[1:]}
+    dice["mean"] = best.get("val_mean_dice") if best else None
+    return (best.get("epoch") if best else None), dice
 
 
 def crossval_report(fold_results: Sequence[dict], class_names: Sequence[str], output_dir: str | os.PathLike) -> dict:
@@ -48,8 +60,7 @@ def crossval_report(fold_results: Sequence[dict], class_names: Sequence[str], ou
     for organ in organs + ["mean"]:
         values = [f["dice"].get(organ) for f in fold_results]
         values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-        mean = sum(values) / len(values) if values else None
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else (0.0 if values else None)
+        mean, std = mean_std(values)
         summary[organ] = {"mean": mean, "std": std, "num_folds": len(values)}
     report = {"folds": list(fold_results), "summary": summary, "metric": "hard Dice of the best validation epoch"}
     out = Path(output_dir)
@@ -136,11 +147,7 @@ def run_crossval(
         class_names = wf.parser.get_parsed_content("class_names")
         wf.run()
         wf.finalize()
-        rows_path = base_out / f"fold{k}" / "metrics.json"
-        rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
-        best = best_epoch_row(rows)
-        dice = {o: (best.get(f"val_dice_{o}") if best else None) for o in class_names[1:]}
-        dice["mean"] = best.get("val_mean_dice") if best else None
-        results.append({"fold": k, "best_epoch": best.get("epoch") if best else None, "dice": dice,
+        best_epoch, dice = best_validation_dice(base_out / f"fold{k}" / "metrics.json", class_names)
+        results.append({"fold": k, "best_epoch": best_epoch, "dice": dice,
                         "checkpoint": str(base_ckpt / f"fold{k}" / "model.pt")})
     return crossval_report(results, class_names, base_out)

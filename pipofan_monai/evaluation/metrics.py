@@ -243,7 +243,8 @@ def evaluate_case(
 
 
 # ---------------------------------------------------------------------------------------------- many cases
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for one value); (None, None) for no values."""
     if not values:
         return None, None
     arr = np.asarray(values, dtype=np.float64)
@@ -275,11 +276,11 @@ def summarize(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for name in names:
         rows = [c["organs"][name] for c in cases if name in c["organs"] and c["organs"][name].get("applicable")]
         entry: dict[str, Any] = {"n_cases": len(rows)}
-        entry["dice_mean"], entry["dice_std"] = _mean_std([r["dice"] for r in rows if r["dice"] is not None])
+        entry["dice_mean"], entry["dice_std"] = mean_std([r["dice"] for r in rows if r["dice"] is not None])
         denom = sum(r["pred_voxels"] + r["gt_voxels"] for r in rows)
         entry["global_dice"] = 2.0 * sum(r["intersection"] for r in rows) / denom if denom else None
         for m in METRIC_NAMES[1:]:
-            entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in rows if r.get(m) is not None])
+            entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std([r[m] for r in rows if r.get(m) is not None])
         entry["n_inf_distance"] = sum(1 for r in rows if r.get("note") in ("prediction empty", "ground truth empty"))
         organs[name] = entry
     overall: dict[str, Any] = {}
