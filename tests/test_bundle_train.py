@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def test_verify_metadata_offline(tmp_path):
 
 def test_ddp_overlay_two_gloo_processes(demo, tmp_path):
     out = tmp_path / "runs"
-    proc = run_bundle(
+    run_bundle(
         ["run", "training", "--config_file",
          f"['{TRAIN}','{REPO / 'bundle/configs/multi_gpu_train.json'}']",
          "--datalist", str(demo), "--max_epochs", "2", "--dps_epochs", "1", "--val_interval", "1",

@@ -18,7 +18,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
