@@ -21,7 +21,8 @@ from .inference import (
     resolve_inputs,
 )
 from .sampler import PartialLabelSampler
-from .workflow import AuthorsLRLambda, TrainingProgressBar, default_device, load_training_data, split_training_data
+from .run_dir import prepare_training_run, refuse_help, release_training_run
+from .workflow import AuthorsLRLambda, SeededItemDataset, TrainingProgressBar, default_device, load_training_data, split_training_data
 
 __all__ = [
     "InferenceError",
@@ -33,6 +34,10 @@ __all__ = [
     "run_crossval",
     "PartialLabelSampler",
     "AuthorsLRLambda",
+    "SeededItemDataset",
+    "prepare_training_run",
+    "refuse_help",
+    "release_training_run",
     "TrainingProgressBar",
     "default_device",
     "load_training_data",

@@ -12,19 +12,25 @@
 from __future__ import annotations
 
 from .training import (
+    BestModelCheckpoint,
     EpochProgressLogger,
+    EpochSeedHandler,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
     atomic_torch_save,
+    atomic_write_text,
     stage_for_epoch,
 )
 
 __all__ = [
+    "BestModelCheckpoint",
     "EpochProgressLogger",
+    "EpochSeedHandler",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
     "atomic_torch_save",
+    "atomic_write_text",
     "stage_for_epoch",
 ]
