@@ -145,7 +145,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(demo, reference, tmp_pa
     caplog.clear()
     _train(tmp_path, demo, resume=True)
     # resuming after the switch restores stage, optimizer and schedule: no second reset
-    assert "at epoch 2" in caplog.text and "training stage" not in caplog.text and "reset" not in caplog.text
+    assert "at epoch 2" in caplog.text
+    assert "training stage dps -> fused" not in caplog.text and "optimizer state reset" not in caplog.text
     got = _state(tmp_path)
     assert [r["epoch"] for r in got["rows"]] == [1, 2, 3]
     assert [r["stage"] for r in got["rows"]] == ["dps", "fused", "fused"]
@@ -208,7 +209,7 @@ def test_best_model_survives_resume_and_a_failed_save(demo, tmp_path, monkeypatc
 
     def full_disk(obj, f, *args, **kwargs):
         name = os.path.basename(str(getattr(f, "name", f)))
-        if "model.pt" in name:
+        if "model.pt" in name or (isinstance(obj, dict) and "key_metric" in obj):
             if hasattr(f, "write"):
                 f.write(b"partial")
             else:
@@ -218,8 +219,12 @@ def test_best_model_survives_resume_and_a_failed_save(demo, tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", full_disk)
     wf = _track_epoch(tmp_path, demo, current, max_epochs=2, resume=True)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(Exception) as err:
         wf.run()
+    cause = err.value
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__  # MONAI wraps errors raised inside the config's run expression
+    assert cause is not None and cause.errno == errno.ENOSPC, repr(err.value)
     monkeypatch.setattr(torch, "save", real_save)
     kept = torch.load(best_path, weights_only=True)
     _assert_equal(kept, first, "model.pt after the failed save")
@@ -274,8 +279,7 @@ from monai.bundle import ConfigWorkflow
 settings = json.loads(sys.argv[1])
 real_save = torch.save
 def save(obj, f, *a, **k):
-    name = os.path.basename(str(getattr(f, "name", f)))
-    if name.startswith(".last.pt.") and obj["engine"]["epoch"] == 2:
+    if isinstance(obj, dict) and obj.get("engine", {}).get("epoch") == 2 and hasattr(f, "write"):
         f.write(b"partial")
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -302,7 +302,8 @@ def _atomic_write(path: str | os.PathLike, write: Any, binary: bool = True) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+        os.close(fd)  # reopened by name, so that errors (e.g. no space left) name the file
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
