@@ -247,7 +247,7 @@ def test_best_model_survives_resume_and_a_failed_save(demo, tmp_path, monkeypatc
 def test_best_checkpoint_extra_metadata_and_monai_label_format(tmp_path):
     from types import SimpleNamespace
 
-    from pipofan_monai.handlers import BestModelCheckpoint
+    from pipofan_monai.training import BestModelCheckpoint
 
     net = torch.nn.Linear(2, 1)
     plans = {"network": {"channels": [4, 8]}, "class_names": ["background", "liver"]}
@@ -257,18 +257,12 @@ def test_best_checkpoint_extra_metadata_and_monai_label_format(tmp_path):
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["plans"] == plans and ckpt["epoch"] == 4 and ckpt["key_metric"] == "dice"
     _assert_equal(ckpt.get("model", ckpt), net.state_dict(), "model")  # what MONAI Label reads
-    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == 0o666 & ~_umask()
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == 0o644
     engine.state.metrics, engine.state.epoch = {"dice": float("nan")}, 5
     saver(engine)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 4  # NaN is never a new best
     with pytest.raises(ValueError, match="reserved"):
         BestModelCheckpoint(tmp_path / "m.pt", net, extra={"model": 1})
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -------------------------------------------------------------------------- real SIGKILL during a save (8, 5, 6)
@@ -303,7 +297,7 @@ def test_sigkill_during_save_then_resume(demo, reference, tmp_path):
     assert len(leftovers) == 1, sorted(os.listdir(runs))
     last = runs / "last.pt"
     assert torch.load(last, weights_only=False)["engine"]["epoch"] == 1  # the previous state is whole
-    assert stat.S_IMODE(last.stat().st_mode) == 0o666 & ~_umask()  # like every other file, not 0600
+    assert stat.S_IMODE(last.stat().st_mode) == 0o644  # like every other file, not 0600
     lock = json.loads((runs / ".training.lock").read_text())  # left by the killed process
     assert lock["host"] == socket.gethostname() and isinstance(lock["pid"], int)
 
@@ -419,13 +413,14 @@ def test_cli_help_runs_nothing(command, monkeypatch, capsys):
         raise AssertionError(f"{command} --help ran the command")
 
     import pipofan_monai.benchmark
-    import pipofan_monai.data
-    import pipofan_monai.engines.crossval
-    import pipofan_monai.studies
+    import pipofan_monai.dataset_conversion as conversion
+    import pipofan_monai.training.crossval
+    import pipofan_monai.training.studies
 
-    for module, name in ((pipofan_monai.engines.crossval, "run_crossval"), (pipofan_monai.studies, "run_study"),
-                         (pipofan_monai.benchmark, "run_benchmark"), (pipofan_monai.data, "ensure_demo_dataset"),
-                         (pipofan_monai.data, "generate_demo_dataset"), (pipofan_monai.data, "make_datalist"),
+    for module, name in ((pipofan_monai.training.crossval, "run_crossval"),
+                         (pipofan_monai.training.studies, "run_study"),
+                         (pipofan_monai.benchmark, "run_benchmark"), (conversion, "ensure_demo_dataset"),
+                         (conversion, "generate_demo_dataset"), (conversion, "make_datalist"),
                          (torch, "load")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(sys, "argv", ["pipofan", command, "--help"])

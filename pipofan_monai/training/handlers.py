@@ -20,13 +20,14 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
+
+from pipofan_monai.utils import atomic_torch_save, atomic_write
 
 __all__ = [
     "StageSwitchHandler",
@@ -35,8 +36,7 @@ __all__ = [
     "ResumableCheckpoint",
     "BestModelCheckpoint",
     "EpochSeedHandler",
-    "atomic_torch_save",
-    "atomic_write_text",
+    "TrainingProgressBar",
     "loss_of",
     "stage_for_epoch",
 ]
@@ -273,8 +273,10 @@ class MetricsFileWriter(_EpochLoss):
         writer = csv.DictWriter(buf, fieldnames=keys)
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write_text(buf.getvalue(), self.output_dir / "metrics.csv")
-        atomic_write_text(json.dumps(self.rows, indent=1), self.json_path)
+        with atomic_write(self.output_dir / "metrics.csv", "w") as f:
+            f.write(buf.getvalue())
+        with atomic_write(self.json_path, "w") as f:
+            f.write(json.dumps(self.rows, indent=1))
 
     def _completed(self, engine: Engine) -> None:
         if not self.plot or not self.rows:
@@ -285,45 +287,6 @@ class MetricsFileWriter(_EpochLoss):
             plot_training_curves(self.json_path, self.output_dir / "training_curves.png")
         except Exception as e:  # a plot must never fail a finished training run
             logger.warning(f"could not draw the training curves: {e}")
-
-
-def _file_mode() -> int:
-    """Mode of a new regular file under the process umask (0644 with the usual umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: str | os.PathLike, write: Any, binary: bool = True) -> None:
-    """Write ``path`` through ``write(fileobj)`` into a temporary file in the same folder, flush and fsync it,
-    then ``os.replace`` it over ``path``: until the new content is complete the previous file stays untouched, and a
-    kill or a full disk never leaves a truncated ``path``. The file gets the mode of a normal new file (0644)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.close(fd)  # reopened by name, so that errors (e.g. no space left) name the file
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder (flushed and fsynced), then ``os.replace`` it over
-    ``path``: a kill or a full disk during the save leaves the previous file intact, never a truncated one."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to ``path`` atomically (as :func:`atomic_torch_save`)."""
-    _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -340,7 +303,7 @@ class ResumableCheckpoint:
     ``"engine": {"epoch", "iteration"}``. Besides model, optimizer and scheduler, ``save_dict`` should hold every
     other stateful part of the run: the :class:`StageSwitchHandler` (the stage) and the :class:`BestModelCheckpoint`
     (best score and its epoch). Random states need no saving when the run derives them from (seed, epoch) as the
-    bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.engines.SeededItemDataset`).
+    bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.training.SeededItemDataset`).
 
     The state is saved at the END of every epoch, after every handler attached before the run starts (scheduler
     step, validation, best model, metrics file), so a resume continues with exactly the state the uninterrupted
@@ -522,3 +485,27 @@ class EpochSeedHandler:
         random.seed(a)
         np.random.seed(b)
         torch.manual_seed(c)
+
+
+class TrainingProgressBar:
+    """Iteration progress bar (ignite's tqdm ``ProgressBar``) showing the running loss and the epoch ETA.
+
+    Args:
+        enabled: False to skip (e.g. on ranks other than 0, or in logs without a terminal).
+        persist: keep each epoch's finished bar.
+    """
+
+    def __init__(self, enabled: bool = True, persist: bool = False):
+        self.enabled = enabled
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar
+
+        def running_loss(output: Any) -> dict:
+            loss = loss_of(output)
+            return {} if loss is None else {"loss": loss}
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=running_loss)

@@ -9,11 +9,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The training run's output folder: one run at a time (a lock file), an earlier run's history kept (moved aside),
-leftovers of killed saves removed, and ``--help`` that prints help instead of training.
+"""The training run's output folder: one run at a time (a lock file), an earlier run's history kept (moved aside)
+and leftovers of killed saves removed.
 
-The bundle's ``initialize`` calls :func:`refuse_help` and :func:`prepare_training_run` before anything is built or
-written; ``finalize`` calls :func:`release_training_run`. The lock is also released when the process exits.
+The bundle's ``initialize`` calls :func:`prepare_training_run` before anything is built or written (after
+:func:`pipofan_monai.utils.refuse_help`); ``finalize`` calls :func:`release_training_run`. The lock is also released
+when the process exits.
 """
 
 from __future__ import annotations
@@ -39,9 +40,6 @@ __all__ = [
     "remove_stale_temporaries",
     "prepare_training_run",
     "release_training_run",
-    "refuse_help",
-    "TRAINING_HELP",
-    "INFERENCE_HELP",
 ]
 
 logger = logging.getLogger(__name__)
@@ -216,42 +214,6 @@ def set_aside_previous_run(
         f"started a NEW run. To continue that run instead, move them back and pass --resume True."
     )
     return dest
-
-
-TRAINING_HELP = """PIPO-FAN training workflow (bundle/configs/train.json).
-
-usage: python -m monai.bundle run training --config_file bundle/configs/train.json [--KEY VALUE ...]
-
-Every top-level key of the config can be overridden with --KEY VALUE, for example:
-  --datalist PATH         datalist JSON (python -m pipofan_monai datalist ...); none: the SYNTHETIC demo data
-  --dataset_dir DIR       folder the datalist's relative paths are resolved against
-  --fold K --num_folds N  cross-validation fold (or --split btcv_paper)
-  --max_epochs N --dps_epochs N --val_interval N --batch_size N --learning_rate LR
-  --ckpt_dir DIR          best checkpoint models/model.pt
-  --output_dir DIR        last.pt (resume state), metrics.{json,csv}, TensorBoard files; one run at a time
-  --resume True           continue the run in --output_dir from its last.pt
-  --device cuda:0 --amp True --num_workers N --seed S
-A new run into an --output_dir that holds an earlier run moves that run to <output_dir>/previous_runs/<date>/.
-See bundle/docs/README.md for all keys. Nothing was run."""
-
-
-INFERENCE_HELP = """PIPO-FAN inference workflow (bundle/configs/inference.json; evaluate.json adds metrics).
-
-usage: python -m monai.bundle run inference --config_file bundle/configs/inference.json [--KEY VALUE ...]
-
-Every top-level key of the config can be overridden with --KEY VALUE, for example:
-  --input_files "['ct1.nii.gz', ...]"  or  --datalist PATH [--datalist_key test]
-  --ckpt_path models/model.pt   --output_dir DIR   --device cpu   --overwrite skip
-  --save_probabilities True   --save_overlay False   --postprocess False
-See bundle/docs/README.md for all keys. Nothing was run."""
-
-
-def refuse_help(help: Any = False, text: str = TRAINING_HELP) -> None:
-    """Bundle ``initialize`` check: with ``--help`` (an override ``help=True``) print ``text`` and exit 0 before
-    anything is built, read or written."""
-    if help not in (False, None, "", "False", "false", 0):
-        print(text, flush=True)
-        raise SystemExit(0)
 
 
 def prepare_training_run(

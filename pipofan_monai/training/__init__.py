@@ -9,28 +9,44 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Training stage: the 2.5D sampling transforms, the partial-label sampler, the data split, the handlers of the
+bundle's training workflow, the learning-rate schedule, cross-validation and the studies."""
+
 from __future__ import annotations
 
-from .training import (
+from .data import SeededItemDataset, load_training_data, split_training_data
+from .handlers import (
     BestModelCheckpoint,
     EpochProgressLogger,
     EpochSeedHandler,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
-    atomic_torch_save,
-    atomic_write_text,
+    TrainingProgressBar,
     stage_for_epoch,
 )
+from .lr_scheduler import AuthorsLRLambda
+from .run_dir import prepare_training_run, release_training_run
+from .sampler import PartialLabelSampler
+from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 __all__ = [
+    "SeededItemDataset",
+    "load_training_data",
+    "split_training_data",
     "BestModelCheckpoint",
     "EpochProgressLogger",
     "EpochSeedHandler",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
-    "atomic_torch_save",
-    "atomic_write_text",
+    "TrainingProgressBar",
     "stage_for_epoch",
+    "AuthorsLRLambda",
+    "PartialLabelSampler",
+    "prepare_training_run",
+    "release_training_run",
+    "RandSlabCropd",
+    "SlabToChannelsd",
+    "get_train_transforms",
 ]
