@@ -37,6 +37,7 @@ __all__ = [
     "BestModelCheckpoint",
     "EpochSeedHandler",
     "TrainingProgressBar",
+    "register_resumable",
     "loss_of",
     "stage_for_epoch",
 ]
@@ -47,6 +48,21 @@ logger = logging.getLogger(__name__)
 def stage_for_epoch(epoch: int, dps_epochs: int) -> str:
     """Training stage of (1-based) ``epoch``: "dps" for the first ``dps_epochs`` epochs, then "fused"."""
     return "dps" if epoch <= dps_epochs else "fused"
+
+
+RESUMABLE_ATTR = "resumable_objects"
+
+
+def register_resumable(engine: Any, name: str, obj: Any) -> None:
+    """Declare ``obj`` (with ``state_dict``/``load_state_dict``) part of the resume state of ``engine``'s run under
+    ``name``: :class:`ResumableCheckpoint` saves and restores every object registered on the trainer or on the
+    evaluator it is given. Handlers register themselves when attached, so configs need no references between list
+    items (MONAI Label inserts into ``train#handlers``)."""
+    objects = getattr(engine, RESUMABLE_ATTR, None)
+    if objects is None:
+        objects = {}
+        setattr(engine, RESUMABLE_ATTR, objects)
+    objects[name] = obj
 
 
 class StageSwitchHandler:
@@ -81,6 +97,7 @@ class StageSwitchHandler:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
+        register_resumable(engine, "stage", self)
 
     def state_dict(self) -> dict:
         """``{"stage": the loss's current stage}`` (saved in the resume state)."""
@@ -300,10 +317,10 @@ class ResumableCheckpoint:
 
     The file holds ``{name: obj.state_dict()}`` for the objects of ``save_dict`` (DDP wrappers unwrapped; objects
     that are None are skipped), the trainer's AMP ``GradScaler`` when it has one, and
-    ``"engine": {"epoch", "iteration"}``. Besides model, optimizer and scheduler, ``save_dict`` should hold every
-    other stateful part of the run: the :class:`StageSwitchHandler` (the stage) and the :class:`BestModelCheckpoint`
-    (best score and its epoch). Random states need no saving when the run derives them from (seed, epoch) as the
-    bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.training.SeededItemDataset`).
+    ``"engine": {"epoch", "iteration"}``, and every object registered with :func:`register_resumable` on the
+    trainer or on ``evaluator``: the :class:`StageSwitchHandler` ("stage") and the :class:`BestModelCheckpoint`
+    ("best_model": best score and its epoch). Random states need no saving when the run derives them from
+    (seed, epoch) as the bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.training.SeededItemDataset`).
 
     The state is saved at the END of every epoch, after every handler attached before the run starts (scheduler
     step, validation, best model, metrics file), so a resume continues with exactly the state the uninterrupted
@@ -316,10 +333,11 @@ class ResumableCheckpoint:
     Args:
         save_path: the checkpoint file (e.g. ``<output_dir>/last.pt``).
         save_dict: objects with ``state_dict``/``load_state_dict`` to save and restore, e.g.
-            ``{"model": net, "optimizer": opt, "lr_scheduler": sched, "stage": switch, "best_model": saver}``.
+            ``{"model": net, "optimizer": opt, "lr_scheduler": sched}``.
         resume: restore from ``save_path`` at start when it exists.
         save: write the checkpoint (set False on ranks other than 0).
         map_location: device to load tensors onto.
+        evaluator: the validation engine, whose registered objects (the best-model saver) are saved too.
     """
 
     REQUIRED = ("model", "optimizer")
@@ -331,9 +349,11 @@ class ResumableCheckpoint:
         resume: bool = False,
         save: bool = True,
         map_location: Any = "cpu",
+        evaluator: Engine | None = None,
     ):
         self.save_path = Path(save_path)
         self.save_dict = {k: v for k, v in dict(save_dict).items() if v is not None}
+        self.evaluator = evaluator
         self.resume = resume
         self.save = save
         self.map_location = map_location
@@ -343,6 +363,9 @@ class ResumableCheckpoint:
 
     def _objects(self, engine: Engine) -> dict[str, Any]:
         objects = dict(self.save_dict)
+        for source in (engine, self.evaluator):
+            for name, obj in (getattr(source, RESUMABLE_ATTR, None) or {}).items():
+                objects.setdefault(name, obj)
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and hasattr(scaler, "state_dict") and "scaler" not in objects:
             objects["scaler"] = scaler
@@ -437,6 +460,7 @@ class BestModelCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
+        register_resumable(engine, "best_model", self)
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
