@@ -137,6 +137,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(demo, reference, tmp_pa
     _train(tmp_path, demo, kill=(1, "after_save"))
     assert torch.load(tmp_path / "runs" / "last.pt", weights_only=False)["engine"]["epoch"] == 1
     _train(tmp_path, demo, resume=True, kill=(2, "after_validation"))
+    # killed after epoch 2's validation: last.pt still says epoch 1, so epoch 2 is trained and validated again
+    assert torch.load(tmp_path / "runs" / "last.pt", weights_only=False)["engine"]["epoch"] == 1
     assert [r["epoch"] for r in json.loads((tmp_path / "runs" / "metrics.json").read_text())] == [1]
     _train(tmp_path, demo, resume=True, kill=(2, "after_save"))
     saved = torch.load(tmp_path / "runs" / "last.pt", weights_only=False)
