@@ -15,7 +15,7 @@ intensity windowing, 2.5D slab sampling and slice stacking, and ready-made pipel
 from __future__ import annotations
 
 from .intensity import CheckFinited, HUWindowd, check_finite
-from .io import CheckSameGridd, LoadCTd, load_ct_transforms
+from .io import CheckAffined, CheckCTIntensityd, CheckSameGridd, LoadCTd, load_ct_transforms
 from .labels import MapDatasetLabelsd, map_dataset_labels
 from .pipelines import get_preprocessing_transforms, get_train_transforms, get_val_transforms
 from .slices import RandSlabCropd, SlabToChannelsd, SlicesToChannelsd, stack_neighbour_slices
@@ -24,6 +24,8 @@ __all__ = [
     "CheckFinited",
     "HUWindowd",
     "check_finite",
+    "CheckAffined",
+    "CheckCTIntensityd",
     "CheckSameGridd",
     "LoadCTd",
     "load_ct_transforms",
