@@ -97,12 +97,15 @@ _STAGE_OF = {
     "LoadCTd": "load",
     "LoadImaged": "load",
     "CheckVolumed": "load",
+    "CheckAffined": "load",
+    "CheckCTIntensityd": "load",
     "Orientationd": "preprocess",
     "HUWindowd": "preprocess",
     "Resized": "preprocess",
     "EnsureTyped": "preprocess",
     "Invertd": "invert",
     "SaveImaged": "save",
+    "AtomicSaveImaged": "save",
 }
 STAGES = ("load", "preprocess", "network", "invert", "postprocess", "save")
 

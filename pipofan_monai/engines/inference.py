@@ -39,12 +39,13 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelWriter
+from monai.data import MetaTensor
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import AsDiscreted, Compose, MapTransform, Orientation, SaveImaged
 from monai.utils import convert_to_dst_type
 
 from pipofan_monai.data.registry import CLASS_NAMES
+from pipofan_monai.inference.writers import LabelNiftiWriter, output_is_complete, remove_stale_temp_files
 
 __all__ = [
     "InferenceError",
@@ -53,6 +54,8 @@ __all__ = [
     "check_dicom_folder",
     "resolve_inputs",
     "load_network_weights",
+    "check_state_dict_values",
+    "check_network_output",
     "majority_vote",
     "mean_probabilities",
     "SegmentationRunner",
@@ -78,16 +81,20 @@ class CheckVolumed(MapTransform):
     """Check that loaded images are single 3D volumes ``(1, H, W, D)`` (``D >= 1`` slices).
 
     Place right after loading (channel first). A 2D image (``(1, H, W)``), a multi-channel or 4D series with
-    more than one volume (``(T, H, W, D)``, e.g. a 4D NIfTI) and empty images are rejected with a
+    more than one volume (``(T, H, W, D)``, e.g. a 4D NIfTI), empty images and images whose two largest axes
+    have fewer than ``min_inplane_size`` voxels (e.g. a 1x1x1 volume: not a CT slice stack) are rejected with a
     ``ValueError`` naming the file and its shape. A 4D file with a single volume (``T == 1``) is accepted.
 
     Args:
         keys: image key(s). Default ``"image"``.
+        min_inplane_size: the fewest voxels along each of the two largest axes (the slice plane). Default 8.
         allow_missing_keys: don't raise if a key is absent.
     """
 
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "image", min_inplane_size: int = 8,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.min_inplane_size = int(min_inplane_size)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -112,30 +119,12 @@ class CheckVolumed(MapTransform):
                 )
             if min(shape[1:]) < 1:
                 raise ValueError(f"{key} {name} is empty (shape {shape}).")
+            if sorted(shape[1:])[1] < self.min_inplane_size:
+                raise ValueError(
+                    f"{key} {name} is too small to be a CT volume (spatial shape {shape[1:]}): its slices need at "
+                    f"least {self.min_inplane_size}x{self.min_inplane_size} voxels."
+                )
         return d
-
-
-class LabelNiftiWriter(NibabelWriter):
-    """``monai.data.NibabelWriter`` that keeps the volume's spatial dimensions for single-channel data.
-
-    MONAI's writers squeeze trailing singleton dimensions, so a one-slice volume ``(1, H, W, 1)`` would be
-    written as a 2D ``(H, W)`` NIfTI; this writer writes ``(H, W, 1)``, the input's exact shape. Use it with
-    ``SaveImaged(writer=LabelNiftiWriter, ...)``. Multi-channel data are written as MONAI does (channel last).
-    """
-
-    def set_data_array(self, data_array: Any, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
-        """Args: as ``NibabelWriter.set_data_array``; shape ``(1, H, W, D)`` is written as ``(H, W, D)``."""
-        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=squeeze_end_dims, **kwargs)
-        shape = list(data_array.shape)
-        if channel_dim is not None:
-            cdim = int(channel_dim) % len(shape)
-            if shape[cdim] != 1:
-                return
-            shape.pop(cdim)
-        spatial = shape[:3]
-        if self.data_obj is not None and len(self.data_obj.shape) < len(spatial):
-            if int(np.prod(spatial)) == int(np.prod(self.data_obj.shape)):
-                self.data_obj = self.data_obj.reshape(spatial)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -277,9 +266,10 @@ def load_network_weights(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, no state dict inside, or keys/shapes that differ from the network (the
+        ValueError: unreadable file, no state dict inside, keys/shapes that differ from the network (the
             message lists missing and unexpected keys and shape mismatches: a checkpoint of another architecture,
-            e.g. other ``network_channels`` or ``num_classes``).
+            e.g. other ``network_channels`` or ``num_classes``), or broken values (NaN/inf weights, negative
+            BatchNorm variances; see :func:`check_state_dict_values`).
     """
     path = os.fspath(ckpt_path)
     if not os.path.isfile(path):
@@ -322,8 +312,60 @@ def load_network_weights(
             + ". It was trained with another architecture: set network_channels / num_classes / context as in "
             "training."
         )
+    check_state_dict_values(state, path)
     network.load_state_dict(state, strict=True)
     return network
+
+
+def check_state_dict_values(state: Mapping[str, torch.Tensor], ckpt_name: str = "<checkpoint>") -> None:
+    """Refuse weights that cannot give a meaningful result: NaN/inf in any floating tensor, or a negative
+    BatchNorm/InstanceNorm ``running_var`` (its square root is NaN, so every output would be NaN).
+
+    Args:
+        state: a state dict.
+        ckpt_name: the checkpoint's name for the message.
+
+    Raises:
+        ValueError: naming the checkpoint, how many tensors are bad and the first of them.
+    """
+    bad, negative = [], []
+    for k, v in state.items():
+        if not torch.is_tensor(v) or not v.is_floating_point() or v.numel() == 0:
+            continue
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            bad.append(f"{k} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} inf of {v.numel()})")
+        elif str(k).endswith("running_var") and bool((v < 0).any()):
+            negative.append(f"{k} (min {float(v.min()):.4g})")
+    if bad or negative:
+        parts = []
+        if bad:
+            parts.append(f"{len(bad)} tensor(s) with non-finite values, e.g. " + "; ".join(bad[:3]))
+        if negative:
+            parts.append(f"{len(negative)} negative normalisation variance(s), e.g. " + "; ".join(negative[:3]))
+        raise ValueError(
+            f"checkpoint {ckpt_name!r} holds broken weights: " + "; ".join(parts) + ". The training that wrote it "
+            "diverged or the file is damaged: use an earlier checkpoint (e.g. the best model.pt, not last.pt)."
+        )
+
+
+def check_network_output(logits: torch.Tensor, ckpt_name: str, image_name: str) -> None:
+    """Raise ``ValueError`` naming the checkpoint and the image when the network output holds NaN or inf
+    (an argmax over NaN is class 0: an all-background result that would otherwise pass as a real one).
+
+    Args:
+        logits: the network output ``(B, K, ...)``.
+        ckpt_name: the checkpoint that produced it.
+        image_name: the input image.
+    """
+    t = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise ValueError(
+            f"the network output of checkpoint {ckpt_name!r} on {image_name} holds {n_nan} NaN and {n_inf} inf "
+            f"values (of {t.numel()}): the checkpoint's weights are broken, or the computation overflowed (try "
+            "amp=False)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------- ensembles
@@ -449,7 +491,9 @@ class SegmentationRunner:
             lowest class id; the paper) or ``"mean"`` (mean of the probabilities, then argmax). Used when several
             checkpoints are given.
         overwrite: ``False`` (default): a case whose output file exists fails with ``FileExistsError`` naming the
-            file, other cases go on; ``True``: replace; ``"skip"``: leave the case (reported as skipped).
+            file, other cases go on; ``True``: replace; ``"skip"``: leave a case whose outputs all exist and are
+            complete (reported as skipped; see :func:`pipofan_monai.inference.writers.output_is_complete`), segment
+            the others again. Temporary files of writes killed in an earlier run are removed first.
         save_overlay: write ``<output_dir>/<name>_overview.png`` per case (axial + coronal slices, organs over
             the windowed CT; with a label, prediction vs ground truth).
         evaluate: compare with the item's ``label`` (mapped to the global classes with its ``dataset`` id) and
@@ -535,6 +579,7 @@ class SegmentationRunner:
         if not paths:
             raise ValueError("ckpt_path is empty: give a checkpoint file or a list of checkpoint files.")
         nets = []
+        self._ckpt_names = [os.fspath(p) for p in paths]
         for i, p in enumerate(paths):
             net = self.network if i == 0 else copy.deepcopy(self.network)
             load_network_weights(net, p)
@@ -582,13 +627,20 @@ class SegmentationRunner:
         d = self.preprocessing({self.image_key: image_path})
         image = d[self.image_key]
         batch = image[None]
+        names = getattr(self, "_ckpt_names", None) or [f"network {i}" for i in range(len(nets))]
+
+        def infer(k: int) -> Any:
+            logits = self.inferer(batch, nets[k])[0]
+            check_network_output(logits, names[k], image_path)
+            return logits
+
         with torch.no_grad():
             if len(nets) == 1:
-                d[self.pred_key] = self.inferer(batch, nets[0])[0]
+                d[self.pred_key] = infer(0)
                 return self.postprocessing(d)
             probs_sum, labels, last = None, [], None
-            for net in nets:
-                dk = self._post_head({**d, self.pred_key: self.inferer(batch, net)[0]})
+            for k in range(len(nets)):
+                dk = self._post_head({**d, self.pred_key: infer(k)})
                 prob = dk[self.pred_key]
                 if self.ensemble_mode == "mean" or "prob" in dk:
                     t = prob.as_tensor() if isinstance(prob, MetaTensor) else torch.as_tensor(prob)
@@ -650,15 +702,27 @@ class SegmentationRunner:
                         "segment these inputs in separate runs or output folders."
                     )
                 planned.update({o: path for o in outputs})
+                remove_stale_temp_files(outputs)  # left by a write that was killed in an earlier run
                 existing = [o for o in outputs if os.path.exists(o)]
-                if existing and self.overwrite == "skip":
-                    case["status"] = "skipped"
-                    logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, output exists: {existing[0]}")
-                    continue
-                if existing and self.overwrite is not True:
+                if self.overwrite == "skip":
+                    # only a case whose outputs all exist and are complete is done; a truncated file (full disk
+                    # or kill in an earlier version) or a missing one means the case is segmented again
+                    redo = [o for o in outputs if not output_is_complete(o)]
+                    if not redo:
+                        case["status"] = "skipped"
+                        logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, outputs exist: {outputs[0]}")
+                        continue
+                    if existing:
+                        logger.warning(
+                            f"[{i + 1}/{len(items)}] {name}: output {redo[0]} is "
+                            + ("incomplete" if os.path.exists(redo[0]) else "missing") + ", segmenting again"
+                        )
+                elif existing and self.overwrite is not True:
+                    broken = [o for o in existing if not output_is_complete(o)]
                     raise FileExistsError(
                         f"output file exists: {existing[0]} (pass --overwrite True to replace it, or --overwrite "
-                        "skip to keep it)."
+                        "skip to keep complete outputs)."
+                        + (f" {broken[0]} is incomplete (an interrupted earlier run)." if broken else "")
                     )
                 d = self._segment(item, nets)
                 pred = d[self.pred_key]
