@@ -201,7 +201,8 @@ def ct_intensity_problem(
     t = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img).detach().reshape(-1)
     if t.numel() == 0:
         return None
-    lo, hi = float(t.min()), float(t.max())
+    lo_t, hi_t = torch.aminmax(t if t.dtype != torch.bool else t.to(torch.uint8))
+    lo, hi = float(lo_t), float(hi_t)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         t = t[torch.isfinite(t)] if t.is_floating_point() else t
         if t.numel() == 0:
