@@ -33,11 +33,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from pipofan_monai.engines.inference import SegmentationRunner, load_network_weights
-from pipofan_monai.engines.workflow import split_training_data
+from pipofan_monai.inference.runner import SegmentationRunner, load_network_weights
+from pipofan_monai.training.data import split_training_data
 from pipofan_monai.losses import DeepPyramidSupervisionLoss, TargetAdaptiveLoss
 from pipofan_monai.networks import PIPOFAN
-from pipofan_monai.transforms import LoadCTd
+from pipofan_monai.preprocessing import LoadCTd
 
 # the checks and writers added for issue 13 are imported inside the tests, so that on the code before the fix
 # every behavioural test fails on its assertions, not on an import error
@@ -297,7 +297,7 @@ def test_valid_qform_is_used_with_a_warning(tmp_path, caplog):
     assert res["num_ok"] == 1
     assert any("using the file's valid qform" in str(w.message) and str(src) in str(w.message) for w in caught)
     np.testing.assert_allclose(nib.load(str(out / "q_seg.nii.gz")).affine, qform, atol=1e-5)
-    from pipofan_monai.transforms import CheckAffined
+    from pipofan_monai.preprocessing import CheckAffined
 
     with pytest.raises(ValueError, match="unusable affine"):
         CheckAffined("image", qform_fallback=False)(LoadCTd("image")({"image": str(src)}))
@@ -350,7 +350,7 @@ def test_label_maps_and_unscaled_values_are_refused(tmp_path):
 
 @needs_realct
 def test_real_ct_passes_and_real_segmentations_are_refused():
-    from pipofan_monai.transforms import CheckCTIntensityd
+    from pipofan_monai.preprocessing import CheckCTIntensityd
 
     check = CheckCTIntensityd("image")
     for rel in ("ts_upper_abdomen_dicom/dicom", "dcmqi_ct3slice/dicom", "deeplesion_pelvis/ct_pli.nii.gz",

@@ -53,7 +53,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .registry import CLASS_NAMES
+from pipofan_monai.utils import atomic_write_json
+
+from .datasets import CLASS_NAMES
 
 __all__ = [
     "SOURCE_DATASETS",
@@ -304,21 +306,6 @@ def _rel(path: Path, base: Path | None) -> str:
         return Path(os.path.abspath(path)).as_posix()
 
 
-def _write_json(path: Path, obj: Mapping) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def make_datalist(
     output: str | os.PathLike | None,
     lits: str | os.PathLike | None = None,
@@ -435,7 +422,7 @@ def make_datalist(
         "splits": splits,
     }
     if out_path is not None:
-        _write_json(out_path, datalist)
+        atomic_write_json(out_path, datalist)
         logger.info("wrote %s: %d training and %d test items", out_path, len(training), len(test))
     return datalist
 
@@ -640,7 +627,7 @@ def check_dataset_ids(
     """
     if datasets is None:
         return None
-    from .registry import BUILTIN_DATASETS, DATASET_ALIASES
+    from .datasets import BUILTIN_DATASETS, DATASET_ALIASES
 
     requested = [datasets] if isinstance(datasets, str) else list(datasets)
     present = sorted({str(it.get(dataset_key)) for it in items if it.get(dataset_key) not in (None, "")})
@@ -672,7 +659,7 @@ def check_training_items(
 
     - ``dataset`` key: either every item names its source dataset or none does. Items without one are fully
       labeled data in the global convention (0 background, 1 liver, 2 kidney, 3 spleen), as
-      :class:`pipofan_monai.transforms.MapDatasetLabelsd` documents; a list that mixes both is refused (it also
+      :class:`pipofan_monai.preprocessing.MapDatasetLabelsd` documents; a list that mixes both is refused (it also
       cannot be collated into batches): give those items their dataset id, or a ``dataset_table`` entry of
       their own.
     - size: every image whose header can be read cheaply (NIfTI, NRRD, MHA; see :func:`header_shape`) has at

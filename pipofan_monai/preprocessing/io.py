@@ -35,7 +35,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, Orientationd
 
-from .labels import _filename
+from pipofan_monai.utils import filename_of
 
 __all__ = [
     "LoadCTd",
@@ -163,7 +163,7 @@ class CheckAffined(MapTransform):
             img = d[key]
             if not isinstance(img, MetaTensor):
                 continue
-            name = _filename(img)
+            name = filename_of(img)
             header = _nifti_affines(name) if name.lower().endswith((".nii", ".nii.gz")) else None
             if header is not None:
                 declared, qform = header
@@ -266,7 +266,7 @@ class CheckCTIntensityd(MapTransform):
             problem = ct_intensity_problem(d[key], self.max_label_values, self.min_hu)
             if problem is None:
                 continue
-            msg = f"{key} {_filename(d[key])} is not plausibly a CT in Hounsfield units: {problem}."
+            msg = f"{key} {filename_of(d[key])} is not plausibly a CT in Hounsfield units: {problem}."
             if self.mode == "error":
                 raise ValueError(msg + " Give the CT image itself (if this really is a CT in HU, disable the check: "
                                  "--ct_check warn or off).")
@@ -308,18 +308,18 @@ class CheckSameGridd(MapTransform):
             other = d[key]
             if tuple(other.shape[1:]) != ref_shape:
                 raise ValueError(
-                    f"{key} {_filename(other)} has spatial shape {tuple(other.shape[1:])}, but {keys[0]} "
-                    f"{_filename(ref)} has {ref_shape}."
+                    f"{key} {filename_of(other)} has spatial shape {tuple(other.shape[1:])}, but {keys[0]} "
+                    f"{filename_of(ref)} has {ref_shape}."
                 )
             if self.check_affine and isinstance(ref, MetaTensor) and isinstance(other, MetaTensor):
                 a = np.asarray(ref.affine, dtype=np.float64)
                 b = np.asarray(other.affine, dtype=np.float64)
                 if a.shape != b.shape:
-                    raise ValueError(f"{key} {_filename(other)} affine shape {b.shape} differs from {a.shape}.")
+                    raise ValueError(f"{key} {filename_of(other)} affine shape {b.shape} differs from {a.shape}.")
                 tol = self.atol if self.atol is not None else 1e-2 * float(np.abs(a[:-1, :-1]).max()) + 1e-4
                 if not np.allclose(a, b, atol=tol, rtol=0):
                     raise ValueError(
-                        f"{key} {_filename(other)} and {keys[0]} {_filename(ref)} are on different grids "
+                        f"{key} {filename_of(other)} and {keys[0]} {filename_of(ref)} are on different grids "
                         f"(affines differ by up to {np.abs(a - b).max():.4g} > {tol:.4g}):\n{b}\nvs\n{a}"
                     )
         return d

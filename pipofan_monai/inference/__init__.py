@@ -9,32 +9,25 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Inference stage: the sliding-slice 2.5D inferer, the case runner (load, infer, ensemble, invert,
+post-process, save) and the atomic output writers."""
+
 from __future__ import annotations
 
-from .crossval import run_crossval
-from .inference import (
-    InferenceError,
-    SegmentationRunner,
-    load_network_weights,
-    majority_vote,
-    mean_probabilities,
-    resolve_inputs,
-)
-from .sampler import PartialLabelSampler
-from .workflow import AuthorsLRLambda, TrainingProgressBar, default_device, load_training_data, split_training_data
+from .inferers import SlidingSliceInferer
+from .runner import InferenceError, SegmentationRunner, load_network_weights, majority_vote, mean_probabilities, resolve_inputs
+from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
 __all__ = [
+    "SlidingSliceInferer",
     "InferenceError",
     "SegmentationRunner",
     "load_network_weights",
     "majority_vote",
     "mean_probabilities",
     "resolve_inputs",
-    "run_crossval",
-    "PartialLabelSampler",
-    "AuthorsLRLambda",
-    "TrainingProgressBar",
-    "default_device",
-    "load_training_data",
-    "split_training_data",
+    "AtomicNiftiWriter",
+    "AtomicSaveImaged",
+    "LabelNiftiWriter",
+    "output_is_complete",
 ]
