@@ -244,6 +244,29 @@ def test_output_is_complete_detects_truncation(tmp_path):
     assert not output_is_complete(png)
 
 
+def test_overview_png_is_complete_or_absent(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from pipofan_monai.visualize import save_overlay_png
+
+    ct = _ct((24, 20, 6)).astype(np.float32)
+    seg = (ct > 0).astype(np.uint8)
+    png = tmp_path / "case_overview.png"
+    save_overlay_png(ct, seg, png)
+    before = png.read_bytes()
+    assert before.endswith(b"IEND\xaeB`\x82")
+    real = Figure.savefig
+
+    def full_disk(self, fname, *args, **kwargs):
+        real(self, fname, *args, **kwargs)  # the PNG bytes reach the file object, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_overlay_png(ct, 1 - seg, png)
+    assert png.read_bytes() == before and os.listdir(tmp_path) == ["case_overview.png"]
+
+
 def test_label_writer_keeps_shapes_and_writes_atomically(tmp_path):
     from pipofan_monai.inference.writers import AtomicSaveImaged, LabelNiftiWriter
 
