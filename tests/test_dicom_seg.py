@@ -327,6 +327,27 @@ def test_save_dicom_segd_transform(dcmqi_case, tmp_path):
         SaveDicomSegd("pred", class_names=["background", "tail"], output_dir=tmp_path)
 
 
+@needs_realct
+def test_laterality_and_tumour_codes_are_written_and_highdicom_reads_the_seg(dcmqi_case, tmp_path):
+    hd = _highdicom()
+    folder, image, label = dcmqi_case
+    two = label.clone()
+    two[..., 0] = torch.where(label[..., 0] > 0, 2, 0)  # a second class on one slice
+    names = ["background", "kidney_left", "liver tumour"]
+    out = write_dicom_seg(two, folder, names, tmp_path / "seg.dcm")
+    seg = _dicom().dcmread(out)
+    kidney, tumour = seg.SegmentSequence
+    (typ,) = kidney.SegmentedPropertyTypeCodeSequence
+    assert typ.CodeValue == "64033007" and typ.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+    assert tumour.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert tumour.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
+    assert tumour.AnatomicRegionSequence[0].CodeValue == "10200004"
+    # highdicom's own reader accepts it and sees the same segments
+    back = hd.seg.segread(out)
+    assert [back.get_segment_description(i).segment_label for i in (1, 2)] == names[1:]
+    assert int(back.NumberOfFrames) == int((two[0] == 1).any(0).any(0).sum() + (two[0] == 2).any(0).any(0).sum())
+
+
 # ---------------------------------------------------------------------------------------------- non-DICOM input
 @needs_realct
 def test_non_dicom_input_is_refused_naming_the_file(tmp_path):
