@@ -58,7 +58,7 @@ def _highdicom():
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _load(path) -> MetaTensor:
-    from pipofan_monai.transforms import LoadCTd
+    from pipofan_monai.preprocessing import LoadCTd
 
     return LoadCTd("x")({"x": str(path)})["x"]
 
@@ -73,7 +73,7 @@ def _on_grid(label: MetaTensor, image: MetaTensor) -> MetaTensor:
 
 def _save_nifti(label: MetaTensor, out_dir: Path) -> Path:
     """The NIfTI label map as the runner writes it (uint8, input shape and affine)."""
-    from pipofan_monai.engines.inference import LabelNiftiWriter
+    from pipofan_monai.inference.runner import LabelNiftiWriter
 
     SaveImaged("pred", output_dir=str(out_dir), output_postfix="seg", output_ext=".nii.gz", output_dtype=np.uint8,
                writer=LabelNiftiWriter, resample=False, separate_folder=False, print_log=False)({"pred": label})

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
+
+from pipofan_monai.utils import atomic_write
 
 __all__ = [
     "Code3",
@@ -578,22 +579,11 @@ def write_dicom_seg(
 
 
 def _atomic_save(ds: Any, output_path: str | os.PathLike) -> str:
-    # TODO(layout): use pipofan_monai.utils.atomic_write once the lead's layout commit is merged
-    path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            ds.save_as(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return str(path)
+    """``ds.save_as`` through :func:`pipofan_monai.utils.atomic_write` (temp file in the same folder, fsync,
+    ``os.replace``): an existing file is replaced only by a complete SEG."""
+    with atomic_write(output_path, "wb") as f:
+        ds.save_as(f)
+    return os.fspath(output_path)
 
 
 # ---------------------------------------------------------------------------------------------- transform
