@@ -33,6 +33,7 @@ from pipofan_monai.inference.dicom_seg import (
     SaveDicomSegd,
     SegmentCode,
     check_dicom_seg_input,
+    output_formats,
     label_map_to_frames,
     read_series_headers,
     segment_code_for,
@@ -405,3 +406,12 @@ def test_unknown_names_need_user_codes():
     assert segment_code_for("wing", {"Wing": mine}) == SegmentCode(SEGMENT_CATEGORY_ANATOMY, mine)
     with pytest.raises(ValueError, match="must be a SegmentCode"):
         segment_code_for("wing", {"wing": "12345678"})
+
+
+def test_output_format_option():
+    assert output_formats(None) == output_formats("nifti") == ("nifti",)
+    assert output_formats("dicom_seg") == output_formats(" DICOM-SEG ") == ("dicom_seg",)
+    assert output_formats(["dicom_seg", "nifti"]) == output_formats("nifti,dicom_seg") == ("nifti", "dicom_seg")
+    for bad in ("png", "", [], ["nifti", "rtstruct"]):
+        with pytest.raises(ValueError, match="output_format"):
+            output_formats(bad)

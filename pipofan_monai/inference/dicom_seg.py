@@ -54,6 +54,8 @@ __all__ = [
     "label_map_to_frames",
     "write_dicom_seg",
     "SaveDicomSegd",
+    "OUTPUT_FORMATS",
+    "output_formats",
 ]
 
 Code3 = tuple  # (code value, coding scheme designator, code meaning), e.g. ("10200004", "SCT", "Liver")
@@ -584,6 +586,41 @@ def _atomic_save(ds: Any, output_path: str | os.PathLike) -> str:
     with atomic_write(output_path, "wb") as f:
         ds.save_as(f)
     return os.fspath(output_path)
+
+
+# ---------------------------------------------------------------------------------------------- option
+OUTPUT_FORMATS = ("nifti", "dicom_seg")
+
+
+def output_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Parse the inference ``output_format`` option.
+
+    Args:
+        value: ``"nifti"`` (default when None), ``"dicom_seg"``, both as a list (``["nifti", "dicom_seg"]``, as
+            written on the command line: ``--output_format "['nifti','dicom_seg']"``) or comma-separated
+            (``"nifti,dicom_seg"``). Case and surrounding spaces are ignored; ``"dicom-seg"``/``"seg"``/``"dcm"``
+            mean ``"dicom_seg"``, ``"nii"`` means ``"nifti"``.
+
+    Returns:
+        the formats, each once, in :data:`OUTPUT_FORMATS` order.
+
+    Raises:
+        ValueError: an unknown or empty format, naming it.
+    """
+    if value is None:
+        return ("nifti",)
+    parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    aliases = {"nii": "nifti", "nii.gz": "nifti", "dicom-seg": "dicom_seg", "dicomseg": "dicom_seg", "seg": "dicom_seg",
+               "dcm": "dicom_seg"}
+    out = set()
+    for part in parts:
+        key = aliases.get(part.strip().lower(), part.strip().lower())
+        if key not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {list(OUTPUT_FORMATS)} or a list of them, got {value!r}.")
+        out.add(key)
+    if not out:
+        raise ValueError(f"output_format is empty ({value!r}): give 'nifti', 'dicom_seg' or both.")
+    return tuple(f for f in OUTPUT_FORMATS if f in out)
 
 
 # ---------------------------------------------------------------------------------------------- transform
