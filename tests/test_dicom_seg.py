@@ -82,10 +82,6 @@ def _save_nifti(label: MetaTensor, out_dir: Path) -> Path:
     return path
 
 
-def _items(ds, name):
-    return ds.get(name, None) or []
-
-
 def _frame_geometry(seg, i):
     frame = seg.PerFrameFunctionalGroupsSequence[i]
     shared = seg.SharedFunctionalGroupsSequence[0]

@@ -545,7 +545,8 @@ def write_dicom_seg(
         raise ValueError("\n".join(errors))
     if len(matches) > 1:
         raise ValueError(f"{os.fspath(source)} holds {len(matches)} DICOM series on the label map's grid "
-                         f"({[m[0] for m in matches]}): pass series_instance_uid, or put each series in its own folder.")
+                         f"({[m[0] for m in matches]}): pass series_instance_uid, or put each series in its own "
+                         "folder.")
     _, frames, ordered = matches[0]
     import pipofan_monai
 
