@@ -408,6 +408,8 @@ def test_output_format_option():
     assert output_formats(None) == output_formats("nifti") == ("nifti",)
     assert output_formats("dicom_seg") == output_formats(" DICOM-SEG ") == ("dicom_seg",)
     assert output_formats(["dicom_seg", "nifti"]) == output_formats("nifti,dicom_seg") == ("nifti", "dicom_seg")
-    for bad in ("png", "", [], ["nifti", "rtstruct"]):
+    assert output_formats("['nifti', 'dicom_seg']") == ("nifti", "dicom_seg")
+    for bad in ("png", "", [], ["nifti", "rtstruct"], "[nifti", "[1]"):
         with pytest.raises(ValueError, match="output_format"):
             output_formats(bad)
+

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
 from pipofan_monai.utils import atomic_write
 
@@ -610,6 +612,15 @@ def output_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """
     if value is None:
         return ("nifti",)
+    if isinstance(value, str) and value.strip().startswith(("[", "(")):  # a list written as text
+        import ast
+
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"output_format {value!r} is not a list of formats: {e}") from e
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"output_format must be 'nifti', 'dicom_seg' or a list of them, got {value!r}.")
     parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     aliases = {"nii": "nifti", "nii.gz": "nifti", "dicom-seg": "dicom_seg", "dicomseg": "dicom_seg", "seg": "dicom_seg",
                "dcm": "dicom_seg"}
@@ -625,42 +636,49 @@ def output_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- transform
-class SaveDicomSegd:
+class SaveDicomSegd(MapTransform):
     """Dict transform: write ``d[key]`` (a label map on the source series' grid) as a DICOM SEG of the DICOM series
     the item's image was read from.
 
     Place after ``AsDiscreted(argmax)`` and the connected-component filtering, beside (or instead of) the NIfTI
-    ``SaveImaged``. The output is ``<output_dir>/<input name>_<output_postfix>.dcm`` (MONAI's ``FolderLayout``, as
-    the NIfTI output names it).
+    ``SaveImaged`` (the bundle's ``output_format`` option enables it). The output is
+    ``<output_dir>/<input name>_<output_postfix>.dcm`` (MONAI's ``FolderLayout``, named as the NIfTI output).
 
     Args:
-        keys: the label map key. Default ``"pred"``.
+        keys: the label map key (one). Default ``"pred"``.
         class_names: names by label value (``class_names[0]`` background).
         output_dir: output folder.
         output_postfix: file name postfix. Default ``"seg"``.
         source_key: key whose path (a string, or a MetaTensor's ``meta["filename_or_obj"]``) is the source DICOM
             folder. Default ``"image"``.
         segment_codes: codes for class names outside the built-in table (see :func:`segment_code_for`).
+        allow_missing_keys: don't raise if the key is absent.
         **kwargs: passed to :func:`write_dicom_seg` (series_description, series_number, ...).
 
     Raises:
-        ValueError: as :func:`write_dicom_seg`; also when the source is not DICOM.
+        ValueError: at construction, a class name without a code; when called, as :func:`write_dicom_seg`, or the
+            source is not DICOM.
+        ImportError: at construction, highdicom is not installed.
     """
 
     def __init__(
         self,
-        keys: str | Sequence[str] = "pred",
-        class_names: Sequence[str] = (),
+        keys: KeysCollection = "pred",
+        class_names: Sequence[str] = ("background", "liver", "kidney", "spleen"),
         output_dir: str | os.PathLike = ".",
         output_postfix: str = "seg",
         source_key: str = "image",
         segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
+        allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"SaveDicomSegd writes one label map, got keys {self.keys}.")
+        _import_dicom_libs()  # a missing optional dependency fails when the bundle is parsed, before inference
         self.class_names = list(class_names)
+        if len(self.class_names) < 2:
+            raise ValueError(f"class_names needs the background and at least one organ, got {self.class_names!r}.")
         for n in self.class_names[1:]:
             segment_code_for(n, segment_codes)  # unknown class names fail at construction, before inference
         self.output_dir = output_dir
@@ -687,8 +705,9 @@ class SaveDicomSegd:
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        src = self.source_of(d)
-        check_dicom_seg_input(src)
-        write_dicom_seg(d[self.keys[0]], src, self.class_names, self.output_path(src),
-                        segment_codes=self.segment_codes, **self.kwargs)
+        for key in self.key_iterator(d):
+            src = self.source_of(d)
+            check_dicom_seg_input(src)
+            write_dicom_seg(d[key], src, self.class_names, self.output_path(src), segment_codes=self.segment_codes,
+                            **self.kwargs)
         return d
