@@ -32,6 +32,7 @@ Highdicom versions: 0.22 (the last for pydicom 2, i.e. MONAI Label's ``pydicom==
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -561,25 +562,32 @@ def write_dicom_seg(
     )
     src = _clean_sources(ordered)
     number = series_number if series_number is not None else int(src[0].get("SeriesNumber", 0) or 0) + 1000
-    with warnings.catch_warnings():
-        # the source's patient name as stored ("single component") is copied as is: not our warning to give
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
-        seg = hd.seg.Segmentation(
-            source_images=src,
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=_segment_descriptions(hd, names, codes, algorithm),
-            series_instance_uid=hd.UID(),
-            series_number=number,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="pipofan-monai",
-            manufacturer_model_name="PIPO-FAN",
-            software_versions=str(pipofan_monai.__version__),
-            device_serial_number="0",
-            series_description=series_description[:64],
-            omit_empty_frames=True,
-        )
+    hd_logger = logging.getLogger("highdicom")
+    level = hd_logger.level
+    # highdicom logs every copied module at INFO, dozens of lines per SEG under the bundle's INFO logging
+    hd_logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            # the source's patient name as stored ("single component") is copied as is: not our warning to give
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+            seg = hd.seg.Segmentation(
+                source_images=src,
+                pixel_array=frames,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=_segment_descriptions(hd, names, codes, algorithm),
+                series_instance_uid=hd.UID(),
+                series_number=number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="pipofan-monai",
+                manufacturer_model_name="PIPO-FAN",
+                software_versions=str(pipofan_monai.__version__),
+                device_serial_number="0",
+                series_description=series_description[:64],
+                omit_empty_frames=True,
+            )
+    finally:
+        hd_logger.setLevel(level)
     return _atomic_save(seg, output_path)
 
 
