@@ -36,6 +36,7 @@ from pipofan_monai.inference.dicom_seg import (
     output_formats,
     label_map_to_frames,
     read_series_headers,
+    rgb_to_dicom_lab,
     segment_code_for,
     write_dicom_seg,
 )
@@ -181,6 +182,10 @@ def _check_seg(seg_path: Path, nifti_path: Path, folder: Path, class_names, labe
         assert (cat.CodeValue, cat.CodingSchemeDesignator, cat.CodeMeaning) == SEGMENT_CATEGORY_ANATOMY
         assert (typ.CodeValue, typ.CodingSchemeDesignator, typ.CodeMeaning) == ORGAN_CODES[name]
         assert s.SegmentAlgorithmType == "AUTOMATIC" and s.SegmentAlgorithmName == "pipofan-monai"
+    from pipofan_monai.visualize.overlay import DEFAULT_COLORS
+
+    for s in segs:  # the overview PNG's colours
+        assert list(s.RecommendedDisplayCIELabValue) == rgb_to_dicom_lab(DEFAULT_COLORS[int(s.SegmentNumber)])
     # frames: one per (segment, slice) with voxels, each at the position of its source slice
     nifti = nib.load(str(nifti_path))
     expected = np.asarray(nifti.dataobj)
@@ -413,3 +418,11 @@ def test_output_format_option():
         with pytest.raises(ValueError, match="output_format"):
             output_formats(bad)
 
+
+
+def test_display_colours_in_dicom_lab():
+    assert rgb_to_dicom_lab((1.0, 1.0, 1.0)) == [65535, 32896, 32896]  # L* 100, a* = b* = 0
+    assert rgb_to_dicom_lab((0.0, 0.0, 0.0)) == [0, 32896, 32896]
+    # sRGB red is L* 53.24, a* 80.09, b* 67.20
+    np.testing.assert_allclose(rgb_to_dicom_lab((1.0, 0.0, 0.0)),
+                               [53.24 / 100 * 65535, (80.09 + 128) / 255 * 65535, (67.20 + 128) / 255 * 65535], atol=15)

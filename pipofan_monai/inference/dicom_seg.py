@@ -56,6 +56,7 @@ __all__ = [
     "read_series_headers",
     "label_map_to_frames",
     "write_dicom_seg",
+    "rgb_to_dicom_lab",
     "SaveDicomSegd",
     "OUTPUT_FORMATS",
     "output_formats",
@@ -451,8 +452,32 @@ def _code(hd: Any, c: Code3) -> Any:
     return hd.sr.CodedConcept(value=c[0], scheme_designator=c[1], meaning=c[2])
 
 
+def rgb_to_dicom_lab(rgb: Sequence[float]) -> list[int]:
+    """sRGB (0..1) to DICOM's RecommendedDisplayCIELabValue: CIE L*a*b* (D65) scaled to 0..65535 (L* 0..100,
+    a*/b* -128..127), as PS3.3 C.10.7.1.1 specifies.
+
+    Args:
+        rgb: red, green, blue in 0..1.
+
+    Returns:
+        ``[L, a, b]`` as unsigned 16-bit integers.
+    """
+    c = np.clip(np.asarray(rgb, dtype=np.float64)[:3], 0.0, 1.0)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                  [0.0193339, 0.1191920, 0.9503041]])
+    xyz = m @ lin / np.array([0.95047, 1.0, 1.08883])
+    d = 6.0 / 29.0
+    f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
+    lab = (116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2]))
+    scaled = (lab[0] / 100.0 * 65535.0, (lab[1] + 128.0) / 255.0 * 65535.0, (lab[2] + 128.0) / 255.0 * 65535.0)
+    return [int(round(min(max(v, 0.0), 65535.0))) for v in scaled]
+
+
 def _segment_descriptions(hd: Any, class_names: Sequence[str], codes: Sequence[SegmentCode],
-                          algorithm: Any) -> list:
+                          algorithm: Any, colors: Mapping[int, Sequence[float]] | None) -> list:
+    from pipofan_monai.visualize.overlay import _color  # the overview PNG's colours, so both views agree
+
     out = []
     for number, (name, code) in enumerate(zip(class_names[1:], codes), start=1):
         region = None
@@ -469,6 +494,7 @@ def _segment_descriptions(hd: Any, class_names: Sequence[str], codes: Sequence[S
             algorithm_identification=algorithm,
             anatomic_regions=[region] if region is not None else None,
         )
+        desc.RecommendedDisplayCIELabValue = rgb_to_dicom_lab(_color(number, dict(colors) if colors else None))
         if code.modifier is not None:
             desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 _code(hd, code.modifier)
@@ -502,6 +528,7 @@ def write_dicom_seg(
     series_number: int | None = None,
     algorithm_version: str | None = None,
     algorithm_parameters: Mapping[str, str] | None = None,
+    colors: Mapping[int, Sequence[float]] | None = None,
 ) -> str:
     """Write the DICOM SEG of a label map predicted from a DICOM series.
 
@@ -521,6 +548,8 @@ def write_dicom_seg(
         series_number: of the SEG series. Default: the source's SeriesNumber + 1000.
         algorithm_version: in the algorithm identification. Default: the pipofan-monai version.
         algorithm_parameters: extra name/value strings in the algorithm identification (e.g. the checkpoint).
+        colors: ``{class id: (r, g, b)}`` in 0..1 for the segments' recommended display colours. Default: the
+            overview PNG's colours (``pipofan_monai.visualize.overlay.DEFAULT_COLORS``, tab10 beyond).
 
     Returns:
         the output path.
@@ -574,7 +603,7 @@ def write_dicom_seg(
                 source_images=src,
                 pixel_array=frames,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=_segment_descriptions(hd, names, codes, algorithm),
+                segment_descriptions=_segment_descriptions(hd, names, codes, algorithm, colors),
                 series_instance_uid=hd.UID(),
                 series_number=number,
                 sop_instance_uid=hd.UID(),
