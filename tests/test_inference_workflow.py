@@ -28,15 +28,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
-from pipofan_monai.inference.runner import (
-    CheckVolumed,
-    InferenceError,
-    SegmentationRunner,
-    load_network_weights,
-    majority_vote,
-    mean_probabilities,
-    resolve_inputs,
-)
+from pipofan_monai.ensembling import majority_vote, mean_probabilities
+from pipofan_monai.inference import InferenceError, SegmentationRunner, resolve_inputs
+from pipofan_monai.plans import load_network_weights
+from pipofan_monai.preprocessing import CheckVolumed
 from pipofan_monai.networks import PIPOFAN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +175,7 @@ def test_geometry_exact_round_trip(tmp_path):
     dicom = REALCT / "ts_upper_abdomen_dicom" / "dicom"
     nrrd = REALCT / "dcmqi_ct3slice" / "liver_seg.nrrd"  # a 0/1 mask, read by ITK like any NRRD image
     out = tmp_path / "out"
-    runner = _runner(out, ThresholdNet(), spatial_size=None, postprocess=False)
+    runner = _runner(out, ThresholdNet(), spatial_size=0, postprocess=False)
     res = runner.run([ras, lps, one, pli, dicom, nrrd], _threshold_ckpt(tmp_path / "thr.pt"))
     assert res["num_ok"] == 6, res
     for src in (ras, lps, one, pli):

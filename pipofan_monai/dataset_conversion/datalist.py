@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path

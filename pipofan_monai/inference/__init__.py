@@ -15,14 +15,18 @@ post-process, save)."""
 from __future__ import annotations
 
 from .inferers import SlidingSliceInferer
-from .runner import InferenceError, SegmentationRunner, load_network_weights, majority_vote, mean_probabilities, resolve_inputs
+from .inputs import resolve_inputs
+from .pipeline import STAGES, CasePipeline, StageTimer
+from .runner import InferenceError, SegmentationRunner
+from .writers import LabelNiftiWriter
 
 __all__ = [
     "SlidingSliceInferer",
     "InferenceError",
     "SegmentationRunner",
-    "load_network_weights",
-    "majority_vote",
-    "mean_probabilities",
     "resolve_inputs",
+    "STAGES",
+    "CasePipeline",
+    "StageTimer",
+    "LabelNiftiWriter",
 ]

@@ -152,6 +152,7 @@ class PIPOFAN(nn.Module):
     """
 
     num_levels = 5
+    __jit_ignored_attributes__ = ["_init_config"]
 
     def __init__(
         self,
@@ -188,6 +189,14 @@ class PIPOFAN(nn.Module):
         if adaptive_fusion and num_scales_out < 2:
             raise ValueError("adaptive_fusion=True needs num_scales_out >= 2 (there is nothing to fuse).")
 
+        # constructor arguments, for self-describing checkpoints (pipofan_monai.plans)
+        self._init_config = {
+            "spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
+            "channels": list(channels), "num_scales_in": num_scales_in, "num_scales_out": num_scales_out,
+            "block": block, "ecd": bool(ecd), "adaptive_fusion": bool(adaptive_fusion), "fuse_mode": fuse_mode,
+            "legacy_projections": bool(legacy_projections),
+            "act": list(act) if isinstance(act, tuple) else act, "norm": list(norm) if isinstance(norm, tuple) else norm,
+        }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -242,6 +251,13 @@ class PIPOFAN(nn.Module):
         self.fusion: Optional[AdaptiveFusion] = (
             AdaptiveFusion(spatial_dims, out_channels, act, norm) if adaptive_fusion else None
         )
+
+    @torch.jit.unused
+    def get_config(self) -> dict:
+        """The constructor arguments (a copy), so that ``PIPOFAN(**net.get_config())`` builds the same network."""
+        import copy
+
+        return copy.deepcopy(self._init_config)
 
     def check_input_shape(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless x is ``(B, in_channels, *spatial)`` with every spatial size divisible by 16."""

@@ -19,6 +19,7 @@ line up after ``Orientationd(axcodes="RAS")``.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Hashable, Mapping
 
@@ -29,7 +30,9 @@ from monai.transforms import LoadImaged, MapTransform, Orientationd
 
 from pipofan_monai.utils import filename_of
 
-__all__ = ["LoadCTd", "CheckSameGridd", "load_ct_transforms"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["LoadCTd", "CheckSameGridd", "load_ct_transforms", "CheckVolumed", "check_dicom_folder"]
 
 
 class LoadCTd(LoadImaged):
@@ -129,12 +132,88 @@ def load_ct_transforms(
         allow_missing_keys: allow items without some keys (e.g. no label at inference).
 
     Returns:
-        list of transforms ``[LoadCTd, Orientationd, (CheckSameGridd)]``; each item ends up ``(1, H, W, D)``.
+        list of transforms ``[LoadCTd, CheckVolumed, Orientationd, (CheckSameGridd)]``; each item ends up ``(1, H, W, D)``.
     """
+    keys = [keys] if isinstance(keys, str) else list(keys)
     out = [
         LoadCTd(keys, reader=reader, allow_missing_keys=allow_missing_keys),
+        CheckVolumed(keys[0]),  # the image: one 3D volume, checked before anything else touches it
         Orientationd(keys, axcodes=axcodes, labels=None, allow_missing_keys=allow_missing_keys),
     ]
     if check_grid:
         out.append(CheckSameGridd(keys, allow_missing_keys=True))
     return out
+
+
+class CheckVolumed(MapTransform):
+    """Check that loaded images are single 3D volumes ``(1, H, W, D)`` (``D >= 1`` slices).
+
+    Place right after loading (channel first). A 2D image (``(1, H, W)``), a multi-channel or 4D series with
+    more than one volume (``(T, H, W, D)``, e.g. a 4D NIfTI) and empty images are rejected with a
+    ``ValueError`` naming the file and its shape. A 4D file with a single volume (``T == 1``) is accepted.
+
+    Args:
+        keys: image key(s). Default ``"image"``.
+        allow_missing_keys: don't raise if a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            shape = tuple(img.shape)
+            name = filename_of(img)
+            if len(shape) < 4:
+                raise ValueError(
+                    f"{key} {name} is a {len(shape) - 1}D image (channel-first shape {shape}); PIPO-FAN segments 3D "
+                    "CT volumes (H, W, D) with D >= 1 axial slices."
+                )
+            if len(shape) > 4:
+                raise ValueError(
+                    f"{key} {name} has {len(shape) - 1} spatial dimensions (channel-first shape {shape}); expected "
+                    "one 3D CT volume."
+                )
+            if shape[0] != 1:
+                raise ValueError(
+                    f"{key} {name} holds {shape[0]} volumes or channels (channel-first shape {shape}, e.g. a 4D "
+                    "series); expected one 3D CT volume: split the series and segment each volume."
+                )
+            if min(shape[1:]) < 1:
+                raise ValueError(f"{key} {name} is empty (shape {shape}).")
+        return d
+
+
+def check_dicom_folder(path: str | os.PathLike) -> list[str]:
+    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them).
+
+    Args:
+        path: a folder.
+
+    Returns:
+        the series UIDs; ``ITKReader`` reads the first one (a warning is logged when there are several).
+
+    Raises:
+        ValueError: the folder holds no DICOM series (message names the folder and what it contains).
+    """
+    import itk
+
+    folder = os.fspath(path)
+    gen = itk.GDCMSeriesFileNames.New()
+    gen.SetUseSeriesDetails(True)
+    gen.AddSeriesRestriction("0008|0021")  # series date, as MONAI's ITKReader
+    gen.SetGlobalWarningDisplay(False)
+    gen.SetDirectory(folder)
+    uids = [str(u) for u in gen.GetSeriesUIDs()]
+    if not uids:
+        entries = sorted(os.listdir(folder))
+        hint = f"{len(entries)} entries, e.g. {entries[:3]}" if entries else "it is empty"
+        raise ValueError(f"folder {folder} contains no DICOM series ({hint}).")
+    if len(uids) > 1:
+        logger.warning(
+            f"folder {folder} contains {len(uids)} DICOM series; reading the first one ({uids[0]}). Put each series "
+            "in its own folder to segment the others."
+        )
+    return uids

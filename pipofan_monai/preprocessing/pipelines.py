@@ -30,7 +30,7 @@ from .io import load_ct_transforms
 from .labels import MapDatasetLabelsd
 from .slices import SlicesToChannelsd
 
-__all__ = ["get_preprocessing_transforms", "get_val_transforms"]
+__all__ = ["get_preprocessing_transforms", "get_val_transforms", "get_inference_transforms"]
 
 
 def get_preprocessing_transforms(
@@ -107,3 +107,21 @@ def get_val_transforms(
     if context is not None:
         xforms.append(SlicesToChannelsd(image_key, context=context))
     return Compose(xforms)
+
+
+def get_inference_transforms(preprocessing: Mapping[str, Any], image_key: str = "image", reader: Any = None) -> Compose:
+    """The inference preprocessing of a trained model: the deterministic pipeline of training with its settings,
+    image only (load, checks, RAS, HU window, in-plane resize); the 2.5D inferer stacks the neighbour slices.
+
+    Args:
+        preprocessing: the ``"preprocessing"`` dict of the model's plans (:mod:`pipofan_monai.plans`):
+            ``spatial_size``, ``hu_window``, ``intensity``, ``context`` (used by the inferer), ``image_mode``.
+        image_key: image key. Default ``"image"``.
+        reader: ``LoadImaged`` reader (None: automatic).
+
+    Returns:
+        ``Compose`` giving ``image`` ``(1, S, S, D)`` float32 with its applied operations (``Invertd`` undoes the
+        resize and the reorientation).
+    """
+    settings = {k: v for k, v in preprocessing.items() if k in ("spatial_size", "hu_window", "intensity", "image_mode")}
+    return Compose(get_preprocessing_transforms(image_key, None, reader=reader, **settings))

@@ -17,8 +17,9 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
+import torch
 
-__all__ = ["load_training_data", "split_training_data"]
+__all__ = ["SeededItemDataset", "load_training_data", "split_training_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +92,34 @@ def split_training_data(
         + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")
     )
     return train, val
+
+
+class SeededItemDataset(torch.utils.data.Dataset):
+    """Training dataset whose items are addressed as ``(index, seed)`` (from
+    ``PartialLabelSampler(item_seeds=True)``): the random transforms of ``dataset`` (crops, flips) are seeded from
+    ``seed`` before item ``index`` is made, so an item depends only on its seed, not on which DataLoader worker
+    makes it, on the worker's history, or on a resume in between. A plain integer index is passed through.
+
+    Our own wrapper because MONAI seeds the transforms once per worker (or once per DataLoader without workers),
+    so their state after a resume differs from the uninterrupted run's; ignite's ``DeterministicEngine`` reseeds
+    per iteration but replaces the MONAI trainer.
+
+    Args:
+        dataset: a MONAI ``Dataset``/``CacheDataset`` with a ``transform``.
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (tuple, list)) and len(key) == 2:
+            from monai.data.utils import set_rnd
+
+            index, seed = int(key[0]), int(key[1])
+            # the transform only: set_rnd on the dataset itself would walk its whole cache
+            set_rnd(getattr(self.dataset, "transform", self.dataset), seed)
+            return self.dataset[index]
+        return self.dataset[key]
