@@ -75,7 +75,7 @@ def _on_grid(label: MetaTensor, image: MetaTensor) -> MetaTensor:
 
 def _save_nifti(label: MetaTensor, out_dir: Path) -> Path:
     """The NIfTI label map as the runner writes it (uint8, input shape and affine)."""
-    from pipofan_monai.inference.runner import LabelNiftiWriter
+    from pipofan_monai.inference.writers import LabelNiftiWriter
 
     SaveImaged("pred", output_dir=str(out_dir), output_postfix="seg", output_ext=".nii.gz", output_dtype=np.uint8,
                writer=LabelNiftiWriter, resample=False, separate_folder=False, print_log=False)({"pred": label})
@@ -426,3 +426,75 @@ def test_display_colours_in_dicom_lab():
     # sRGB red is L* 53.24, a* 80.09, b* 67.20
     np.testing.assert_allclose(rgb_to_dicom_lab((1.0, 0.0, 0.0)),
                                [53.24 / 100 * 65535, (80.09 + 128) / 255 * 65535, (67.20 + 128) / 255 * 65535], atol=15)
+
+
+# ---------------------------------------------------------------------------------------------- runner / bundle
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "bundle" / "configs" / "inference.json"
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Class 1 (liver) where the centre slice is > 0 after the HU window, else background: a known prediction."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        c = x[:, 1:2] * self.scale
+        return torch.cat([-c, c, -c - 50, -c - 50], dim=1)
+
+
+def _bundle_runner(out_dir: Path, **overrides):
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.inference.runner import SegmentationRunner
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update({"bundle_root": str(REPO / "bundle"), "spatial_size": 0, "sw_batch_size": 8,
+                   "output_dir": str(out_dir), "device": "cpu", "amp": False, "save_overlay": False,
+                   "postprocess": False, **overrides})
+    kw = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
+    names = parser.get_parsed_content("plans")["class_names"]
+    return SegmentationRunner(network=_ThresholdNet(), **kw, class_names=names)
+
+
+@needs_realct
+@pytest.mark.parametrize("output_format", [["nifti", "dicom_seg"], "dicom_seg"])
+def test_runner_writes_seg_from_the_bundle_postprocessing(dcmqi_case, tmp_path, output_format):
+    """The bundle's postprocessing (Invertd back to the series grid, argmax) with output_format: the SEG holds the
+    same voxels as the NIfTI label map of the same run."""
+    folder = dcmqi_case[0]
+    ckpt = tmp_path / "thr.pt"
+    torch.save(_ThresholdNet().state_dict(), ckpt)
+    out = tmp_path / "out"
+    runner = _bundle_runner(out, output_format=output_format)
+    res = runner.run([str(folder)], str(ckpt))
+    assert res["num_ok"] == 1, res
+    seg_path = out / "dicom_seg.dcm"
+    assert res["cases"][0]["outputs"][-1] == str(seg_path) and seg_path.is_file()
+    if output_format == "dicom_seg":
+        assert sorted(p.name for p in out.iterdir()) == ["dicom_seg.dcm"]
+        return
+    nifti = out / "dicom_seg.nii.gz"
+    labels = np.asarray(nib.load(str(nifti)).dataobj)
+    counts = {1: int((labels == 1).sum()), 2: 0, 3: 0}
+    assert 0 < counts[1] < labels.size  # a real, partial prediction
+    _check_seg(seg_path, nifti, folder, CLASSES, counts)
+    # existing outputs: the SEG is covered by the overwrite check like the NIfTI
+    from pipofan_monai.inference.runner import InferenceError
+
+    with pytest.raises(InferenceError, match="output file exists"):
+        runner.run([str(folder)], str(ckpt))
+
+
+@needs_realct
+def test_runner_refuses_non_dicom_input_before_inference(tmp_path):
+    _highdicom()
+    nifti = TS / "labels_abd4_ras.nii.gz"
+    runner = _bundle_runner(tmp_path / "out", output_format="dicom_seg")
+    # the checkpoint does not even exist: the input check comes first
+    with pytest.raises(ValueError, match=f"1 of 2 inputs cannot get a DICOM SEG output:\n.*{nifti} is not a DICOM"):
+        runner.run([str(DCMQI / "dicom"), str(nifti)], str(tmp_path / "missing.pt"))
+    assert not (tmp_path / "out").exists()
