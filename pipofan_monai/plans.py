@@ -60,6 +60,7 @@ __all__ = [
     "check_plans_match",
     "load_network_weights",
     "PlansState",
+    "check_state_dict_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -364,7 +365,8 @@ def load_network_weights(
         FileNotFoundError: the file does not exist.
         ValueError: unreadable file, no state dict inside, or keys/shapes that differ from the network (the
             message lists missing and unexpected keys and shape mismatches: a checkpoint of another architecture,
-            e.g. other ``network_channels`` or ``num_classes``).
+            e.g. other ``network_channels`` or ``num_classes``), or broken values (NaN/inf weights, negative
+            BatchNorm variances; see :func:`check_state_dict_values`).
     """
     path = os.fspath(ckpt_path)
     ckpt = read_checkpoint(path, map_location)
@@ -400,6 +402,7 @@ def load_network_weights(
             + ". It was trained with another architecture: set network_channels / num_classes / context as in "
             "training."
         )
+    check_state_dict_values(state, path)
     network.load_state_dict(state, strict=True)
     return network
 
@@ -422,3 +425,35 @@ class PlansState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restoring a resumed run keeps the current plans; a resume with other settings is an error."""
         check_plans_match(self.plans, state, "the resumed checkpoint and this run")
+
+
+def check_state_dict_values(state: Mapping[str, torch.Tensor], ckpt_name: str = "<checkpoint>") -> None:
+    """Refuse weights that cannot give a meaningful result: NaN/inf in any floating tensor, or a negative
+    BatchNorm/InstanceNorm ``running_var`` (its square root is NaN, so every output would be NaN).
+
+    Args:
+        state: a state dict.
+        ckpt_name: the checkpoint's name for the message.
+
+    Raises:
+        ValueError: naming the checkpoint, how many tensors are bad and the first of them.
+    """
+    bad, negative = [], []
+    for k, v in state.items():
+        if not torch.is_tensor(v) or not v.is_floating_point() or v.numel() == 0:
+            continue
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            bad.append(f"{k} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} inf of {v.numel()})")
+        elif str(k).endswith("running_var") and bool((v < 0).any()):
+            negative.append(f"{k} (min {float(v.min()):.4g})")
+    if bad or negative:
+        parts = []
+        if bad:
+            parts.append(f"{len(bad)} tensor(s) with non-finite values, e.g. " + "; ".join(bad[:3]))
+        if negative:
+            parts.append(f"{len(negative)} negative normalisation variance(s), e.g. " + "; ".join(negative[:3]))
+        raise ValueError(
+            f"checkpoint {ckpt_name!r} holds broken weights: " + "; ".join(parts) + ". The training that wrote it "
+            "diverged or the file is damaged: use an earlier checkpoint (e.g. the best model.pt, not last.pt)."
+        )

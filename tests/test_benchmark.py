@@ -75,7 +75,7 @@ def test_quick_cli_writes_every_section(tmp_path):
     assert e2e["output_shape"] == list(bm.QUICK_SETTINGS["volume_shape"])  # label map on the original grid
     assert e2e["output_file"] == "bench_ct_seg.nii.gz" and e2e["memory"]["peak_mb"] > 0
     names = [t[0] for t in e2e["transforms"]]
-    assert names[0] == "LoadCTd" and "SlidingSliceInferer" in names and "Invertd" in names and names[-1] == "SaveImaged"
+    assert names[0] == "LoadCTd" and "SlidingSliceInferer" in names and "Invertd" in names and names[-1] == "AtomicSaveImaged"
     data = r["data"]
     assert data["samples_per_s"] > 0 and data["samples"] == 3 * bm.QUICK_SETTINGS["train_batch"]
     assert data["sample_shape"] == [3, bm.QUICK_SETTINGS["train_size"], bm.QUICK_SETTINGS["train_size"]]

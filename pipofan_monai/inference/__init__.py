@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Inference stage: the sliding-slice 2.5D inferer and the case runner (load, infer, ensemble, invert,
-post-process, save)."""
+"""Inference stage: the sliding-slice 2.5D inferer, the case runner (load, infer, ensemble, invert,
+post-process, save) and the atomic output writers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .inferers import SlidingSliceInferer
 from .inputs import resolve_inputs
 from .pipeline import STAGES, CasePipeline, StageTimer
 from .runner import InferenceError, SegmentationRunner
-from .writers import LabelNiftiWriter
+from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
 __all__ = [
     "SlidingSliceInferer",
@@ -29,4 +29,7 @@ __all__ = [
     "CasePipeline",
     "StageTimer",
     "LabelNiftiWriter",
+    "AtomicNiftiWriter",
+    "AtomicSaveImaged",
+    "output_is_complete",
 ]

@@ -28,12 +28,14 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Compose, Invertd, LoadImaged, SaveImaged
 from monai.utils import convert_to_dst_type
 
 from pipofan_monai.ensembling import ENSEMBLE_MODES, majority_vote, mean_probabilities
+from pipofan_monai.utils import filename_of
 
-__all__ = ["STAGES", "StageTimer", "stage_of", "CasePipeline"]
+__all__ = ["STAGES", "StageTimer", "stage_of", "CasePipeline", "check_network_output"]
 
 #: the stages of a case, in order
 STAGES = ("load", "preprocess", "network", "ensemble", "invert", "postprocess", "save")
@@ -41,9 +43,9 @@ STAGES = ("load", "preprocess", "network", "ensemble", "invert", "postprocess", 
 
 def stage_of(transform: Any) -> str:
     """The stage a bundle transform belongs to (for timing)."""
-    from pipofan_monai.preprocessing import CheckVolumed
+    from pipofan_monai.preprocessing import CheckAffined, CheckCTIntensityd, CheckVolumed
 
-    if isinstance(transform, (LoadImaged, CheckVolumed)):
+    if isinstance(transform, (LoadImaged, CheckVolumed, CheckAffined, CheckCTIntensityd)):
         return "load"
     if isinstance(transform, Invertd):
         return "invert"
@@ -150,22 +152,28 @@ class CasePipeline:
                 d = t(d)
         return d
 
-    def infer(self, d: Mapping, net: torch.nn.Module, timer: Callable = _no_timer) -> torch.Tensor:
-        """Logits ``(K, H', W', D)`` of one network on the preprocessed image."""
+    def infer(self, d: Mapping, net: torch.nn.Module, timer: Callable = _no_timer, name: str = "network") -> torch.Tensor:
+        """Logits ``(K, H', W', D)`` of one network on the preprocessed image, checked finite (``name``: the
+        checkpoint, for the message)."""
         with timer("network", type(self.inferer).__name__), torch.no_grad():
-            return self.inferer(d[self.image_key][None], net)[0]
+            logits = self.inferer(d[self.image_key][None], net)[0]
+        check_network_output(logits, name, filename_of(d[self.image_key]))
+        return logits
 
-    def __call__(self, item: Mapping | str, nets: Sequence[torch.nn.Module], timer: Callable | None = None) -> dict:
-        """Segment ``item`` (a path or ``{"image": path, ...}``) with one network or an ensemble.
+    def __call__(self, item: Mapping | str, nets: Sequence[torch.nn.Module], timer: Callable | None = None,
+                 names: Sequence[str] | None = None) -> dict:
+        """Segment ``item`` (a path or ``{"image": path, ...}``) with one network or an ensemble (``names``: the
+        checkpoints, for messages).
 
         Returns:
             the final data dict (``pred`` on the original grid, after the postprocessing, saved by its savers).
         """
         timer = timer or _no_timer
+        names = list(names) if names else [f"network {i}" for i in range(len(nets))]
         path = item if isinstance(item, str) else item[self.image_key]
         d = self.load(path, timer)
         if len(nets) == 1:
-            d[self.pred_key] = self.infer(d, nets[0], timer)
+            d[self.pred_key] = self.infer(d, nets[0], timer, names[0])
             return self._apply(self.post, d, timer)
         if self.split is None:
             raise ValueError("an ensemble needs an AsDiscreted (argmax) transform in postprocessing.")
@@ -174,8 +182,8 @@ class CasePipeline:
         last: dict = {}
 
         def per_checkpoint_probabilities() -> Iterator[Any]:
-            for net in nets:  # one checkpoint's outputs at a time: memory stays at two probability maps
-                dk = self._apply(head, {**d, self.pred_key: self.infer(d, net, timer)}, timer)
+            for net, name in zip(nets, names):  # one checkpoint at a time: memory stays at two probability maps
+                dk = self._apply(head, {**d, self.pred_key: self.infer(d, net, timer, name)}, timer)
                 last.clear()
                 last.update(dk)
                 if self.ensemble_mode == "vote":
@@ -201,3 +209,22 @@ class CasePipeline:
                 voted = majority_vote(labels, self.num_classes)
                 out[self.pred_key] = convert_to_dst_type(voted, last[self.pred_key], dtype=torch.float32)[0]
         return self._apply(tail, out, timer)
+
+
+def check_network_output(logits: torch.Tensor, ckpt_name: str, image_name: str) -> None:
+    """Raise ``ValueError`` naming the checkpoint and the image when the network output holds NaN or inf
+    (an argmax over NaN is class 0: an all-background result that would otherwise pass as a real one).
+
+    Args:
+        logits: the network output ``(B, K, ...)``.
+        ckpt_name: the checkpoint that produced it.
+        image_name: the input image.
+    """
+    t = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise ValueError(
+            f"the network output of checkpoint {ckpt_name!r} on {image_name} holds {n_nan} NaN and {n_inf} inf "
+            f"values (of {t.numel()}): the checkpoint's weights are broken, or the computation overflowed (try "
+            "amp=False)."
+        )

@@ -40,6 +40,7 @@ from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
 from pipofan_monai.inference.dicom_seg import SaveDicomSegd, check_dicom_seg_input
 from pipofan_monai.inference.inputs import as_items, case_name, resolve_inputs
 from pipofan_monai.inference.pipeline import CasePipeline
+from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
 from pipofan_monai.partial_labels import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
 from pipofan_monai.preprocessing.io import check_dicom_folder
@@ -91,7 +92,9 @@ class SegmentationRunner:
             lowest class id; the paper) or ``"mean"`` (mean of the probabilities, then argmax). Used when several
             checkpoints are given.
         overwrite: ``False`` (default): a case whose output file exists fails with ``FileExistsError`` naming the
-            file, other cases go on; ``True``: replace; ``"skip"``: leave the case (reported as skipped).
+            file, other cases go on; ``True``: replace; ``"skip"``: leave a case whose outputs all exist and are
+            complete (reported as skipped; see :func:`pipofan_monai.inference.writers.output_is_complete`), segment
+            the others again. Temporary files of writes killed in an earlier run are removed first.
         save_overlay: write ``<output_dir>/<name>_overview.png`` per case (axial + coronal slices, organs over
             the windowed CT; with a label, prediction vs ground truth).
         evaluate: compare with the item's ``label`` (mapped to the global classes with its ``dataset`` id) and
@@ -182,6 +185,7 @@ class SegmentationRunner:
         paths = [ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path)
         if not paths:
             raise ValueError("ckpt_path is empty: give a checkpoint file or a list of checkpoint files.")
+        self._ckpt_names = [os.fspath(p) for p in paths]
         nets = []
         for i, p in enumerate(paths):
             if self.plans is not None:
@@ -232,7 +236,7 @@ class SegmentationRunner:
         image_path = item[self.image_key]
         if os.path.isdir(image_path):
             check_dicom_folder(image_path)
-        return self.pipeline(item, nets, self.timer)
+        return self.pipeline(item, nets, self.timer, getattr(self, "_ckpt_names", None))
 
     # ------------------------------------------------------------------ main
     def run(self, items: Sequence[Mapping | str] | str, ckpt_path: str | os.PathLike | Sequence) -> dict:
@@ -285,15 +289,27 @@ class SegmentationRunner:
                         "segment these inputs in separate runs or output folders."
                     )
                 planned.update({o: path for o in outputs})
+                remove_stale_temp_files(outputs)  # left by a write that was killed in an earlier run
                 existing = [o for o in outputs if os.path.exists(o)]
-                if existing and self.overwrite == "skip":
-                    case["status"] = "skipped"
-                    logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, output exists: {existing[0]}")
-                    continue
-                if existing and self.overwrite is not True:
+                if self.overwrite == "skip":
+                    # only a case whose outputs all exist and are complete is done; a truncated file (full disk
+                    # or kill in an earlier version) or a missing one means the case is segmented again
+                    redo = [o for o in outputs if not output_is_complete(o)]
+                    if not redo:
+                        case["status"] = "skipped"
+                        logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, outputs exist: {outputs[0]}")
+                        continue
+                    if existing:
+                        logger.warning(
+                            f"[{i + 1}/{len(items)}] {name}: output {redo[0]} is "
+                            + ("incomplete" if os.path.exists(redo[0]) else "missing") + ", segmenting again"
+                        )
+                elif existing and self.overwrite is not True:
+                    broken = [o for o in existing if not output_is_complete(o)]
                     raise FileExistsError(
                         f"output file exists: {existing[0]} (pass --overwrite True to replace it, or --overwrite "
-                        "skip to keep it)."
+                        "skip to keep complete outputs)."
+                        + (f" {broken[0]} is incomplete (an interrupted earlier run)." if broken else "")
                     )
                 d = self._segment(item, nets)
                 pred = d[self.pred_key]

@@ -186,11 +186,17 @@ class TargetAdaptiveLoss(_Loss):
             A scalar for ``"mean"`` / ``"sum"``; the per-voxel weighted loss ``(B, 1, H, W[, D])`` for ``"none"``.
 
         Raises:
-            ValueError: bad shapes (input, target, mask, class_weights), target values outside ``0..K-1`` or
-                non-integer, non-finite logits.
+            ValueError: bad shapes (input, target, mask, class_weights), an empty input (no sample, or a zero
+                spatial size: the loss is undefined, not zero), target values outside ``0..K-1`` or non-integer,
+                non-finite logits.
         """
         if input.ndim < 3:
             raise ValueError(f"input must have shape (B, K, spatial...), got {tuple(input.shape)}.")
+        if input.numel() == 0:
+            raise ValueError(
+                f"TargetAdaptiveLoss got an empty input of shape {tuple(input.shape)} (no sample or no voxel): the "
+                "loss of an empty batch is undefined; check the data loader (batch size, sampler, crop size)."
+            )
         mask = resolve_labeled_mask(labeled_mask, target, input.shape[0], input.shape[1], input.device,
                                     required=self.require_labeled_mask)
         if isinstance(input, MetaTensor):

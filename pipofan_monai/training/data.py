@@ -52,6 +52,7 @@ def split_training_data(
     split: str | None = None,
     datasets: Sequence[str] | None = None,
     max_val: int | None = None,
+    min_slices: int = 1,
 ) -> tuple[list, list]:
     """(train, validation) items: cross-validation fold ``fold`` of ``num_folds``, or a named split such as
     the paper's ``"btcv_paper"`` (then ``fold`` is ignored).
@@ -61,10 +62,21 @@ def split_training_data(
         fold: validation fold, 0..num_folds-1.
         num_folds: number of folds.
         split: named split in the datalist's ``splits``; None for cross-validation.
-        datasets: keep only these source datasets (None: all).
+        datasets: keep only these source datasets (None: all); every id must be one of the datalist's.
         max_val: keep at most this many validation volumes (spread over the datasets), None for all.
+        min_slices: training volumes need at least this many slices (``2 * context + 1``); checked on the headers.
+
+    Raises:
+        ValueError: unknown dataset ids in ``datasets`` (the message lists the datalist's and the known ones),
+            items that mix having and lacking a ``dataset`` key, training volumes thinner than ``min_slices``
+            (see :func:`pipofan_monai.dataset_conversion.datalist.check_training_items`), no training item.
     """
     from pipofan_monai.dataset_conversion import select_fold, select_split
+    from pipofan_monai.dataset_conversion.datalist import check_dataset_ids, check_training_items
+
+    all_items = list(data.get("training", [])) if isinstance(data, Mapping) else list(data)
+    check_training_items(all_items)
+    datasets = check_dataset_ids(datasets, all_items)
 
     if split:
         train, val = select_split(data, split, datasets=datasets)
@@ -77,6 +89,7 @@ def split_training_data(
         train, val = select_fold(data, int(fold), int(num_folds), datasets=datasets)
     if not train:
         raise ValueError(f"no training items for fold={fold} split={split} datasets={datasets}.")
+    check_training_items(train, min_slices=min_slices)
     if max_val is not None and len(val) > max_val:
         by_ds: dict[Any, list] = {}
         for item in val:
