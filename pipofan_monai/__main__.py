@@ -12,6 +12,9 @@
 """Command line: ``python -m pipofan_monai <command> ...`` (also installed as ``pipofan``).
 
 Commands:
+    download   fetch a public dataset (MSD spleen / pancreas / liver, KiTS19) into the layout datalist scans, checked;
+               for BTCV and LiTS (behind a login) print where to get them and the layout
+    verify     check a dataset archive or folder you supply (case count, file names, checksums where published)
     datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV folders and write a datalist with five folds
     demo       write the built-in synthetic demo dataset
     crossval   train one model per fold with the bundle and write the Table-V style report
@@ -84,10 +87,12 @@ def main() -> None:
     import fire
 
     from pipofan_monai.data import datalist_command, demo_command
+    from pipofan_monai.dataset_conversion.download import download_command, verify_command
 
     _logging()
-    fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
-               "convert": convert, "benchmark": benchmark})
+    fire.Fire({"download": download_command, "verify": verify_command, "datalist": datalist_command,
+               "demo": demo_command, "crossval": crossval, "study": study, "convert": convert,
+               "benchmark": benchmark})
 
 
 if __name__ == "__main__":
