@@ -352,7 +352,7 @@ def test_disk_full_while_downloading(server, tmp_path, monkeypatch):
         dl.download_dataset("msd_spleen", tmp_path, base_url=server.url, md5=_md5(tar), retries=0, progress=False)
     msg = str(e.value)
     assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
-    assert msg.startswith(f"no space left in {tmp_path} while downloading Task09_Spleen.tar.part: about ")
+    assert msg.startswith(f"no space left in {tmp_path} while downloading Task09_Spleen.tar: about ")
     assert f"{(len(tar) - 2048) / 1024:.1f} KiB more is needed" in msg
     assert (tmp_path / "Task09_Spleen.tar.part").read_bytes() == tar[:2048]
     assert _listing(tmp_path) == ["Task09_Spleen.tar.part"]
@@ -379,9 +379,21 @@ def test_not_enough_free_space_is_refused_before_writing(server, tmp_path, monke
     server.files["/Task09_Spleen.tar"] = tar
     monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
     with pytest.raises(dl.DiskFullError, match=rf"not enough space in {re.escape(str(tmp_path))} for downloading "
-                                               rf"Task09_Spleen\.tar\.part: {len(tar) / 1024:.1f} KiB needed, 100 B free"):
+                                               rf"Task09_Spleen\.tar and unpacking it: {2 * len(tar) / 1024:.1f} KiB "
+                                               r"needed, 100 B free"):
         dl.download_dataset("msd_spleen", tmp_path, base_url=server.url, md5=_md5(tar), progress=False)
     assert not (tmp_path / "Task09_Spleen.tar").exists()
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(dl.DownloadError, match=rf"cannot reach http://127.0.0.1:{port}/Task09_Spleen.tar \(.*refused"):
+        dl.download_dataset("msd_spleen", tmp_path, base_url=f"http://127.0.0.1:{port}", retries=0, progress=False)
+    assert _listing(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------------------------ KiTS19
@@ -456,7 +468,7 @@ def test_kits19_http_error_names_the_url(server, tmp_path):
     ("btcv", ["https://www.synapse.org/#!Synapse:syn3193805/wiki/89480", "RawData.zip",
               "{f}/RawData/Training/img/img0001.nii.gz", "{f}/RawData/Training/label/label0001.nii.gz",
               "{f}/RawData/Testing/img/img0061.nii.gz", "python -m pipofan_monai verify --dataset btcv --path {f}",
-              "python -m pipofan_monai datalist --btcv {f}/RawData --output {r}/datalist.json"]),
+              "python -m pipofan_monai datalist --btcv {f} --output {r}/datalist.json"]),
     ("lits", ["https://competitions.codalab.org/competitions/17094", "Training Batch 1", "Training Batch 2",
               "{f}/Training Batch 2/volume-28.nii", "python -m pipofan_monai verify --dataset lits --path {f}",
               "python -m pipofan_monai download --dataset msd_liver --root {r}",
@@ -592,3 +604,53 @@ def test_help_prints_and_runs_nothing(tmp_path):
         for w in words:
             assert w in text, (cmd, w)
     assert list(tmp_path.iterdir()) == []  # no 'data' folder, nothing downloaded
+
+
+README_COMMANDS = """\
+python -m pipofan_monai download --dataset msd_spleen --root data
+python -m pipofan_monai download --dataset kits19 --root data
+python -m pipofan_monai download --dataset btcv --root data
+python -m pipofan_monai verify --dataset btcv --path data/BTCV
+python -m pipofan_monai datalist --msd_spleen data/Task09_Spleen --kits19 data/KiTS19 --btcv data/BTCV --output data/datalist.json
+"""
+"""The command lines of the README section "Getting the public datasets", run here exactly as written (against
+the local server: the published MSD resource is swapped for the fake archive, KiTS19 hosts via the env vars)."""
+
+
+def test_readme_commands_as_written(server, tmp_path, monkeypatch, capsys):
+    tar = _tar(_msd_tree("Task09_Spleen", "spleen", [1, 2], [3]))
+    server.files["/Task09_Spleen.tar"] = tar
+    monkeypatch.setattr(dl, "_msd_resource", lambda task: (f"https://example.org/{task}.tar", _md5(tar)))
+    monkeypatch.setenv(dl.ENV_BASE_URL, server.url + "/img")
+    _kits_server(server, list(range(210)))
+    monkeypatch.setenv(dl.ENV_LABELS_BASE_URL, server.url + "/repo")
+    monkeypatch.chdir(tmp_path)
+    lines = README_COMMANDS.splitlines()
+
+    # MSD is fetched from the (env) base URL too: give it the archive there
+    server.files["/img/Task09_Spleen.tar"] = tar
+    _run_cli(lines[0])
+    assert "python -m pipofan_monai datalist --msd_spleen data/Task09_Spleen --output data/datalist.json" in \
+        capsys.readouterr().out
+    _run_cli(lines[1])
+    assert ("python -m pipofan_monai datalist --msd_spleen data/Task09_Spleen --kits19 data/KiTS19 "
+            "--output data/datalist.json") in capsys.readouterr().out
+    assert len(list((tmp_path / "data/KiTS19").glob("case_*/segmentation.nii.gz"))) == 210
+    with pytest.raises(SystemExit) as e:
+        _run_cli(lines[2])
+    assert e.value.code == 2
+    out = capsys.readouterr().out
+    assert lines[3] in out and lines[4] in out  # the verify and datalist lines are the ones printed
+    # the user unpacks RawData.zip into data/BTCV (30 labeled + 20 test CTs)
+    raw = tmp_path / "data/BTCV/RawData"
+    for i in dl.BTCV_TRAIN_IDS:
+        _write_tree(raw, {f"Training/img/img{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2)),
+                          f"Training/label/label{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2))})
+    for i in dl.BTCV_TEST_IDS:
+        _write_tree(raw, {f"Testing/img/img{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2))})
+    _run_cli(lines[3])
+    assert "btcv: data/BTCV: OK (80 files checked)" in capsys.readouterr().out
+    _run_cli(lines[4])
+    data = json.loads((tmp_path / "data/datalist.json").read_text())
+    assert {k: (v["num_cases"], v["num_test"]) for k, v in data["datasets"].items()} == {
+        "msd_spleen": (2, 1), "kits19": (210, 0), "btcv": (30, 20)}

@@ -74,7 +74,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 __all__ = [
     "DatasetSource",
@@ -87,6 +87,7 @@ __all__ = [
     "download_dataset",
     "verify_dataset",
     "datalist_hint",
+    "present_datasets",
     "download_command",
     "verify_command",
 ]
@@ -172,6 +173,7 @@ BTCV (Multi-Atlas Labeling Beyond the Cranial Vault, abdomen) needs a free Synap
        {folder}/RawData/Training/label/label0001.nii.gz ... label0040.nii.gz
        {folder}/RawData/Testing/img/img0061.nii.gz ... img0080.nii.gz    (20 files, no labels)
      e.g.:  mkdir -p {folder_q} && unzip RawData.zip -d {folder_q}
+     (the datalist scanner searches below {folder}; images in a folder named "Testing" become test items)
   4. Check it:  python -m pipofan_monai verify --dataset btcv --path {folder_q}
      (or check the archive before unpacking: --path RawData.zip)"""
 
@@ -346,6 +348,7 @@ def fetch_file(
     dest: str | os.PathLike,
     md5: str | None = None,
     check: Callable[[Path], None] | None = None,
+    reserve: float = 1.0,
     retries: int = 3,
     retry_wait: float = 5.0,
     timeout: float = 60.0,
@@ -362,6 +365,8 @@ def fetch_file(
         dest: final file path (its folder is created once the server answers).
         md5: expected hex MD5 (None: no checksum published).
         check: extra check of the completed ``.part`` path; raises :class:`ChecksumError` when bad.
+        reserve: free space required before the transfer, as a multiple of the bytes still to fetch (2.0 for an
+            archive that will be unpacked beside itself).
         retries: reconnections (with resume) after a cut connection within this call.
         retry_wait: seconds between reconnections.
         timeout: socket timeout in seconds.
@@ -383,10 +388,13 @@ def fetch_file(
     while True:
         offset = part.stat().st_size if part.is_file() else 0
         try:
-            done = _fetch_once(url, part, offset, timeout, progress)
+            done = _fetch_once(url, part, offset, timeout, progress, reserve)
         except _Cut as e:
             got = part.stat().st_size if part.is_file() else 0
             if attempt >= retries:
+                if e.reason.startswith("cannot connect") and got == 0:
+                    raise DownloadError(f"cannot reach {url} ({e.reason[len('cannot connect: '):]}); check the network "
+                                        "connection, or give a mirror with --base_url.") from None
                 raise DownloadError(
                     f"download of {url} was cut after {_human(got)} ({e.reason}); the partial file {part} is kept: "
                     "run the same command again to resume from there.") from None
@@ -421,7 +429,7 @@ class _Cut(Exception):
         self.reason = reason
 
 
-def _fetch_once(url: str, part: Path, offset: int, timeout: float, progress: bool) -> bool:
+def _fetch_once(url: str, part: Path, offset: int, timeout: float, progress: bool, reserve: float = 1.0) -> bool:
     """One HTTP request appending to ``part``; True when the file is complete. Raises :class:`_Cut`."""
     try:
         resp = _open(url, offset, timeout)
@@ -454,7 +462,8 @@ def _fetch_once(url: str, part: Path, offset: int, timeout: float, progress: boo
             offset, mode = 0, "wb"
         total = offset + length if length is not None else None
         part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no empty folder
-        _check_space(part.parent, length, f"downloading {part.name}")
+        _check_space(part.parent, None if length is None else int(length * reserve),
+                     f"downloading {part.name[:-5]}" + (" and unpacking it" if reserve > 1 else ""))
         received = offset
         with open(part, mode) as f, _bar(total, offset, part.name[: -len(".part")], progress) as bar:
             try:
@@ -470,7 +479,7 @@ def _fetch_once(url: str, part: Path, offset: int, timeout: float, progress: boo
                     except OSError as e:
                         if e.errno == errno.ENOSPC:
                             raise _disk_full(part.parent, None if total is None else total - received,
-                                             f"downloading {part.name}") from None
+                                             f"downloading {part.name[:-5]}") from None
                         raise
                     received += len(buf)
                     bar.update(len(buf))
@@ -533,6 +542,7 @@ def unpack_archive(archive: str | os.PathLike, dest_parent: str | os.PathLike, t
     total = sum(s for _, s, _ in wanted if s is not None)
     _check_space(dest_parent, total, f"unpacking {archive.name}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{top}.unpack-", dir=str(dest_parent)))
+    done = 0  # bytes unpacked (tqdm does not count when disabled)
     try:
         with _bar(total, 0, f"unpack {archive.name}", progress) as bar:
             for name, size, opener in wanted:
@@ -541,16 +551,15 @@ def unpack_archive(archive: str | os.PathLike, dest_parent: str | os.PathLike, t
                     continue
                 target = Path(safe_extract_member(_Named(name), str(tmp)))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
                 with opener() as src, open(target, "wb") as out:
                     for buf in iter(lambda: src.read(CHUNK), b""):
                         try:
                             _write(out, buf)
                         except OSError as e:
                             if e.errno == errno.ENOSPC:
-                                raise _disk_full(dest_parent, total - bar.n, f"unpacking {archive.name}") from None
+                                raise _disk_full(dest_parent, total - done, f"unpacking {archive.name}") from None
                             raise
-                        written += len(buf)
+                        done += len(buf)
                         bar.update(len(buf))
                     out.flush()
                     os.fsync(out.fileno())
@@ -890,10 +899,20 @@ def verify_dataset(dataset: str, path: str | os.PathLike, md5: str | None = None
 # --------------------------------------------------------------------------------------------------- download
 
 
-def datalist_hint(dataset: str, folder: str | os.PathLike, output: str | os.PathLike) -> str:
-    """The ``datalist`` command for one downloaded dataset (a shell line; paths quoted where needed)."""
-    return (f"python -m pipofan_monai datalist --{_source(dataset).name} {shlex.quote(str(folder))} "
-            f"--output {shlex.quote(str(output))}")
+def present_datasets(root: str | os.PathLike) -> list[str]:
+    """Datasets whose folder (:attr:`DatasetSource.folder`) exists and is not empty under ``root``."""
+    root = Path(root)
+    return [n for n, s in DATASET_SOURCES.items() if (root / s.folder).is_dir() and any((root / s.folder).iterdir())]
+
+
+def datalist_hint(root: str | os.PathLike, datasets: Sequence[str], output: str | os.PathLike | None = None) -> str:
+    """The ``datalist`` command (one shell line, paths quoted where needed) for ``datasets`` unpacked under
+    ``root`` in their :attr:`DatasetSource.folder`; ``output`` defaults to ``root/datalist.json``."""
+    root = Path(root)
+    names = [n for n in DATASET_SOURCES if n in {_source(d).name for d in datasets}]
+    args = " ".join(f"--{n} {shlex.quote(str(root / DATASET_SOURCES[n].folder))}" for n in names)
+    out = root / "datalist.json" if output is None else Path(output)
+    return f"python -m pipofan_monai datalist {args} --output {shlex.quote(str(out))}"
 
 
 def _cases(cases) -> list[int]:
@@ -942,7 +961,7 @@ def _download_msd(src: DatasetSource, root: Path, base_url: str | None, md5: str
                                     "nothing else changed. Run the command again to download afresh.")
         else:
             print(f"downloading {url}\n  to {tar} (MD5 {expected})", file=sys.stderr)
-            fetch_file(url, tar, md5=expected, retries=retries, retry_wait=retry_wait, timeout=timeout,
+            fetch_file(url, tar, md5=expected, reserve=2.0, retries=retries, retry_wait=retry_wait, timeout=timeout,
                        progress=progress)
     unpack_archive(tar, root, src.msd_task, progress=progress, skip=_is_appledouble)
     if src.folder != src.msd_task:  # pragma: no cover - same names today
@@ -1035,9 +1054,9 @@ def download_dataset(
     if not src.public:
         text = src.instructions.format(folder=folder, folder_q=shlex.quote(str(folder)), root=root,
                                        root_q=shlex.quote(str(root)))
+        others = present_datasets(root) if root.is_dir() else []
         return {"dataset": src.name, "folder": str(folder), "public": False, "instructions": text,
-                "datalist_command": datalist_hint(src.name, folder if src.name != "btcv" else folder / "RawData",
-                                                  root / "datalist.json")}
+                "datalist_command": datalist_hint(root, [src.name] + others)}
     root.mkdir(parents=True, exist_ok=True)
     base_url = base_url or os.environ.get(ENV_BASE_URL) or None
     if src.msd_task:
@@ -1050,7 +1069,7 @@ def download_dataset(
             raise DownloadError(f"{len(failures)} KiTS19 file(s) failed (the others are in place; run the same "
                                 "command again to retry only these):\n  " + "\n  ".join(failures))
     return {"dataset": src.name, "folder": str(folder), "public": True,
-            "datalist_command": datalist_hint(src.name, folder, root / "datalist.json")}
+            "datalist_command": datalist_hint(root, [src.name] + present_datasets(root))}
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
@@ -1107,11 +1126,19 @@ def download_command(
     except (DownloadError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished files are in place, a partial download is kept as *.part; run the same command "
+              "again to resume.", file=sys.stderr)
+        raise SystemExit(130) from None
+    note = ""
+    if "--lits " in out["datalist_command"] and "--msd_liver " in out["datalist_command"]:
+        note = "\n(LiTS and msd_liver hold the same 131 CTs: keep only one of --lits / --msd_liver)"
     if not out["public"]:
         print(out["instructions"])
-        print("Then write the datalist:\n  " + out["datalist_command"])
+        print(f"Then write the datalist (with the datasets found under {root}):\n  {out['datalist_command']}{note}")
         raise SystemExit(2)
-    print(f"{out['dataset']}: ready in {out['folder']}\nNext, write the datalist:\n  {out['datalist_command']}")
+    print(f"{out['dataset']}: ready in {out['folder']}\n"
+          f"Next, write the datalist (with the datasets found under {root}):\n  {out['datalist_command']}{note}")
 
 
 def verify_command(dataset: str, path: str, md5: str | None = None, full: bool = False, progress: bool = True) -> None:
