@@ -39,7 +39,7 @@ def _logging() -> None:
 def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=None, ckpt_dir=None, output_dir=None, **override):
     """Train every fold (or ``--folds "[0,1]"``) and write <output_dir>/crossval.{json,csv,png}."""
     _logging()
-    from pipofan_monai.engines.crossval import run_crossval
+    from pipofan_monai.training.crossval import run_crossval
 
     report = run_crossval(config_file, num_folds, folds, ckpt_dir, output_dir, **override)
     return {k: v for k, v in report["summary"].items()}
@@ -48,7 +48,7 @@ def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=
 def study(name: str, datalist=None, output_dir=None, max_epochs=None, quick: bool = False, **override):
     """Run study ``datasets``, ``loss`` or ``architecture`` and write <output_dir>/<name>.{json,csv,png}."""
     _logging()
-    from pipofan_monai.studies import run_study
+    from pipofan_monai.training.studies import run_study
 
     report = run_study(name, datalist=datalist, output_dir=output_dir, max_epochs=max_epochs, quick=quick, **override)
     return "wrote " + ", ".join(report["files"])
@@ -58,7 +58,7 @@ def convert(src: str, dst: str, transpose_kernels: bool = False):
     """Convert the authors' checkpoint ``src`` and save ``{"model": state_dict, "config": ...}`` to ``dst``."""
     import torch
 
-    from pipofan_monai.handlers import atomic_torch_save
+    from pipofan_monai.utils import atomic_torch_save
     from pipofan_monai.networks import convert_original_state_dict
 
     state = torch.load(src, map_location="cpu", weights_only=False)
@@ -86,7 +86,7 @@ def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="
 def main() -> None:
     import fire
 
-    from pipofan_monai.data import datalist_command, demo_command
+    from pipofan_monai.dataset_conversion import datalist_command, demo_command
     from pipofan_monai.dataset_conversion.download import download_command, verify_command
 
     _logging()

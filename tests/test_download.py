@@ -178,10 +178,8 @@ def _run_cli(cmd: str) -> None:
 
 
 def _has_scanner(dataset: str) -> bool:
-    try:
-        from pipofan_monai.dataset_conversion.datalist import SOURCE_DATASETS
-    except ImportError:
-        from pipofan_monai.data.datalist import SOURCE_DATASETS
+    from pipofan_monai.dataset_conversion.datalist import SOURCE_DATASETS
+
     return dataset in SOURCE_DATASETS
 
 
