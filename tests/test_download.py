@@ -228,6 +228,22 @@ def test_msd_rerun_is_a_noop_and_remove_archive(server, tmp_path, capsys):
     assert len(server.requests) == 1  # nothing fetched the second time
 
 
+def test_cli_flags_as_documented(server, tmp_path, monkeypatch, capsys):
+    tar = _tar(_msd_tree("Task09_Spleen", "spleen", [1], [2]))
+    server.files["/Task09_Spleen.tar"] = tar
+    monkeypatch.chdir(tmp_path)
+    _run_cli(f"python -m pipofan_monai download --dataset msd_spleen --root data --keep_archive False "
+             f"--base_url {server.url} --md5 {_md5(tar)} --progress false")
+    assert _listing(tmp_path / "data")[:2] == ["Task09_Spleen", "Task09_Spleen/dataset.json"]
+    assert not (tmp_path / "data/Task09_Spleen.tar").exists()
+    _kits_server(server, [0, 1, 2])
+    _run_cli(f"python -m pipofan_monai download --dataset kits19 --root data --cases 0-2 --base_url {server.url}/img "
+             f"--labels_base_url {server.url}/repo")
+    assert sorted(p.name for p in (tmp_path / "data/KiTS19").iterdir()) == ["case_00000", "case_00001", "case_00002"]
+    assert "python -m pipofan_monai datalist --msd_spleen data/Task09_Spleen --kits19 data/KiTS19 --output " \
+           "data/datalist.json" in capsys.readouterr().out
+
+
 def test_base_url_from_environment(server, tmp_path, monkeypatch):
     tar = _tar(_msd_tree("Task09_Spleen", "spleen", [1], [2]))
     server.files["/mirror/Task09_Spleen.tar"] = tar
@@ -414,7 +430,7 @@ def test_kits19_download_per_case_and_datalist(server, tmp_path, capsys):
         dl.download_command("kits19", root=str(root), **kw)
     err = capsys.readouterr().err
     bad = root / "KiTS19/case_00001/segmentation.nii.gz.bad"
-    assert "1 KiTS19 file(s) failed" in err and "truncated or corrupt gzip stream" in err and str(bad) in err
+    assert "KiTS19: 1 problem(s)" in err and "truncated or corrupt gzip stream" in err and str(bad) in err
     assert _listing(root / "KiTS19") == ["case_00000", "case_00000/imaging.nii.gz", "case_00000/segmentation.nii.gz",
                                          "case_00001", "case_00001/imaging.nii.gz",
                                          "case_00001/segmentation.nii.gz.bad", "case_00210",
@@ -452,8 +468,17 @@ def test_kits19_resume_and_case_selection(server, tmp_path):
         dl.download_dataset("kits19", tmp_path, cases=[300], progress=False)
 
 
+def test_kits19_imaging_not_matching_its_label_is_reported(server, tmp_path):
+    _kits_server(server, [4])
+    server.files["/img/images/case_00004.nii.gz"] = _nii_bytes(shape=(8, 8, 5))
+    with pytest.raises(dl.DownloadError, match=r"(?s)KiTS19: 1 problem\(s\).*case_00004/imaging\.nii\.gz \(shape "
+                                               r"\(8, 8, 5\)\) and .*segmentation\.nii\.gz \(shape \(8, 8, 4\)\) do not"):
+        dl.download_dataset("kits19", tmp_path, base_url=server.url + "/img", labels_base_url=server.url + "/repo",
+                            cases=[4], progress=False)
+
+
 def test_kits19_http_error_names_the_url(server, tmp_path):
-    with pytest.raises(dl.DownloadError, match=r"(?s)1 KiTS19 file\(s\) failed.*case_00212\.nii\.gz: HTTP 404"):
+    with pytest.raises(dl.DownloadError, match=r"(?s)KiTS19: 1 problem\(s\).*case_00212\.nii\.gz: HTTP 404"):
         dl.download_dataset("kits19", tmp_path, base_url=server.url + "/img", labels_base_url=server.url + "/r",
                             cases=[212], progress=False)  # a test case: imaging only, one file
     assert _listing(tmp_path) == []  # no empty folders left behind

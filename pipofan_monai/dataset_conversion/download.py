@@ -41,7 +41,7 @@ time, so they stay MONAI's). Nothing appears under a final name until it is comp
   unpack when the size is known.
 
 We keep our own small HTTP fetcher rather than ``monai.apps.download_url``/``download_and_extract`` because those
-download into the system temporary folder (often too small for the 27 GB liver task), cannot resume, do not keep
+download into the system temporary folder (often too small for the larger MSD tasks), cannot resume, do not keep
 a failed file aside, and ``extractall`` unpacks in place (a half-unpacked folder after a failure). MONAI's
 ``safe_extract_member`` is used for the archive path checks.
 
@@ -75,6 +75,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+from pipofan_monai.utils import as_bool
 
 __all__ = [
     "DatasetSource",
@@ -1003,7 +1005,27 @@ def _download_kits19(src: DatasetSource, root: Path, base_url: str | None, label
         except DownloadError as e:  # one bad file never stops the others
             failures.append(str(e))
             logger.error("%s", e)
+    failures += _kits19_pair_problems(folder, wanted)
     return folder, failures
+
+
+def _kits19_pair_problems(folder: Path, cases: Sequence[int]) -> list[str]:
+    """Header-only check that each case's imaging and segmentation describe the same voxel grid."""
+    import nibabel as nib
+    import numpy as np
+
+    problems = []
+    for c in cases:
+        img, seg = folder / f"case_{c:05d}/imaging.nii.gz", folder / f"case_{c:05d}/segmentation.nii.gz"
+        if not (img.is_file() and seg.is_file()):
+            continue
+        hi, hs = nib.load(str(img)), nib.load(str(seg))
+        tol = 1e-2 * float(np.abs(hi.affine[:3, :3]).max()) + 1e-4  # the datalist scanner's tolerance
+        if tuple(hi.shape[:3]) != tuple(hs.shape[:3]) or not np.allclose(hi.affine, hs.affine, atol=tol, rtol=0):
+            problems.append(f"{img} (shape {tuple(hi.shape)}) and {seg} (shape {tuple(hs.shape)}) do not describe "
+                            "the same voxel grid: this imaging file does not belong to the kits19 labels (check "
+                            "--base_url / --labels_base_url)")
+    return problems
 
 
 def download_dataset(
@@ -1066,8 +1088,8 @@ def download_dataset(
         folder, failures = _download_kits19(src, root, base_url, labels_base_url, cases, retries, retry_wait,
                                             timeout, progress)
         if failures:
-            raise DownloadError(f"{len(failures)} KiTS19 file(s) failed (the others are in place; run the same "
-                                "command again to retry only these):\n  " + "\n  ".join(failures))
+            raise DownloadError(f"KiTS19: {len(failures)} problem(s) (the good files are in place; run the same "
+                                "command again to fetch what is missing):\n  " + "\n  ".join(failures))
     return {"dataset": src.name, "folder": str(folder), "public": True,
             "datalist_command": datalist_hint(root, [src.name] + present_datasets(root))}
 
@@ -1120,9 +1142,11 @@ def download_command(
     """
     _logging()
     try:
-        out = download_dataset(dataset, root, base_url=base_url, labels_base_url=labels_base_url, md5=md5,
-                               archive=archive, cases=cases, keep_archive=keep_archive, retries=retries,
-                               retry_wait=retry_wait, timeout=timeout, progress=progress)
+        out = download_dataset(dataset, root, base_url=base_url, labels_base_url=labels_base_url,
+                               md5=None if md5 is None else str(md5), archive=archive, cases=cases,
+                               keep_archive=as_bool(keep_archive, "keep_archive"), retries=int(retries),
+                               retry_wait=float(retry_wait), timeout=float(timeout),
+                               progress=as_bool(progress, "progress"))
     except (DownloadError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -1159,7 +1183,8 @@ def verify_command(dataset: str, path: str, md5: str | None = None, full: bool =
     """
     _logging()
     try:
-        report = verify_dataset(dataset, path, md5=md5, full=full, progress=progress)
+        report = verify_dataset(dataset, path, md5=None if md5 is None else str(md5), full=as_bool(full, "full"),
+                                progress=as_bool(progress, "progress"))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
