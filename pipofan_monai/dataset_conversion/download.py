@@ -182,16 +182,16 @@ BTCV (Multi-Atlas Labeling Beyond the Cranial Vault, abdomen) needs a free Synap
 _LITS_INSTRUCTIONS = """\
 LiTS (Liver Tumor Segmentation Challenge 2017) is distributed by its challenge site after registration:
   1. Register for the LiTS challenge on CodaLab, https://competitions.codalab.org/competitions/17094
-     (linked from https://competitions.codalab.org/competitions/17094#participate and the LiTS site
-     https://www.lits-challenge.com), accept the terms, and download from "Participate -> Get Data":
-     "Training Batch 1" (volume-0 .. volume-27 with segmentation-0 .. segmentation-27),
-     "Training Batch 2" (volume-28 .. volume-130 with segmentation-28 .. segmentation-130) and, optionally,
-     the test data (test-volume-0 .. test-volume-69, no labels).
-  2. Unpack them so that this layout exists (sub-folder names are free, the scanner searches below {folder}):
+     (also linked from https://www.lits-challenge.com), accept the terms, and download from its
+     "Participate" page the two training batches ("Training Batch 1": volume-0 .. volume-27 with
+     segmentation-0 .. segmentation-27; "Training Batch 2": volume-28 .. volume-130 with segmentation-28 ..
+     segmentation-130) and, optionally, the test data (test-volume-0 .. test-volume-69, no labels).
+  2. Unpack every downloaded archive into {folder} so that this layout exists (sub-folder names are free, the
+     datalist scanner searches below {folder}):
        {folder}/Training Batch 1/volume-0.nii, segmentation-0.nii, ...
        {folder}/Training Batch 2/volume-28.nii, segmentation-28.nii, ... volume-130.nii, segmentation-130.nii
-       {folder}/Test Data/test-volume-0.nii ... test-volume-69.nii   (optional)
-     e.g.:  mkdir -p {folder_q} && unzip "Training Batch 1.zip" -d {folder_q} && unzip "Training Batch 2.zip" -d {folder_q}
+       {folder}/<any folder>/test-volume-0.nii ... test-volume-69.nii   (optional)
+     e.g.:  mkdir -p {folder_q} && unzip ARCHIVE.zip -d {folder_q}   (once per archive)
   3. Check it:  python -m pipofan_monai verify --dataset lits --path {folder_q}
 The same 131 labeled CTs (and the 70 test CTs) are public without a login as the MSD liver task:
   python -m pipofan_monai download --dataset msd_liver --root {root_q}
