@@ -12,6 +12,9 @@
 """Command line: ``python -m pipofan_monai <command> ...`` (also installed as ``pipofan``).
 
 Commands:
+    download   fetch a public dataset (MSD spleen / pancreas / liver, KiTS19) into the layout datalist scans, checked;
+               for BTCV and LiTS (behind a login) print where to get them and the layout
+    verify     check a dataset archive or folder you supply (case count, file names, checksums where published)
     datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV folders and write a datalist with five folds
     demo       write the built-in synthetic demo dataset
     crossval   train one model per fold with the bundle and write the Table-V style report
@@ -85,9 +88,10 @@ HELP_FLAGS = ("-h", "--help")
 
 def _commands() -> dict:
     from pipofan_monai.dataset_conversion import datalist_command, demo_command
+    from pipofan_monai.dataset_conversion.download import download_command, verify_command
 
-    return {"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
-            "convert": convert, "benchmark": benchmark}
+    return {"download": download_command, "verify": verify_command, "datalist": datalist_command,
+            "demo": demo_command, "crossval": crossval, "study": study, "convert": convert, "benchmark": benchmark}
 
 
 def command_help(name: str, fn) -> str:
