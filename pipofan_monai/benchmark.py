@@ -44,7 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipofan_monai.data.registry import BUILTIN_DATASETS, CLASS_NAMES
+from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
+from pipofan_monai.utils import as_bool
 
 __all__ = [
     "ExecutionPath",
@@ -138,7 +139,7 @@ class ExecutionPath:
         return torch.autocast(device.type, dtype=self.dtype)
 
     def inferer_kwargs(self) -> dict:
-        """The :class:`~pipofan_monai.inferers.SlidingSliceInferer` options of this path."""
+        """The :class:`~pipofan_monai.inference.SlidingSliceInferer` options of this path."""
         return {"amp": self.amp_dtype is not None, "amp_dtype": self.dtype, "channels_last": self.channels_last}
 
 
@@ -197,7 +198,7 @@ def make_network(channels: Sequence[int], seed: int = 0, ckpt: str | None = None
     torch.manual_seed(int(seed))
     net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=len(CLASS_NAMES), channels=tuple(channels))
     if ckpt:
-        from pipofan_monai.engines.inference import load_network_weights
+        from pipofan_monai.inference.runner import load_network_weights
 
         load_network_weights(net, ckpt)
     return net
@@ -404,7 +405,7 @@ def label_agreement(
         ``{"dice": {organ: Dice}, "reference_voxels": {organ: count}, "min_dice", "threshold", "passed",
         "voxel_agreement"}``; an organ absent from both maps has Dice 1.0.
     """
-    from pipofan_monai.inferers import SlidingSliceInferer
+    from pipofan_monai.inference import SlidingSliceInferer
 
     if volume.ndim != 5 or volume.shape[:2] != (1, 1):
         raise ValueError(f"volume must have shape (1, 1, H, W, D), got {tuple(volume.shape)}.")
@@ -424,7 +425,7 @@ def label_agreement(
 
 def _phantom(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic abdominal CT (int16 HU, RAS affine) of ``shape``; the demo phantom generator."""
-    from pipofan_monai.data.demo import synthesize_case
+    from pipofan_monai.dataset_conversion.demo import synthesize_case
 
     shape = [int(s) for s in shape]
     img, _, affine = synthesize_case(seed, shape=tuple(max(s, 8) for s in shape))  # the generator needs >= 8
@@ -459,7 +460,7 @@ def benchmark_end_to_end(
     The components (``preprocessing``, ``inferer``, ``postprocessing``) are parsed from ``config_file`` (the
     bundle's ``inference.json``) with overrides (``spatial_size``, ``sw_batch_size``, output folder, device); the
     inferer gets the path's autocast/channels_last options. The case is then processed as
-    :class:`~pipofan_monai.engines.inference.SegmentationRunner` does for one checkpoint, each transform timed:
+    :class:`~pipofan_monai.inference.runner.SegmentationRunner` does for one checkpoint, each transform timed:
     load (read + checks) -> preprocess (orientation, HU window, in-plane resample) -> network (sliding-slice
     inference) -> postprocess (softmax) -> invert (resample back to the original grid) -> postprocess (argmax,
     connected components) -> save (uint8 NIfTI). With ``gpu_resample`` (default: True on CUDA, False on the CPU)
@@ -586,16 +587,6 @@ def _parse_ints(value: Any, name: str, n: int | None = None) -> tuple[int, ...]:
     return out
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be True or False, got {value!r}.")
-
-
 # ------------------------------------------------------------------------------------ data path at real size
 #: slices of the paper's four datasets (LiTS 131 x ~450, KiTS19 210 x ~220, MSD Spleen 41 x ~90, BTCV 30 x ~150)
 FOUR_DATASETS_SLICES = 150_000
@@ -667,9 +658,10 @@ def _children(pid: int) -> list[int]:
 
 class _MemoryMonitor:
     """Peak RSS / PSS (MiB) of this process and of its child processes (DataLoader or preprocessing workers),
-    polled every ``interval`` s in a thread; ``with`` it around the measured code."""
+    polled every ``interval`` s in a thread (reading smaps_rollup stalls the process read: keep it rare); ``with``
+    it around the measured code."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         import threading
 
         self.interval = interval
@@ -711,7 +703,7 @@ def _loader_rate(dataset: Any, items: Sequence[Mapping], batch: int, batches: in
     (worker start) not timed, plus peak memory of the main process and the workers during the run."""
     from monai.data import DataLoader
 
-    from pipofan_monai.engines import PartialLabelSampler
+    from pipofan_monai.training import PartialLabelSampler
 
     sampler = PartialLabelSampler([d.get("dataset") for d in items], mode="mixed", seed=seed,
                                   samples_per_epoch=batch * (batches + 1))
@@ -737,7 +729,7 @@ def _first_iteration(make_dataset: Callable[[], Any], items: Sequence[Mapping], 
     """(dataset, seconds from construction to the first batch, peak memory), as a training run starts."""
     from monai.data import DataLoader
 
-    from pipofan_monai.engines import PartialLabelSampler
+    from pipofan_monai.training import PartialLabelSampler
 
     with _MemoryMonitor() as mon:
         t0 = time.perf_counter()
@@ -791,7 +783,7 @@ def benchmark_data_path(
     from monai.data import CacheDataset
 
     from pipofan_monai.training.cached_data import CachedSliceDataset
-    from pipofan_monai.transforms import get_train_transforms
+    from pipofan_monai.training import get_train_transforms
 
     log = log or _progress
     shape = tuple(int(s) for s in volume_shape)
@@ -934,8 +926,8 @@ def run_benchmark(
     Returns:
         The report dict (see :func:`format_report`).
     """
-    quick = _as_bool(quick, "quick")
-    compile = _as_bool(compile, "compile")
+    quick = as_bool(quick, "quick")
+    compile = as_bool(compile, "compile")
     if quick:
         size, batch, channels = QUICK_SETTINGS["size"], QUICK_SETTINGS["batch"], QUICK_SETTINGS["channels"]
         volume_shape, train_batch = QUICK_SETTINGS["volume_shape"], QUICK_SETTINGS["train_batch"]
@@ -979,7 +971,7 @@ def run_benchmark(
     img, _ = _phantom((max(size, 64), max(size, 64), int(accuracy_slices)), seed)
     acc_volume = _windowed(img, size)
     if not ckpt:  # random weights: BatchNorm statistics from real-looking slabs -> non-trivial label maps
-        from pipofan_monai.inferers import make_slab_indices
+        from pipofan_monai.preprocessing import make_slab_indices
 
         d = acc_volume.shape[-1]
         slabs = acc_volume[0, 0][:, :, make_slab_indices(0, d, d)].permute(2, 3, 0, 1).contiguous()
@@ -1063,14 +1055,14 @@ def run_benchmark(
         if quick:
             dkw = dict(QUICK_DATA_SETTINGS)
         else:
-            dw = _parse_ints(data_workers, "data_workers") if not isinstance(data_workers, int) else (data_workers,)
+            dw = (int(data_workers),) if isinstance(data_workers, int) else _parse_ints(data_workers, "data_workers")
             dkw = {"num_volumes": int(data_volumes), "volume_shape": _parse_ints(data_volume_shape, "data_volume_shape", 3),
                    "spatial_size": e2e_size, "train_size": int(train_size), "batch": 8, "workers": dw,
                    "batches": int(data_batches), "baseline_batches": 3,
                    "preprocess_workers": int(data_preprocess_workers)}
         log(f"data path: {dkw['num_volumes']} generated {tuple(dkw['volume_shape'])} int16 volumes, memory-mapped "
             f"cache vs CacheDataset(copy_cache=True), workers {list(dkw['workers'])}")
-        data = benchmark_data_path(**dkw, baseline=_as_bool(data_baseline, "data_baseline"), seed=seed,
+        data = benchmark_data_path(**dkw, baseline=as_bool(data_baseline, "data_baseline"), seed=seed,
                                    workdir=data_workdir, log=log)
         if report.get("training"):
             data["over_training_step"] = data["samples_per_s"] / report["training"]["optimized"]["samples_per_s"]

@@ -23,16 +23,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from pipofan_monai.data.registry import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
+from pipofan_monai.utils import filename_of
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
 
 __all__ = ["map_dataset_labels", "MapDatasetLabelsd"]
-
-
-def _filename(x: Any) -> str:
-    """The source file of a (Meta)Tensor for error messages, or ``"<unknown file>"``."""
-    meta = getattr(x, "meta", None) or {}
-    name = meta.get("filename_or_obj", None)
-    return str(name) if name not in (None, "") else "<unknown file>"
 
 
 def map_dataset_labels(
@@ -58,7 +52,7 @@ def map_dataset_labels(
         ValueError: non-integer label values, values outside the dataset's mapping (the message names the
             file and the offending values), or a mapping target outside ``0..num_classes-1``.
     """
-    fname = filename or _filename(label)
+    fname = filename or filename_of(label)
     lab = torch.as_tensor(label.as_tensor() if isinstance(label, MetaTensor) else label)
     if spec is None:
         table = {k: k for k in range(num_classes)}
@@ -112,7 +106,7 @@ class MapDatasetLabelsd(MapTransform):
     dataset's labeled-class mask to the label's metadata.
 
     The dataset is named by ``data[dataset_key]`` (e.g. ``"lits"``) and looked up with
-    :func:`pipofan_monai.data.registry.get_dataset_spec` (``datasets`` first, then user-registered and built-in
+    :func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (``datasets`` first, then user-registered and built-in
     datasets). Items without a dataset id are fully labeled data already in the global convention: identity
     mapping (values must be in ``0..num_classes-1``) and an all-ones mask.
 
