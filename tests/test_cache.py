@@ -26,8 +26,9 @@ import torch
 from monai.data import CacheDataset, DataLoader, PersistentDataset
 from monai.data.utils import set_rnd
 
-from pipofan_monai.data import generate_demo_dataset, load_datalist
-from pipofan_monai.engines import PartialLabelSampler
+from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+from pipofan_monai.preprocessing import get_val_transforms
+from pipofan_monai.training import PartialLabelSampler, get_train_transforms
 from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
 from pipofan_monai.training.cached_data import (
     CachedSliceDataset,
@@ -35,7 +36,6 @@ from pipofan_monai.training.cached_data import (
     make_train_dataset,
     make_val_dataset,
 )
-from pipofan_monai.transforms import get_train_transforms, get_val_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (48, 48, 20)
@@ -191,7 +191,7 @@ def test_corrupt_entry_is_rebuilt(items, tmp_path, damage):
 
 _FILL = """
 import sys
-from pipofan_monai.data import load_datalist
+from pipofan_monai.dataset_conversion import load_datalist
 from pipofan_monai.preprocessing.cache import PreprocessedCache
 items = load_datalist(sys.argv[1])["training"]
 entries = PreprocessedCache(sys.argv[2], spatial_size=40).fill(items, num_workers=int(sys.argv[3]), progress=False)
@@ -300,8 +300,9 @@ def test_preprocess_command_fills_what_training_reads(items, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     helped = subprocess.run([sys.executable, "-m", "pipofan_monai", "preprocess", "--help"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=120)
-    assert helped.returncode == 0 and "--num_workers" in helped.stdout and "SYNOPSIS" in helped.stdout
-    assert "ready in" not in helped.stdout  # printed the help, did not run
+    text = helped.stdout + helped.stderr  # fire writes the help to stderr
+    assert helped.returncode == 0 and "--num_workers" in text and "SYNOPSIS" in text
+    assert "ready in" not in text  # printed the help, did not run
     datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
     cache_dir = tmp_path / "pre"
     run = subprocess.run([sys.executable, "-m", "pipofan_monai", "preprocess", "--datalist", str(datalist),
@@ -335,3 +336,36 @@ def test_real_size_volume(tmp_path):
         assert s["image"].shape == (3, 224, 224) and s["label"].shape == (1, 224, 224)
         assert (s["label"] == 2).any()  # organ-centred, KiTS19 annotates the kidney only
     assert CachedSliceDataset(item, tmp_path / "cache", progress=False).entries[0].path == e.path
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def test_release_workflow_stops_persistent_workers():
+    """A finished fold's persistent DataLoader workers are stopped (they leaked per fold before)."""
+    import time
+    from types import SimpleNamespace
+
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.training.crossval import release_workflow
+
+    before = _children()
+    parser = ConfigParser({
+        "ds": {"_target_": "monai.data.Dataset", "data": [1, 2, 3, 4]},
+        "train": {"dataloader": {"_target_": "DataLoader", "dataset": "@ds", "batch_size": 2, "num_workers": 2,
+                                 "persistent_workers": True}},
+    })
+    loader = parser.get_parsed_content("train#dataloader")
+    assert [b.tolist() for b in loader] == [[1, 2], [3, 4]]
+    assert len(_children() - before) == 2  # persistent: still alive after the epoch
+    assert release_workflow(SimpleNamespace(parser=parser)) == 1
+    for _ in range(50):
+        if not _children() - before:
+            break
+        time.sleep(0.1)
+    assert not _children() - before
+    assert release_workflow(SimpleNamespace(parser=parser)) == 0  # idempotent

@@ -54,7 +54,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipofan_monai.data.registry import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 
 __all__ = ["CACHE_FORMAT", "CacheEntry", "PreprocessedCache", "source_fingerprint", "preprocessed_cache_from_config"]
 
@@ -327,7 +327,7 @@ class PreprocessedCache:
     def _transforms(self) -> Any:
         from monai.transforms import Compose
 
-        from pipofan_monai.transforms.pipelines import get_preprocessing_transforms
+        from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
 
         return Compose(get_preprocessing_transforms(
             "image", "label", self.spatial_size, hu_window=self.hu_window, intensity=self.intensity,
@@ -595,7 +595,7 @@ def preprocessed_cache_from_config(
     """
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.engines.workflow import load_training_data
+    from pipofan_monai.training.data import load_training_data
 
     files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
     parser = ConfigParser()
