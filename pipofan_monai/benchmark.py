@@ -644,6 +644,16 @@ def _rss_pss_mb(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``), NaN where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -712,16 +722,23 @@ def _loader_rate(dataset: Any, items: Sequence[Mapping], batch: int, batches: in
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=num_workers)
         it = iter(loader)
         first = next(it)
+        procs = _children(os.getpid()) if num_workers > 0 else [os.getpid()]
+        cpu0 = {p: _cpu_seconds(p) for p in procs}
         t0 = time.perf_counter()
         n = 0
-        for b in it:
-            n += int(b["image"].shape[0])
+        for _ in range(int(batches)):  # no next() after the last batch: StopIteration would end the workers first
+            n += int(next(it)["image"].shape[0])
         elapsed = time.perf_counter() - t0
+        deltas = [_cpu_seconds(p) - c for p, c in cpu0.items()]  # read before the workers exit
+        cpu = sum(d for d in deltas if math.isfinite(d))
         del it, loader
     rate = n / elapsed if elapsed > 0 else float("nan")
+    # samples per CPU-second of the workers: what one worker delivers when it has a core to itself (on a shared
+    # machine the wall-clock rate also measures the other jobs)
+    per_cpu = n / cpu if cpu > 0 else float("nan")
     return {"num_workers": num_workers, "samples": n, "seconds": elapsed, "samples_per_s": rate,
-            "samples_per_s_per_worker": rate / max(1, num_workers), "sample_shape": list(first["image"].shape[1:]),
-            "memory": mon.peak}
+            "samples_per_s_per_worker": rate / max(1, num_workers), "worker_cpu_s": cpu,
+            "samples_per_worker_cpu_s": per_cpu, "sample_shape": list(first["image"].shape[1:]), "memory": mon.peak}
 
 
 def _first_iteration(make_dataset: Callable[[], Any], items: Sequence[Mapping], batch: int, num_workers: int,
@@ -865,15 +882,15 @@ def format_data_report(data: Mapping[str, Any]) -> list[str]:
              f"{m['four_datasets_gb']:.1f} GB for the four datasets ({FOUR_DATASETS_SLICES:,} slices)",
              f"  first run (preprocess, {data['preprocess_workers']} processes) to first batch {m['first_run_s']:.1f} s "
              f"(~{m['preprocess_s_per_volume']:.0f} s per volume per process), second run {m['second_run_s']:.2f} s",
-             f"  {'path':<30}{'workers':>8}{'samples/s':>11}{'/worker':>9}{'RSS main':>10}{'PSS main':>10}"
-             f"{'RSS wrk':>9}{'PSS wrk':>9}  (peak MiB)"]
+             f"  {'path':<30}{'workers':>8}{'samples/s':>11}{'/worker':>9}{'/wrk-CPU-s':>11}{'RSS main':>10}"
+             f"{'PSS main':>10}{'RSS wrk':>9}{'PSS wrk':>9}  (peak MiB)"]
     rows = [("mmap cache", r) for r in m["runs"].values()]
     if data.get("baseline"):
         rows += [("CacheDataset(copy_cache=True)", r) for r in data["baseline"]["runs"].values()]
     for name, r in rows:
         mem = r["memory"]
         lines.append(f"  {name:<30}{r['num_workers']:>8}{r['samples_per_s']:>11.1f}{r['samples_per_s_per_worker']:>9.1f}"
-                     f"{mem['main_rss_mb']:>10.0f}{mem['main_pss_mb']:>10.0f}{mem['worker_rss_mb']:>9.0f}"
+                     f"{r['samples_per_worker_cpu_s']:>11.1f}{mem['main_rss_mb']:>10.0f}{mem['main_pss_mb']:>10.0f}{mem['worker_rss_mb']:>9.0f}"
                      f"{mem['worker_pss_mb']:>9.0f}")
     if data.get("baseline"):
         b = data["baseline"]
