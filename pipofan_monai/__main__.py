@@ -115,14 +115,46 @@ def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=
             f"after {time.perf_counter() - t0:.1f} s")
 
 
-def main() -> None:
-    import fire
+HELP_FLAGS = ("-h", "--help")
 
+
+def _commands() -> dict:
     from pipofan_monai.dataset_conversion import datalist_command, demo_command
 
+    return {"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
+            "convert": convert, "benchmark": benchmark, "preprocess": preprocess}
+
+
+def command_help(name: str, fn) -> str:
+    """Usage line (the command's arguments as ``--name default``) and the command's docstring."""
+    import inspect
+
+    parts = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            parts.append("[--KEY VALUE ...]")
+        elif p.default is p.empty:
+            parts.append(p.name.upper())
+        else:
+            parts.append(f"[--{p.name} {p.default!r}]")
+    return f"usage: python -m pipofan_monai {name} " + " ".join(parts) + "\n\n" + (inspect.getdoc(fn) or "")
+
+
+def main(argv=None) -> None:
+    """Run a command; ``--help`` (or ``-h``) anywhere prints the command's help and runs nothing (fire would
+    pass it on as a keyword argument to commands that take ``**override``, and start a cross-validation)."""
+    import fire
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
+    if not args or args[0] in HELP_FLAGS + ("help",):
+        print(__doc__)
+        return
+    if args[0] in commands and any(a in HELP_FLAGS for a in args[1:]):
+        print(command_help(args[0], commands[args[0]]))
+        return
     _logging()
-    fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
-               "convert": convert, "benchmark": benchmark, "preprocess": preprocess})
+    fire.Fire(commands, command=args)
 
 
 if __name__ == "__main__":

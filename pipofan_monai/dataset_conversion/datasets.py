@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipofan_monai.partial_labels import labeled_mask
+
 __all__ = [
     "CLASS_NAMES",
     "DatasetSpec",
@@ -56,17 +58,6 @@ class DatasetSpec:
     def labeled_mask(self, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
         """(num_classes,) float32 0/1 vector; column 0 (background) is always 1."""
         return labeled_mask(self.labeled_classes, num_classes)
-
-
-def labeled_mask(labeled_classes: Sequence[int], num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(num_classes,) float32 0/1 vector with ones at ``labeled_classes`` and at the background (0)."""
-    mask = np.zeros(num_classes, dtype=np.float32)
-    mask[0] = 1.0
-    for c in labeled_classes:
-        if not 0 < int(c) < num_classes:
-            raise ValueError(f"labeled class {c} is outside 1..{num_classes - 1}.")
-        mask[int(c)] = 1.0
-    return mask
 
 
 BUILTIN_DATASETS: dict[str, DatasetSpec] = {

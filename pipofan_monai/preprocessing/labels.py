@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
+from pipofan_monai.partial_labels import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
 
@@ -143,7 +144,7 @@ class MapDatasetLabelsd(MapTransform):
         dataset_key: str = "dataset",
         num_classes: int = len(CLASS_NAMES),
         datasets: Mapping[str, Any] | None = None,
-        mask_key: str = "labeled_mask",
+        mask_key: str = LABELED_MASK_KEY,
         allow_missing_keys: bool = False,
         partial_labels: bool = True,
     ) -> None:

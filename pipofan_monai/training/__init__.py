@@ -15,9 +15,11 @@ bundle's training workflow, the learning-rate schedule, cross-validation and the
 from __future__ import annotations
 
 from .cached_data import CachedSliceDataset, CachedVolumeDataset, make_train_dataset, make_val_dataset
-from .data import load_training_data, split_training_data
+from .data import SeededItemDataset, load_training_data, split_training_data
 from .handlers import (
+    BestModelCheckpoint,
     EpochProgressLogger,
+    EpochSeedHandler,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
@@ -25,6 +27,7 @@ from .handlers import (
     stage_for_epoch,
 )
 from .lr_scheduler import AuthorsLRLambda
+from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
@@ -33,9 +36,12 @@ __all__ = [
     "CachedVolumeDataset",
     "make_train_dataset",
     "make_val_dataset",
+    "SeededItemDataset",
     "load_training_data",
     "split_training_data",
+    "BestModelCheckpoint",
     "EpochProgressLogger",
+    "EpochSeedHandler",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
@@ -43,6 +49,8 @@ __all__ = [
     "stage_for_epoch",
     "AuthorsLRLambda",
     "PartialLabelSampler",
+    "prepare_training_run",
+    "release_training_run",
     "RandSlabCropd",
     "SlabToChannelsd",
     "get_train_transforms",

@@ -22,13 +22,15 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipofan_monai import bundle_dir
 from pipofan_monai.evaluation.metrics import mean_std
 
 __all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation_dice", "release_workflow"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = ("bundle/configs/train.json",)
+#: the bundle's training config (found through the package, so an installed wheel works too)
+DEFAULT_CONFIG = (str(bundle_dir() / "configs" / "train.json"),)
 
 
 def best_epoch_row(rows: Sequence[dict], key: str = "val_mean_dice") -> dict | None:
