@@ -671,6 +671,10 @@ class _MemoryMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def poll(self) -> None:
+        """Take one sample now (e.g. while short-lived workers are still alive)."""
+        self._poll()
+
     def _poll(self) -> None:
         rss, pss = _rss_pss_mb(os.getpid())
         total = pss
@@ -722,6 +726,7 @@ def _loader_rate(dataset: Any, items: Sequence[Mapping], batch: int, batches: in
         elapsed = time.perf_counter() - t0
         deltas = [_cpu_seconds(p) - c for p, c in cpu0.items()]  # read before the workers exit
         cpu = sum(d for d in deltas if math.isfinite(d))
+        mon.poll()  # the workers' memory at the end of the run, however short it was
         del it, loader
     rate = n / elapsed if elapsed > 0 else float("nan")
     # samples per CPU-second of the workers: what one worker delivers when it has a core to itself (on a shared
