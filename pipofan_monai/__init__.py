@@ -14,7 +14,7 @@ the target adaptive loss for partially labeled datasets, 2.5D transforms and inf
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def bundle_dir():
