@@ -221,3 +221,84 @@ def test_msd_pancreas_and_liver_datalists(tmp_path):
     bare = _msd_task(tmp_path / "Task03_Liver_nojson", "liver", 2, 0, listed=False)
     with pytest.raises(ValueError, match=r"MSD Liver dataset\.json missing"):
         make_datalist(None, msd_liver=bare)
+
+
+# ------------------------------------------------------------------ demo: a fifth organ in one source
+def test_demo_fifth_organ(tmp_path):
+    from pipofan_monai.data import generate_demo_dataset, load_datalist
+    from pipofan_monai.data.demo import PANCREAS_CLASS_NAMES
+
+    path = generate_demo_dataset(tmp_path / "demo5", {"btcv": 1, "lits": 1, "kits19": 1, "msd_spleen": 1,
+                                                       "msd_pancreas": 2}, num_test=1, shape=(48, 48, 12),
+                                 pancreas=True)
+    dl = load_datalist(path)
+    assert dl["class_names"] == list(PANCREAS_CLASS_NAMES) == ["background", "liver", "kidney", "spleen", "pancreas"]
+    pan = [it for it in dl["training"] if it["dataset"] == "msd_pancreas"]
+    assert [Path(it["image"]).name for it in pan] == ["pancreas_001.nii.gz", "pancreas_002.nii.gz"]
+    meta = json.loads((tmp_path / "demo5" / "msd_pancreas" / "dataset.json").read_text())
+    assert meta["labels"] == {"0": "background", "1": "pancreas", "2": "cancer"} and meta["numTraining"] == 2
+
+    def values(p):
+        return set(np.unique(np.asarray(nib.load(p).dataobj)).tolist())
+
+    assert values(pan[0]["label"]) == {0, 1}
+    btcv = next(it for it in dl["training"] if it["dataset"] == "btcv")
+    assert 11 in values(btcv["label"]) and values(btcv["label"]) <= {0, 1, 2, 3, 4, 6, 7, 8, 9, 11}
+    assert values(dl["test"][0]["label"]) == {0, 1, 2, 3, 4}
+    # through the label mapping of the five-class vocabulary: pancreas is class 4, annotated by btcv and msd_pancreas
+    t = MapDatasetLabelsd("label", class_names=PANCREAS_CLASS_NAMES)
+    from pipofan_monai.transforms import LoadCTd
+
+    item = LoadCTd(["image", "label"])(dict(pan[0]))
+    out = t(item)["label"]
+    assert set(torch.unique(out).tolist()) == {0, 4}
+    np.testing.assert_array_equal(out.meta["labeled_mask"].numpy(), [1, 0, 0, 0, 1])
+    # the four-source default is unchanged: no pancreas in its parameters
+    path4 = generate_demo_dataset(tmp_path / "demo4", 1, num_test=1, shape=(48, 48, 12))
+    manifest = json.loads((tmp_path / "demo4" / "demo_manifest.json").read_text())
+    assert "pancreas" not in manifest["params"] and load_datalist(path4)["class_names"] == PAPER
+    assert not (tmp_path / "demo4" / "msd_pancreas").exists()
+    with pytest.raises(ValueError, match="needs pancreas=True"):
+        generate_demo_dataset(tmp_path / "bad", {"msd_pancreas": 1})
+
+
+# ------------------------------------------------------------------ bundle files name the same classes
+def test_bundle_classes_tool(tmp_path):
+    import shutil
+
+    from pipofan_monai.bundle_vocabulary import check_bundle_classes, classes_command, set_bundle_classes
+
+    repo = Path(__file__).resolve().parents[1]
+    assert check_bundle_classes(repo / "bundle") == []  # the shipped bundle is consistent
+    shutil.copytree(repo / "bundle" / "configs", tmp_path / "b" / "configs")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()}
+    set_bundle_classes(tmp_path / "b", PAPER)  # the shipped vocabulary: every file byte-identical
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()} == before
+    five = ["background", "liver", "kidney", "spleen", "pancreas"]
+    msg = classes_command(str(tmp_path / "b"), five)
+    assert "pancreas" in msg
+    meta = json.loads((tmp_path / "b" / "configs" / "metadata.json").read_text())
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == 5 and pred["channel_def"] == {"0": "background", "1": "liver", "2": "kidney",
+                                                                  "3": "spleen", "4": "pancreas"}
+    assert meta["label_classes"] == "0 background, 1 liver, 2 kidney (left and right), 3 spleen, 4 pancreas"
+    assert meta["task"].startswith("Liver, kidney, spleen and pancreas segmentation")
+    assert "logits of background, liver, kidney, spleen and pancreas out" in meta["description"]
+    # MONAI Label's BundleInferTask builds its label list from channel_def this way (monailabel/tasks/infer/bundle.py)
+    labels = {v.lower(): int(k) for k, v in pred["channel_def"].items() if v.lower() != "background"}
+    assert labels == {"liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
+    for name in ("train.json", "inference.json"):
+        assert json.loads((tmp_path / "b" / "configs" / name).read_text())["class_names"] == five
+    assert check_bundle_classes(tmp_path / "b") == []
+    assert classes_command(str(tmp_path / "b")).endswith("consistent in configs and metadata.json")
+    # a hand edit that forgets metadata.json is reported
+    cfg = json.loads((tmp_path / "b" / "configs" / "inference.json").read_text())
+    cfg["class_names"] = PAPER
+    (tmp_path / "b" / "configs" / "inference.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="inference.json: class_names"):
+        classes_command(str(tmp_path / "b"))
+    # invalid names write nothing
+    snapshot = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()}
+    with pytest.raises(ValueError, match="unknown organs"):
+        set_bundle_classes(tmp_path / "b", ["background", "livers"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()} == snapshot
