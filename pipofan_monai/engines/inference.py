@@ -45,6 +45,7 @@ from monai.transforms import AsDiscreted, Compose, MapTransform, Orientation, Sa
 from monai.utils import convert_to_dst_type
 
 from pipofan_monai.data.registry import CLASS_NAMES
+from pipofan_monai.organs import check_class_names, validate_class_names
 
 __all__ = [
     "InferenceError",
@@ -53,6 +54,7 @@ __all__ = [
     "check_dicom_folder",
     "resolve_inputs",
     "load_network_weights",
+    "checkpoint_class_names",
     "majority_vote",
     "mean_probabilities",
     "SegmentationRunner",
@@ -258,8 +260,23 @@ def resolve_inputs(
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_class_names(ckpt: Any) -> list[str] | None:
+    """The class names a checkpoint was trained with (``ckpt["plans"]["class_names"]`` of a self-describing
+    checkpoint, or a top-level ``"class_names"``), or None for a checkpoint that does not record them."""
+    if not isinstance(ckpt, Mapping):
+        return None
+    plans = ckpt.get("plans")
+    names = plans.get("class_names") if isinstance(plans, Mapping) else None
+    if names is None:
+        names = ckpt.get("class_names")
+    if names is None or isinstance(names, str) or not isinstance(names, Sequence):
+        return None
+    return [str(n) for n in names]
+
+
 def load_network_weights(
-    network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
+    class_names: Sequence[str] | None = None,
 ) -> torch.nn.Module:
     """Load a checkpoint into ``network`` strictly, with an error naming every mismatch.
 
@@ -271,6 +288,8 @@ def load_network_weights(
         network: the instantiated network (``network_def``).
         ckpt_path: checkpoint file.
         map_location: where the tensors are loaded before copying. Default CPU.
+        class_names: the config's vocabulary; a checkpoint that records another one is refused (before the
+            weights are compared), see :py:func:`pipofan_monai.organs.check_class_names`.
 
     Returns:
         ``network`` with the weights loaded.
@@ -290,6 +309,8 @@ def load_network_weights(
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         raise ValueError(f"could not read checkpoint {path!r}: {type(e).__name__}: {e}") from e
+    if class_names is not None:
+        check_class_names(checkpoint_class_names(ckpt), class_names, path)
     state = ckpt
     if isinstance(ckpt, Mapping):
         for key in ("model", "state_dict", "network"):
@@ -455,13 +476,15 @@ class SegmentationRunner:
         evaluate: compare with the item's ``label`` (mapped to the global classes with its ``dataset`` id) and
             write ``evaluation.json`` / CSV reports into ``report_dir``.
         report_dir: folder for the evaluation reports (default: the output folder of the label ``SaveImaged``).
-        class_names: class names, index = class id.
+        class_names: the vocabulary, index = class id (background first); a checkpoint that records another
+            vocabulary is refused with an error naming both.
         datasets: extra dataset table for label mapping (as ``MapDatasetLabelsd(datasets=...)``).
         hu_window: display window of the overview PNGs.
         fail_on_error: raise :class:`InferenceError` at the end when some case failed (the bundle runner then
             exits non-zero); otherwise only log the failures.
         pred_key: key of the prediction. Default ``"pred"``.
         image_key: key of the image. Default ``"image"``.
+        organs: optional config-level ``organ_table`` (new organs, colours).
     """
 
     def __init__(
@@ -481,6 +504,7 @@ class SegmentationRunner:
         fail_on_error: bool = True,
         pred_key: str = "pred",
         image_key: str = "image",
+        organs: Mapping[str, Any] | None = None,
     ) -> None:
         if str(ensemble_mode).lower() not in ("vote", "mean"):
             raise ValueError(f"ensemble_mode must be 'vote' or 'mean', got {ensemble_mode!r}.")
@@ -493,7 +517,8 @@ class SegmentationRunner:
         self.save_overlay = _as_bool(save_overlay, "save_overlay")
         self.evaluate = _as_bool(evaluate, "evaluate")
         self.report_dir = report_dir
-        self.class_names = list(class_names)
+        self.organs = dict(organs) if organs else None
+        self.class_names = list(validate_class_names(class_names, self.organs))
         self.datasets = datasets
         self.hu_window = tuple(float(v) for v in hu_window)
         self.fail_on_error = _as_bool(fail_on_error, "fail_on_error")
@@ -537,7 +562,7 @@ class SegmentationRunner:
         nets = []
         for i, p in enumerate(paths):
             net = self.network if i == 0 else copy.deepcopy(self.network)
-            load_network_weights(net, p)
+            load_network_weights(net, p, class_names=self.class_names)
             nets.append(net.eval())
             logger.info(f"loaded checkpoint {os.fspath(p)}")
         if len(nets) > 1:
@@ -555,7 +580,7 @@ class SegmentationRunner:
         from pipofan_monai.transforms import LoadCTd, MapDatasetLabelsd
 
         d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
-        d = MapDatasetLabelsd("label", num_classes=self.num_classes, datasets=self.datasets)(d)
+        d = MapDatasetLabelsd("label", datasets=self.datasets, class_names=self.class_names, organs=self.organs)(d)
         label = d["label"]
         mask = label.meta["labeled_mask"].reshape(-1).tolist()
         labeled = [c for c in range(1, self.num_classes) if mask[c] > 0]
@@ -716,6 +741,7 @@ class SegmentationRunner:
             logger.info(f"{case['name']}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None))
         if self.save_overlay:
             from pipofan_monai.visualize import save_overlay_png
+            from pipofan_monai.visualize.overlay import class_colors
 
             loader = self.preprocessing.transforms[0]
             original = loader({self.image_key: item[self.image_key]})[self.image_key]
@@ -727,6 +753,7 @@ class SegmentationRunner:
                 label, pred_on = None, pred
             save_overlay_png(original, pred_on, self.overlay_path(item[self.image_key]),
                              class_names=self.class_names, ground_truth=label, window=self.hu_window,
+                             colors=class_colors(self.class_names, self.organs),
                              title=case["name"] + ("  (top: prediction, bottom: ground truth)" if label is not None
                                                    else ""))
 
