@@ -67,6 +67,9 @@ def split_training_data(
     split: str | None = None,
     datasets: Sequence[str] | None = None,
     max_val: int | None = None,
+    class_names: Sequence[str] | None = None,
+    dataset_table: Mapping[str, Any] | None = None,
+    organ_table: Mapping[str, Any] | None = None,
 ) -> tuple[list, list]:
     """(train, validation) items: cross-validation fold ``fold`` of ``num_folds``, or a named split such as
     the paper's ``"btcv_paper"`` (then ``fold`` is ignored).
@@ -78,6 +81,8 @@ def split_training_data(
         split: named split in the datalist's ``splits``; None for cross-validation.
         datasets: keep only these source datasets (None: all).
         max_val: keep at most this many validation volumes (spread over the datasets), None for all.
+        class_names, dataset_table, organ_table: the vocabulary and the config's tables; when given, an organ
+            that none of the training datasets annotates is reported (warning: it would never be learned).
     """
     from pipofan_monai.data import select_fold, select_split
 
@@ -102,6 +107,18 @@ def split_training_data(
                 if items and len(picked) < max_val:
                     picked.append(items.pop(0))
         val = picked
+    if class_names is not None:
+        from pipofan_monai.data.registry import datasets_annotating
+
+        ann = datasets_annotating([it.get("dataset") for it in train], class_names, dataset_table, organ_table)
+        for organ, sources in ann.items():
+            if sources:
+                logger.info(f"class {organ!r} is annotated by {', '.join(sources)}")
+            else:
+                present = sorted({str(it.get('dataset')) for it in train})
+                logger.warning(f"class {organ!r} is annotated by none of the training datasets {present}: the "
+                               "network will never learn it (add a dataset that labels it, or drop it from "
+                               "class_names).")
     logger.info(
         f"training on {len(train)} volumes, validating on {len(val)} "
         + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")
