@@ -12,12 +12,14 @@
 """Command line: ``python -m pipofan_monai <command> ...`` (also installed as ``pipofan``).
 
 Commands:
-    datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV folders and write a datalist with five folds
+    datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV / MSD Pancreas / MSD Liver folders, write a 5-fold datalist
     demo       write the built-in synthetic demo dataset
     crossval   train one model per fold with the bundle and write the Table-V style report
     study      run a study of the paper (datasets / loss / architecture) and write its table
     convert    convert an authors' PIPO-FAN checkpoint to a PIPOFAN state_dict
     benchmark  inference / training / end-to-end throughput, fp32 eager baseline vs optimized path (JSON report)
+    classes    give a bundle folder another organ vocabulary (configs + metadata.json), or check it
+    organs     list the organ table and the datasets that annotate each organ
 """
 
 from __future__ import annotations
@@ -80,6 +82,31 @@ def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="
     print(report["table"])
 
 
+def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, dataset_table=None):
+    """Write ``--class_names "['background','liver','kidney','spleen','pancreas']"`` into a bundle folder's
+    configs and metadata.json (MONAI Label's label list); without ``--class_names`` check that they agree."""
+    from pipofan_monai.bundle_vocabulary import classes_command
+
+    return classes_command(bundle_dir, class_names, organ_table, dataset_table)
+
+
+def organs():
+    """The organ table (components kept, SNOMED CT code) and which built-in datasets annotate each organ."""
+    from pipofan_monai.data.registry import BUILTIN_DATASETS
+    from pipofan_monai.organs import ORGANS
+
+    lines = [f"{'organ':<22} {'components':>10}  {'code':<10} datasets (label values)"]
+    for name, o in ORGANS.items():
+        ds = []
+        for spec in BUILTIN_DATASETS.values():
+            label_map, labeled = spec.resolve(["background", name])  # the organ as a vocabulary of its own
+            if labeled:
+                ds.append(f"{spec.name} ({','.join(str(v) for v, c in label_map.items() if c == 1)})")
+        comp = "all" if o.num_components is None else str(o.num_components)
+        lines.append(f"{name:<22} {comp:>10}  {(o.code[0] if o.code else '-'):<10} {', '.join(ds) or '-'}")
+    print("\n".join(lines))
+
+
 def main() -> None:
     import fire
 
@@ -87,7 +114,7 @@ def main() -> None:
 
     _logging()
     fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
-               "convert": convert, "benchmark": benchmark})
+               "convert": convert, "benchmark": benchmark, "classes": classes, "organs": organs})
 
 
 if __name__ == "__main__":

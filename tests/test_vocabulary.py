@@ -302,3 +302,70 @@ def test_bundle_classes_tool(tmp_path):
     with pytest.raises(ValueError, match="unknown organs"):
         set_bundle_classes(tmp_path / "b", ["background", "livers"])
     assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()} == snapshot
+
+
+def test_checkpoint_with_other_vocabulary_is_refused(tmp_path):
+    """A self-describing checkpoint (``plans["class_names"]`` next to ``"model"``) only loads with its vocabulary."""
+    from pipofan_monai.engines.inference import checkpoint_class_names, load_network_weights
+    from pipofan_monai.networks import PIPOFAN
+
+    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=(4, 8, 8, 8, 8))
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "plans": {"class_names": PAPER}}, path)
+    assert checkpoint_class_names(torch.load(path, weights_only=True)) == PAPER
+    load_network_weights(net, path, class_names=PAPER)  # its own vocabulary loads
+    other = ["background", "liver", "spleen", "kidney"]  # same K: the weights alone would load silently
+    with pytest.raises(ValueError, match=r"model\.pt was trained with class_names \['background', 'liver', "
+                                         r"'kidney', 'spleen'\] \(K=4\) but the config has class_names "
+                                         r"\['background', 'liver', 'spleen', 'kidney'\]"):
+        load_network_weights(net, path, class_names=other)
+    torch.save(net.state_dict(), tmp_path / "plain.pt")  # no names recorded: only the weights are checked
+    assert checkpoint_class_names(torch.load(tmp_path / "plain.pt", weights_only=True)) is None
+    load_network_weights(net, tmp_path / "plain.pt", class_names=other)
+
+
+@pytest.mark.slow
+def test_five_class_bundle_end_to_end(tmp_path):
+    """K = 5 (the demo's fifth organ): training, inference and the bundle's label list, through the bundle runner."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
+
+    from pipofan_monai.bundle_vocabulary import set_bundle_classes
+    from pipofan_monai.data import generate_demo_dataset, load_datalist
+
+    five = ["background", "liver", "kidney", "spleen", "pancreas"]
+    demo = generate_demo_dataset(tmp_path / "demo", 2, num_test=1, shape=(64, 64, 12), pancreas=True)
+    ckpt, runs = tmp_path / "models", tmp_path / "runs"
+    proc = run_bundle(["run", "training", "--config_file", TRAIN, "--datalist", str(demo), "--class_names", str(five),
+                       "--max_epochs", "2", "--dps_epochs", "1", "--val_interval", "1", "--ckpt_dir", str(ckpt),
+                       "--output_dir", str(runs)] + TINY_TRAIN)
+    log = proc.stdout + proc.stderr
+    assert "class 'pancreas' is annotated by btcv, msd_pancreas" in log
+    rows = json.loads((runs / "metrics.json").read_text())
+    assert {"val_dice_liver", "val_dice_kidney", "val_dice_spleen", "val_dice_pancreas"} <= set(rows[-1])
+    assert "val_dice_stomach" not in rows[-1]
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    state = state.get("model", state)
+    out_convs = [k for k, v in state.items() if v.ndim == 4 and v.shape[0] == 5]
+    assert out_convs, "no 5-channel output convolution in the checkpoint"
+    # inference: labels 0..4 on the input grid, overview PNG drawn
+    image = load_datalist(demo)["test"][0]["image"]
+    out = tmp_path / "seg"
+    infer = ["run", "inference", "--config_file", str(REPO / "bundle/configs/inference.json"), "--input_files",
+             str([image]), "--output_dir", str(out), "--ckpt_path", str(ckpt / "model.pt"),
+             "--network_channels", "[8,16,32,64,64]", "--spatial_size", "64"]
+    run_bundle(infer + ["--class_names", str(five)])
+    seg = nib.load(next(out.glob("*_seg.nii.gz")))
+    assert seg.shape == nib.load(image).shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3, 4}
+    assert next(out.glob("*_overview.png")).stat().st_size > 0
+    # the four-class config refuses this checkpoint (its vocabulary, or its output channels if not recorded)
+    with pytest.raises(AssertionError, match=r"trained with class_names|shape mismatch"):
+        run_bundle(infer + ["--output_dir", str(tmp_path / "seg4")])
+    # a bundle copy with this vocabulary lists the five classes (MONAI Label reads metadata.json's channel_def)
+    shutil.copytree(REPO / "bundle" / "configs", tmp_path / "bundle5" / "configs")
+    set_bundle_classes(tmp_path / "bundle5", five)
+    meta = json.loads((tmp_path / "bundle5" / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {str(i): n for i, n in enumerate(five)}
