@@ -38,7 +38,7 @@ def _logging() -> None:
 def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=None, ckpt_dir=None, output_dir=None, **override):
     """Train every fold (or ``--folds "[0,1]"``) and write <output_dir>/crossval.{json,csv,png}."""
     _logging()
-    from pipofan_monai.engines.crossval import run_crossval
+    from pipofan_monai.training.crossval import run_crossval
 
     report = run_crossval(config_file, num_folds, folds, ckpt_dir, output_dir, **override)
     return {k: v for k, v in report["summary"].items()}
@@ -47,7 +47,7 @@ def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=
 def study(name: str, datalist=None, output_dir=None, max_epochs=None, quick: bool = False, **override):
     """Run study ``datasets``, ``loss`` or ``architecture`` and write <output_dir>/<name>.{json,csv,png}."""
     _logging()
-    from pipofan_monai.studies import run_study
+    from pipofan_monai.training.studies import run_study
 
     report = run_study(name, datalist=datalist, output_dir=output_dir, max_epochs=max_epochs, quick=quick, **override)
     return "wrote " + ", ".join(report["files"])
@@ -57,7 +57,7 @@ def convert(src: str, dst: str, transpose_kernels: bool = False):
     """Convert the authors' checkpoint ``src`` and save ``{"model": state_dict, "config": ...}`` to ``dst``."""
     import torch
 
-    from pipofan_monai.handlers import atomic_torch_save
+    from pipofan_monai.utils import atomic_torch_save
     from pipofan_monai.networks import convert_original_state_dict
 
     state = torch.load(src, map_location="cpu", weights_only=False)
@@ -92,7 +92,7 @@ def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, data
 
 def organs():
     """The organ table (components kept, SNOMED CT code) and which built-in datasets annotate each organ."""
-    from pipofan_monai.data.registry import BUILTIN_DATASETS
+    from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS
     from pipofan_monai.organs import ORGANS
 
     lines = [f"{'organ':<22} {'components':>10}  {'code':<10} datasets (label values)"]
@@ -110,7 +110,7 @@ def organs():
 def main() -> None:
     import fire
 
-    from pipofan_monai.data import datalist_command, demo_command
+    from pipofan_monai.dataset_conversion import datalist_command, demo_command
 
     _logging()
     fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,

@@ -44,7 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipofan_monai.data.registry import BUILTIN_DATASETS, CLASS_NAMES
+from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
+from pipofan_monai.utils import as_bool
 
 __all__ = [
     "ExecutionPath",
@@ -137,7 +138,7 @@ class ExecutionPath:
         return torch.autocast(device.type, dtype=self.dtype)
 
     def inferer_kwargs(self) -> dict:
-        """The :class:`~pipofan_monai.inferers.SlidingSliceInferer` options of this path."""
+        """The :class:`~pipofan_monai.inference.SlidingSliceInferer` options of this path."""
         return {"amp": self.amp_dtype is not None, "amp_dtype": self.dtype, "channels_last": self.channels_last}
 
 
@@ -196,7 +197,7 @@ def make_network(channels: Sequence[int], seed: int = 0, ckpt: str | None = None
     torch.manual_seed(int(seed))
     net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=len(CLASS_NAMES), channels=tuple(channels))
     if ckpt:
-        from pipofan_monai.engines.inference import load_network_weights
+        from pipofan_monai.inference.runner import load_network_weights
 
         load_network_weights(net, ckpt)
     return net
@@ -403,7 +404,7 @@ def label_agreement(
         ``{"dice": {organ: Dice}, "reference_voxels": {organ: count}, "min_dice", "threshold", "passed",
         "voxel_agreement"}``; an organ absent from both maps has Dice 1.0.
     """
-    from pipofan_monai.inferers import SlidingSliceInferer
+    from pipofan_monai.inference import SlidingSliceInferer
 
     if volume.ndim != 5 or volume.shape[:2] != (1, 1):
         raise ValueError(f"volume must have shape (1, 1, H, W, D), got {tuple(volume.shape)}.")
@@ -423,7 +424,7 @@ def label_agreement(
 
 def _phantom(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic abdominal CT (int16 HU, RAS affine) of ``shape``; the demo phantom generator."""
-    from pipofan_monai.data.demo import synthesize_case
+    from pipofan_monai.dataset_conversion.demo import synthesize_case
 
     shape = [int(s) for s in shape]
     img, _, affine = synthesize_case(seed, shape=tuple(max(s, 8) for s in shape))  # the generator needs >= 8
@@ -458,7 +459,7 @@ def benchmark_end_to_end(
     The components (``preprocessing``, ``inferer``, ``postprocessing``) are parsed from ``config_file`` (the
     bundle's ``inference.json``) with overrides (``spatial_size``, ``sw_batch_size``, output folder, device); the
     inferer gets the path's autocast/channels_last options. The case is then processed as
-    :class:`~pipofan_monai.engines.inference.SegmentationRunner` does for one checkpoint, each transform timed:
+    :class:`~pipofan_monai.inference.runner.SegmentationRunner` does for one checkpoint, each transform timed:
     load (read + checks) -> preprocess (orientation, HU window, in-plane resample) -> network (sliding-slice
     inference) -> postprocess (softmax) -> invert (resample back to the original grid) -> postprocess (argmax,
     connected components) -> save (uint8 NIfTI). With ``gpu_resample`` (default: True on CUDA, False on the CPU)
@@ -585,16 +586,6 @@ def _parse_ints(value: Any, name: str, n: int | None = None) -> tuple[int, ...]:
     return out
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be True or False, got {value!r}.")
-
-
 def benchmark_data_path(
     volume_shape: Sequence[int] = (256, 256, 64),
     spatial_size: int = 256,
@@ -614,9 +605,9 @@ def benchmark_data_path(
     """
     from monai.data import CacheDataset, DataLoader
 
-    from pipofan_monai.data import generate_demo_dataset, load_datalist
-    from pipofan_monai.engines import PartialLabelSampler
-    from pipofan_monai.transforms import get_train_transforms
+    from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+    from pipofan_monai.training import PartialLabelSampler
+    from pipofan_monai.training import get_train_transforms
 
     with tempfile.TemporaryDirectory(prefix="pipofan_bench_data_", dir=workdir) as tmp:
         per_source = max(1, int(math.ceil(num_volumes / 4)))
@@ -683,8 +674,8 @@ def run_benchmark(
     Returns:
         The report dict (see :func:`format_report`).
     """
-    quick = _as_bool(quick, "quick")
-    compile = _as_bool(compile, "compile")
+    quick = as_bool(quick, "quick")
+    compile = as_bool(compile, "compile")
     if quick:
         size, batch, channels = QUICK_SETTINGS["size"], QUICK_SETTINGS["batch"], QUICK_SETTINGS["channels"]
         volume_shape, train_batch = QUICK_SETTINGS["volume_shape"], QUICK_SETTINGS["train_batch"]
@@ -730,7 +721,7 @@ def run_benchmark(
     img, _ = _phantom((max(size, 64), max(size, 64), int(accuracy_slices)), seed)
     acc_volume = _windowed(img, size)
     if not ckpt:  # random weights: BatchNorm statistics from real-looking slabs -> non-trivial label maps
-        from pipofan_monai.inferers import make_slab_indices
+        from pipofan_monai.preprocessing import make_slab_indices
 
         d = acc_volume.shape[-1]
         slabs = acc_volume[0, 0][:, :, make_slab_indices(0, d, d)].permute(2, 3, 0, 1).contiguous()

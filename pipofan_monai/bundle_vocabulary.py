@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipofan_monai.organs import channel_def, organ_table, validate_class_names
+from pipofan_monai.utils import atomic_write
 
 __all__ = ["set_bundle_classes", "check_bundle_classes", "metadata_for_classes", "classes_command"]
 
@@ -73,19 +73,9 @@ def metadata_for_classes(
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON (indent 4, trailing newline) to a temp file in the same folder, fsync, then replace."""
-    text = json.dumps(obj, indent=4) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """JSON with indent 4 and a trailing newline (the bundle's own layout), replaced atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(obj, indent=4) + "\n")
 
 
 def _configs_dir(bundle_dir: str | os.PathLike) -> Path:

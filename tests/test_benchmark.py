@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from pipofan_monai import benchmark as bm
+from pipofan_monai.utils import as_bool
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (8, 16, 32, 64, 64)
@@ -34,7 +35,7 @@ def _volume(size: int = 64, depth: int = 6) -> torch.Tensor:
 
 
 def _calibrated_net(volume: torch.Tensor) -> torch.nn.Module:
-    from pipofan_monai.inferers import make_slab_indices
+    from pipofan_monai.preprocessing import make_slab_indices
 
     net = bm.make_network(TINY, seed=0)
     d = volume.shape[-1]
@@ -156,7 +157,7 @@ def test_cli_flags_are_parsed(monkeypatch):
     assert bm._parse_ints(seen["volume_shape"], "volume_shape", 3) == (512, 512, 40)
     assert seen["output"] == "x.json" and seen["iters"] == 3 and seen["quick"] is False
     assert bm._parse_ints("[64,128,256,512,512]", "channels", 5) == (64, 128, 256, 512, 512)
-    assert bm._as_bool("True", "compile") is True and bm._as_bool(False, "compile") is False
+    assert as_bool("True", "compile") is True and as_bool(False, "compile") is False
 
 
 @pytest.mark.parametrize(

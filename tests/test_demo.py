@@ -24,7 +24,7 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from pipofan_monai.data import (
+from pipofan_monai.dataset_conversion import (
     default_demo_dir,
     ensure_demo_dataset,
     generate_demo_dataset,
@@ -33,7 +33,8 @@ from pipofan_monai.data import (
     select_split,
     synthesize_case,
 )
-from pipofan_monai.transforms import MapDatasetLabelsd, get_train_transforms, load_ct_transforms
+from pipofan_monai.preprocessing import MapDatasetLabelsd, load_ct_transforms
+from pipofan_monai.training import get_train_transforms
 
 SHAPE = (64, 64, 20)
 COUNTS = (3, 2, 2, 2)  # btcv, lits, kits19, msd_spleen

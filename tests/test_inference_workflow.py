@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The bundle's inference workflow (configs/inference.json + pipofan_monai.engines.inference): the real bundle
+"""The bundle's inference workflow (configs/inference.json + pipofan_monai.inference.runner): the real bundle
 runner, geometry round trips (RAS, LPS, PLI NIfTI, DICOM series), every slice written, bad inputs, overwrite
 protection, checkpoint checks, fold ensembles and evaluation. Tiny network, tiny volumes, CPU."""
 
@@ -28,7 +28,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
-from pipofan_monai.engines.inference import (
+from pipofan_monai.inference.runner import (
     CheckVolumed,
     InferenceError,
     SegmentationRunner,

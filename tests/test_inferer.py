@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from pipofan_monai.inferers import SlidingSliceInferer, make_slab_indices
+from pipofan_monai.inference import SlidingSliceInferer
+from pipofan_monai.preprocessing import make_slab_indices
 
 
 def _net(k: int = 4, kernel: int = 3, seed: int = 0) -> torch.nn.Module:

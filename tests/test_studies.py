@@ -22,9 +22,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from pipofan_monai.data import generate_demo_dataset, load_datalist, select_split
+from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist, select_split
 from pipofan_monai.networks import PIPOFAN
-from pipofan_monai.studies import (
+from pipofan_monai.training.studies import (
     PAPER_CHANNELS,
     QUICK_DATA,
     count_parameters,
@@ -32,7 +32,8 @@ from pipofan_monai.studies import (
     study_rows,
     subset_datalist,
 )
-from pipofan_monai.transforms import MapDatasetLabelsd, get_train_transforms, get_val_transforms
+from pipofan_monai.preprocessing import MapDatasetLabelsd, get_val_transforms
+from pipofan_monai.training import get_train_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JSON = REPO / "bundle" / "configs" / "train.json"

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Unit tests of pipofan_monai.transforms on small synthetic tensors and tiny NIfTI files."""
+"""Unit tests of pipofan_monai.preprocessing on small synthetic tensors and tiny NIfTI files."""
 
 from __future__ import annotations
 
@@ -23,19 +23,8 @@ import torch
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import RandFlipd, Resized, ScaleIntensityRanged
 
-from pipofan_monai.transforms import (
-    CheckFinited,
-    CheckSameGridd,
-    HUWindowd,
-    LoadCTd,
-    MapDatasetLabelsd,
-    RandSlabCropd,
-    SlabToChannelsd,
-    SlicesToChannelsd,
-    get_train_transforms,
-    get_val_transforms,
-    stack_neighbour_slices,
-)
+from pipofan_monai.preprocessing import CheckFinited, CheckSameGridd, HUWindowd, LoadCTd, MapDatasetLabelsd, SlicesToChannelsd, get_val_transforms, stack_neighbour_slices
+from pipofan_monai.training import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 AFFINE = torch.tensor([[2.0, 0, 0, 10], [0, 2.0, 0, 20], [0, 0, 5.0, 30], [0, 0, 0, 1]], dtype=torch.float64)
 

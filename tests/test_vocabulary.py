@@ -23,8 +23,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipofan_monai.data import BUILTIN_DATASETS, get_dataset_spec, make_datalist
-from pipofan_monai.data.registry import datasets_annotating
+from pipofan_monai.dataset_conversion import BUILTIN_DATASETS, get_dataset_spec, make_datalist
+from pipofan_monai.dataset_conversion.datasets import datasets_annotating
 from pipofan_monai.organs import (
     ORGANS,
     channel_def,
@@ -35,7 +35,7 @@ from pipofan_monai.organs import (
     organ_table,
     validate_class_names,
 )
-from pipofan_monai.transforms import MapDatasetLabelsd
+from pipofan_monai.preprocessing import MapDatasetLabelsd
 
 PAPER = ["background", "liver", "kidney", "spleen"]
 SIX = ["background", "liver", "kidney", "spleen", "pancreas", "stomach", "gallbladder"]
@@ -225,8 +225,8 @@ def test_msd_pancreas_and_liver_datalists(tmp_path):
 
 # ------------------------------------------------------------------ demo: a fifth organ in one source
 def test_demo_fifth_organ(tmp_path):
-    from pipofan_monai.data import generate_demo_dataset, load_datalist
-    from pipofan_monai.data.demo import PANCREAS_CLASS_NAMES
+    from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+    from pipofan_monai.dataset_conversion.demo import PANCREAS_CLASS_NAMES
 
     path = generate_demo_dataset(tmp_path / "demo5", {"btcv": 1, "lits": 1, "kits19": 1, "msd_spleen": 1,
                                                        "msd_pancreas": 2}, num_test=1, shape=(48, 48, 12),
@@ -247,7 +247,7 @@ def test_demo_fifth_organ(tmp_path):
     assert values(dl["test"][0]["label"]) == {0, 1, 2, 3, 4}
     # through the label mapping of the five-class vocabulary: pancreas is class 4, annotated by btcv and msd_pancreas
     t = MapDatasetLabelsd("label", class_names=PANCREAS_CLASS_NAMES)
-    from pipofan_monai.transforms import LoadCTd
+    from pipofan_monai.preprocessing import LoadCTd
 
     item = LoadCTd(["image", "label"])(dict(pan[0]))
     out = t(item)["label"]
@@ -306,7 +306,7 @@ def test_bundle_classes_tool(tmp_path):
 
 def test_checkpoint_with_other_vocabulary_is_refused(tmp_path):
     """A self-describing checkpoint (``plans["class_names"]`` next to ``"model"``) only loads with its vocabulary."""
-    from pipofan_monai.engines.inference import checkpoint_class_names, load_network_weights
+    from pipofan_monai.inference.runner import checkpoint_class_names, load_network_weights
     from pipofan_monai.networks import PIPOFAN
 
     net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=(4, 8, 8, 8, 8))
@@ -334,7 +334,7 @@ def test_five_class_bundle_end_to_end(tmp_path):
     from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
 
     from pipofan_monai.bundle_vocabulary import set_bundle_classes
-    from pipofan_monai.data import generate_demo_dataset, load_datalist
+    from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
 
     five = ["background", "liver", "kidney", "spleen", "pancreas"]
     demo = generate_demo_dataset(tmp_path / "demo", 2, num_test=1, shape=(64, 64, 12), pancreas=True)

@@ -62,7 +62,7 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import convert_to_numpy
 
-from pipofan_monai.data.registry import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 
 __all__ = [
     "METRIC_NAMES",
@@ -200,7 +200,7 @@ def evaluate_case(
         spacing: voxel size in mm per spatial axis (or one number); ``None`` reads it from the affine of a
             MetaTensor ``label`` (else ``pred``), falling back to 1 mm.
         labeled_classes: organ ids annotated in the case's source dataset, or a dataset name known to
-            :py:func:`pipofan_monai.data.registry.get_dataset_spec` (e.g. ``"lits"``); ``None`` means fully
+            :py:func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (e.g. ``"lits"``); ``None`` means fully
             labeled (all organs ``1 .. len(class_names) - 1``).
         class_names: names of the classes, index = class id (index 0 = background, not evaluated).
         tolerance_mm: surface Dice tolerance in mm, one value or ``{organ name: mm}``.

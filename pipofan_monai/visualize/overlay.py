@@ -37,7 +37,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from monai.data.meta_tensor import MetaTensor  # noqa: E402
 from monai.utils import convert_to_numpy  # noqa: E402
 
-from pipofan_monai.data.registry import CLASS_NAMES  # noqa: E402
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES  # noqa: E402
 from pipofan_monai.organs import DEFAULT_CLASS_NAMES, canonical_organ_name, colors_for, organ_table  # noqa: E402
 
 __all__ = ["DEFAULT_COLORS", "class_colors", "save_overlay_png", "to_radiological_axial", "to_radiological_coronal"]

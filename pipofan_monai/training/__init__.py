@@ -9,22 +9,36 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Training stage: the 2.5D sampling transforms, the partial-label sampler, the data split, the handlers of the
+bundle's training workflow, the learning-rate schedule, cross-validation and the studies."""
+
 from __future__ import annotations
 
-from .training import (
+from .data import load_training_data, split_training_data
+from .handlers import (
     EpochProgressLogger,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
-    atomic_torch_save,
+    TrainingProgressBar,
     stage_for_epoch,
 )
+from .lr_scheduler import AuthorsLRLambda
+from .sampler import PartialLabelSampler
+from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 __all__ = [
+    "load_training_data",
+    "split_training_data",
     "EpochProgressLogger",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
-    "atomic_torch_save",
+    "TrainingProgressBar",
     "stage_for_epoch",
+    "AuthorsLRLambda",
+    "PartialLabelSampler",
+    "RandSlabCropd",
+    "SlabToChannelsd",
+    "get_train_transforms",
 ]

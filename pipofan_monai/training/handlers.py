@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from pipofan_monai.utils import atomic_torch_save
 from ignite.engine import Engine, Events
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
     "EpochProgressLogger",
     "MetricsFileWriter",
     "ResumableCheckpoint",
-    "atomic_torch_save",
+    "TrainingProgressBar",
     "loss_of",
     "stage_for_epoch",
 ]
@@ -254,24 +256,6 @@ class MetricsFileWriter(_EpochLoss):
             logger.warning(f"could not draw the training curves: {e}")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``: a kill during the save
-    leaves the previous file intact, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class ResumableCheckpoint:
     """Save everything needed to resume after every epoch, atomically, and optionally resume from it.
 
@@ -337,3 +321,27 @@ class ResumableCheckpoint:
         state: dict[str, Any] = {name: self._unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         state["engine"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
         atomic_torch_save(state, self.save_path)
+
+
+class TrainingProgressBar:
+    """Iteration progress bar (ignite's tqdm ``ProgressBar``) showing the running loss and the epoch ETA.
+
+    Args:
+        enabled: False to skip (e.g. on ranks other than 0, or in logs without a terminal).
+        persist: keep each epoch's finished bar.
+    """
+
+    def __init__(self, enabled: bool = True, persist: bool = False):
+        self.enabled = enabled
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar
+
+        def running_loss(output: Any) -> dict:
+            loss = loss_of(output)
+            return {} if loss is None else {"loss": loss}
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=running_loss)

@@ -9,16 +9,16 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""MONAI dictionary transforms for PIPO-FAN: dataset label mapping with labeled-class masks, CT loading and
-intensity windowing, 2.5D slab sampling and slice stacking, and ready-made pipelines."""
+"""Preprocessing stage (deterministic, shared by training, validation, inference and MONAI Label): CT loading and
+checks, dataset label mapping with labeled-class masks, HU windowing, in-plane resizing and 2.5D slice stacking."""
 
 from __future__ import annotations
 
 from .intensity import CheckFinited, HUWindowd, check_finite
 from .io import CheckSameGridd, LoadCTd, load_ct_transforms
 from .labels import MapDatasetLabelsd, map_dataset_labels
-from .pipelines import get_preprocessing_transforms, get_train_transforms, get_val_transforms
-from .slices import RandSlabCropd, SlabToChannelsd, SlicesToChannelsd, stack_neighbour_slices
+from .pipelines import get_preprocessing_transforms, get_val_transforms
+from .slices import SlicesToChannelsd, make_slab_indices, stack_neighbour_slices
 
 __all__ = [
     "CheckFinited",
@@ -30,10 +30,8 @@ __all__ = [
     "MapDatasetLabelsd",
     "map_dataset_labels",
     "get_preprocessing_transforms",
-    "get_train_transforms",
     "get_val_transforms",
-    "RandSlabCropd",
-    "SlabToChannelsd",
     "SlicesToChannelsd",
+    "make_slab_indices",
     "stack_neighbour_slices",
 ]

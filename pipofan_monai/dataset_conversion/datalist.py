@@ -54,7 +54,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .registry import CLASS_NAMES
+from pipofan_monai.utils import atomic_write_json
+
+from .datasets import CLASS_NAMES
 
 __all__ = [
     "SOURCE_DATASETS",
@@ -317,21 +319,6 @@ def _rel(path: Path, base: Path | None) -> str:
         return Path(os.path.abspath(path)).as_posix()
 
 
-def _write_json(path: Path, obj: Mapping) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def make_datalist(
     output: str | os.PathLike | None,
     lits: str | os.PathLike | None = None,
@@ -454,7 +441,7 @@ def make_datalist(
         "splits": splits,
     }
     if out_path is not None:
-        _write_json(out_path, datalist)
+        atomic_write_json(out_path, datalist)
         logger.info("wrote %s: %d training and %d test items", out_path, len(training), len(test))
     return datalist
 

@@ -44,7 +44,8 @@ from monai.data.folder_layout import FolderLayout
 from monai.transforms import AsDiscreted, Compose, MapTransform, Orientation, SaveImaged
 from monai.utils import convert_to_dst_type
 
-from pipofan_monai.data.registry import CLASS_NAMES
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
+from pipofan_monai.utils import as_bool, filename_of
 from pipofan_monai.organs import check_class_names, validate_class_names
 
 __all__ = [
@@ -70,12 +71,6 @@ class InferenceError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- transforms
-def _name_of(img: Any) -> str:
-    meta = getattr(img, "meta", None) or {}
-    name = meta.get("filename_or_obj", None)
-    return str(name) if name not in (None, "") else "<unknown file>"
-
-
 class CheckVolumed(MapTransform):
     """Check that loaded images are single 3D volumes ``(1, H, W, D)`` (``D >= 1`` slices).
 
@@ -96,7 +91,7 @@ class CheckVolumed(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             shape = tuple(img.shape)
-            name = _name_of(img)
+            name = filename_of(img)
             if len(shape) < 4:
                 raise ValueError(
                     f"{key} {name} is a {len(shape) - 1}D image (channel-first shape {shape}); PIPO-FAN segments 3D "
@@ -205,7 +200,7 @@ def resolve_inputs(
     Precedence: ``input_files``; else ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``
     or the JSON's folder); else every NIfTI/NRRD/MHA file directly in ``dataset_dir``; else the built-in
     SYNTHETIC demo dataset's held-out ``test`` volumes (generated on first use, see
-    :py:func:`pipofan_monai.data.ensure_demo_dataset`).
+    :py:func:`pipofan_monai.dataset_conversion.ensure_demo_dataset`).
 
     Args:
         input_files: one path or a list of paths (NIfTI/NRRD files or DICOM series folders) or item dicts.
@@ -247,7 +242,7 @@ def resolve_inputs(
         files = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(_IMAGE_SUFFIXES))
         items = _as_items(files)
     else:
-        from pipofan_monai.data import ensure_demo_dataset
+        from pipofan_monai.dataset_conversion import ensure_demo_dataset
 
         path = ensure_demo_dataset(demo_dir)
         logger.info(f"no input given: segmenting the SYNTHETIC demo dataset's held-out test volumes ({path})")
@@ -429,16 +424,6 @@ def _parse_overwrite(overwrite: Any) -> bool | str:
     return bool(overwrite)
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, str):
-        if value.strip().lower() in ("true", "1", "yes"):
-            return True
-        if value.strip().lower() in ("false", "0", "no", ""):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}.")
-    return bool(value)
-
-
 def _root_error(e: BaseException) -> BaseException:
     """The original error behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
     while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
@@ -514,14 +499,14 @@ class SegmentationRunner:
         self.postprocessing = postprocessing if isinstance(postprocessing, Compose) else Compose(postprocessing)
         self.ensemble_mode = str(ensemble_mode).lower()
         self.overwrite = _parse_overwrite(overwrite)
-        self.save_overlay = _as_bool(save_overlay, "save_overlay")
-        self.evaluate = _as_bool(evaluate, "evaluate")
+        self.save_overlay = as_bool(save_overlay, "save_overlay")
+        self.evaluate = as_bool(evaluate, "evaluate")
         self.report_dir = report_dir
         self.organs = dict(organs) if organs else None
         self.class_names = list(validate_class_names(class_names, self.organs))
         self.datasets = datasets
         self.hu_window = tuple(float(v) for v in hu_window)
-        self.fail_on_error = _as_bool(fail_on_error, "fail_on_error")
+        self.fail_on_error = as_bool(fail_on_error, "fail_on_error")
         self.pred_key = pred_key
         self.image_key = image_key
         post = list(self.postprocessing.flatten().transforms)
@@ -577,7 +562,7 @@ class SegmentationRunner:
         without a label."""
         if not isinstance(item.get("label"), str):
             return None, None
-        from pipofan_monai.transforms import LoadCTd, MapDatasetLabelsd
+        from pipofan_monai.preprocessing import LoadCTd, MapDatasetLabelsd
 
         d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
         d = MapDatasetLabelsd("label", datasets=self.datasets, class_names=self.class_names, organs=self.organs)(d)

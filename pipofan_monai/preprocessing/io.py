@@ -27,7 +27,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, Orientationd
 
-from .labels import _filename
+from pipofan_monai.utils import filename_of
 
 __all__ = ["LoadCTd", "CheckSameGridd", "load_ct_transforms"]
 
@@ -95,18 +95,18 @@ class CheckSameGridd(MapTransform):
             other = d[key]
             if tuple(other.shape[1:]) != ref_shape:
                 raise ValueError(
-                    f"{key} {_filename(other)} has spatial shape {tuple(other.shape[1:])}, but {keys[0]} "
-                    f"{_filename(ref)} has {ref_shape}."
+                    f"{key} {filename_of(other)} has spatial shape {tuple(other.shape[1:])}, but {keys[0]} "
+                    f"{filename_of(ref)} has {ref_shape}."
                 )
             if self.check_affine and isinstance(ref, MetaTensor) and isinstance(other, MetaTensor):
                 a = np.asarray(ref.affine, dtype=np.float64)
                 b = np.asarray(other.affine, dtype=np.float64)
                 if a.shape != b.shape:
-                    raise ValueError(f"{key} {_filename(other)} affine shape {b.shape} differs from {a.shape}.")
+                    raise ValueError(f"{key} {filename_of(other)} affine shape {b.shape} differs from {a.shape}.")
                 tol = self.atol if self.atol is not None else 1e-2 * float(np.abs(a[:-1, :-1]).max()) + 1e-4
                 if not np.allclose(a, b, atol=tol, rtol=0):
                     raise ValueError(
-                        f"{key} {_filename(other)} and {keys[0]} {_filename(ref)} are on different grids "
+                        f"{key} {filename_of(other)} and {keys[0]} {filename_of(ref)} are on different grids "
                         f"(affines differ by up to {np.abs(a - b).max():.4g} > {tol:.4g}):\n{b}\nvs\n{a}"
                     )
         return d

@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from .labels import _filename
+from pipofan_monai.utils import filename_of
 
 __all__ = ["check_finite", "CheckFinited", "HUWindowd"]
 
@@ -37,7 +37,7 @@ def check_finite(img: Any, name: str | None = None) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())
-        raise ValueError(f"image {name or _filename(img)} has {n_nan} NaN and {n_inf} infinite values.")
+        raise ValueError(f"image {name or filename_of(img)} has {n_nan} NaN and {n_inf} infinite values.")
 
 
 class CheckFinited(MapTransform):

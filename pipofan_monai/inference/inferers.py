@@ -22,42 +22,12 @@ import torch
 import torch.nn.functional as F
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer, sliding_window_inference
+from pipofan_monai.preprocessing.slices import make_slab_indices
 from monai.utils import BlendMode, PytorchPadMode, convert_to_dst_type, look_up_option, optional_import
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["SlidingSliceInferer", "make_slab_indices"]
-
-
-def make_slab_indices(start: int, stop: int, depth: int, context: int = 1, device: torch.device | str | None = None):
-    """Slice indices of the slabs centred on slices ``start .. stop - 1`` of a volume with ``depth`` slices.
-
-    Row ``i`` holds ``z - context, ..., z, ..., z + context`` for ``z = start + i``, clamped to ``[0, depth - 1]``
-    (replicated edges): with ``context=1``, slice 0 uses ``(0, 0, 1)`` and slice ``depth - 1`` uses
-    ``(depth - 2, depth - 1, depth - 1)``; a single-slice volume uses ``(0, 0, 0)``.
-
-    Args:
-        start: first centre slice (inclusive).
-        stop: last centre slice (exclusive).
-        depth: number of slices of the volume (>= 1).
-        context: number of neighbours on each side (>= 0); the slab has ``2 * context + 1`` slices.
-        device: device of the returned tensor.
-
-    Returns:
-        ``(stop - start, 2 * context + 1)`` int64 tensor.
-
-    Raises:
-        ValueError: when ``depth < 1``, ``context < 0`` or the range is not inside ``[0, depth]``.
-    """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}.")
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}.")
-    if not 0 <= start < stop <= depth:
-        raise ValueError(f"need 0 <= start < stop <= depth, got start={start}, stop={stop}, depth={depth}.")
-    centres = torch.arange(start, stop, device=device)
-    offsets = torch.arange(-context, context + 1, device=device)
-    return (centres[:, None] + offsets[None, :]).clamp_(0, depth - 1)
+__all__ = ["SlidingSliceInferer"]
 
 
 class SlidingSliceInferer(Inferer):

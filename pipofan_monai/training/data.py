@@ -9,8 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Small functions the bundle configs call: where the data comes from, which items train and validate, the
-authors' learning-rate schedule and the progress bar."""
+"""Where the training data comes from and which items train and validate (fold or named split)."""
 
 from __future__ import annotations
 
@@ -18,25 +17,10 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
-import torch
-from ignite.engine import Engine
 
-__all__ = [
-    "load_training_data",
-    "split_training_data",
-    "AuthorsLRLambda",
-    "TrainingProgressBar",
-    "default_device",
-]
+__all__ = ["load_training_data", "split_training_data"]
 
 logger = logging.getLogger(__name__)
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the first CUDA device when there is one, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def load_training_data(
@@ -52,7 +36,7 @@ def load_training_data(
         dataset_dir: folder the datalist's relative paths are resolved against (default: the JSON's folder).
         demo_dir: where the demo dataset lives (default: ``$PIPOFAN_DEMO_DIR`` or ``~/.cache/pipofan_monai/demo``).
     """
-    from pipofan_monai.data import ensure_demo_dataset, load_datalist
+    from pipofan_monai.dataset_conversion import ensure_demo_dataset, load_datalist
 
     if datalist is None or datalist == "":
         datalist = ensure_demo_dataset(demo_dir)
@@ -84,7 +68,7 @@ def split_training_data(
         class_names, dataset_table, organ_table: the vocabulary and the config's tables; when given, an organ
             that none of the training datasets annotates is reported (warning: it would never be learned).
     """
-    from pipofan_monai.data import select_fold, select_split
+    from pipofan_monai.dataset_conversion import select_fold, select_split
 
     if split:
         train, val = select_split(data, split, datasets=datasets)
@@ -108,7 +92,7 @@ def split_training_data(
                     picked.append(items.pop(0))
         val = picked
     if class_names is not None:
-        from pipofan_monai.data.registry import datasets_annotating
+        from pipofan_monai.dataset_conversion.datasets import datasets_annotating
 
         ann = datasets_annotating([it.get("dataset") for it in train], class_names, dataset_table, organ_table)
         for organ, sources in ann.items():
@@ -124,48 +108,3 @@ def split_training_data(
         + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")
     )
     return train, val
-
-
-class AuthorsLRLambda:
-    """Learning-rate factor of the authors' schedule for ``LambdaLR``: ``gamma ** (epoch // step + 1)``, i.e.
-    x0.99 every 40 epochs including at epoch 0 (PIPOFAN.md §3). A class, not a lambda, so it pickles.
-
-    Args:
-        step: epochs between decays (40).
-        gamma: factor per decay (0.99).
-    """
-
-    def __init__(self, step: int = 40, gamma: float = 0.99):
-        if step < 1 or not 0 < gamma <= 1:
-            raise ValueError(f"need step >= 1 and 0 < gamma <= 1, got step={step}, gamma={gamma}.")
-        self.step = int(step)
-        self.gamma = float(gamma)
-
-    def __call__(self, epoch: int) -> float:
-        return self.gamma ** (epoch // self.step + 1)
-
-
-class TrainingProgressBar:
-    """Iteration progress bar (ignite's tqdm ``ProgressBar``) showing the running loss and the epoch ETA.
-
-    Args:
-        enabled: False to skip (e.g. on ranks other than 0, or in logs without a terminal).
-        persist: keep each epoch's finished bar.
-    """
-
-    def __init__(self, enabled: bool = True, persist: bool = False):
-        self.enabled = enabled
-        self.persist = persist
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        from ignite.handlers import ProgressBar
-
-        from pipofan_monai.handlers.training import loss_of
-
-        def running_loss(output: Any) -> dict:
-            loss = loss_of(output)
-            return {} if loss is None else {"loss": loss}
-
-        ProgressBar(persist=self.persist).attach(engine, output_transform=running_loss)

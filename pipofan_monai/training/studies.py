@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.engines.crossval import DEFAULT_CONFIG, _cell, best_validation_dice
+from pipofan_monai.training.crossval import DEFAULT_CONFIG, _cell, best_validation_dice
 
 __all__ = [
     "STUDIES",
@@ -191,7 +191,7 @@ def subset_datalist(datalist: Mapping, split: str, sources: Sequence[str]) -> di
     out["training"] = [it for it in out["training"] if it.get("dataset") in keep or it.get("dataset") == split_ds]
     if split_ds not in keep:
         out["splits"][split] = {**out["splits"][split], "training": []}
-    from pipofan_monai.data import select_split
+    from pipofan_monai.dataset_conversion import select_split
 
     if not select_split(out, split)[0]:
         raise ValueError(f"no training items from sources {list(sources)} in the datalist.")
@@ -342,7 +342,7 @@ def run_study(
     from monai.bundle import ConfigWorkflow
     from monai.utils import set_determinism
 
-    from pipofan_monai.data import ensure_demo_dataset, load_datalist
+    from pipofan_monai.dataset_conversion import ensure_demo_dataset, load_datalist
 
     spec_rows = study_rows(name)
     if rows is not None:

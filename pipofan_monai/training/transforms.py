@@ -29,77 +29,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
-from .labels import _filename
+from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
+from pipofan_monai.preprocessing.slices import plain_tensor
+from pipofan_monai.utils import filename_of
 
-__all__ = ["stack_neighbour_slices", "SlicesToChannelsd", "RandSlabCropd", "SlabToChannelsd"]
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A plain torch tensor view of a MetaTensor / tensor / array."""
-    if isinstance(x, MetaTensor):
-        return x.as_tensor()
-    return torch.as_tensor(x)
-
-
-def _neighbour_index(depth: int, context: int, device: torch.device | None = None) -> torch.Tensor:
-    """(2*context+1, depth) slice indices z+o for o in -context..context, clamped to the volume (replicated edges)."""
-    z = torch.arange(depth, device=device)
-    offsets = torch.arange(-context, context + 1, device=device)
-    return (z[None, :] + offsets[:, None]).clamp_(0, depth - 1)
-
-
-def stack_neighbour_slices(x: torch.Tensor | np.ndarray, context: int = 1) -> torch.Tensor | np.ndarray:
-    """Stack each axial slice with its ``context`` neighbours on either side as channels.
-
-    Args:
-        x: ``(B, C, H, W, D)`` or ``(C, H, W, D)``; the slice axis is last.
-        context: number of neighbours on each side (1 gives the paper's 3 slices).
-
-    Returns:
-        ``(B, C*(2*context+1), H, W, D)`` or ``(C*(2*context+1), H, W, D)``, same type (MetaTensor metadata kept),
-        dtype and device as ``x``. For input channel c, output channels ``c*(2k+1) .. c*(2k+1)+2k`` hold slices
-        ``z-k .. z+k`` (for C=1, k=1: channels 0, 1, 2 = slices z-1, z, z+1). Slices beyond the volume are
-        replaced by the nearest edge slice (replicate padding), so output slice z exists for every z.
-
-    Raises:
-        ValueError: wrong number of dimensions or negative ``context``.
-    """
-    if int(context) < 0:
-        raise ValueError(f"context must be >= 0, got {context}.")
-    t = _plain(x)
-    if t.ndim not in (4, 5):
-        raise ValueError(f"expected (C, H, W, D) or (B, C, H, W, D), got shape {tuple(t.shape)}.")
-    k = int(context)
-    idx = _neighbour_index(t.shape[-1], k, t.device)  # (S, D)
-    out = t[..., idx]  # (..., C, H, W, S, D)
-    out = out.movedim(-2, -4).flatten(-5, -4)  # (..., C*S, H, W, D)
-    return convert_to_dst_type(out, x)[0]
-
-
-class SlicesToChannelsd(MapTransform):
-    """Dictionary wrapper of :func:`stack_neighbour_slices` (inference side): ``(C, H, W, D)`` ->
-    ``(C*(2*context+1), H, W, D)`` with replicated edges.
-
-    Args:
-        keys: image key(s). Default ``"image"``.
-        context: neighbours on each side. Default 1.
-        allow_missing_keys: don't raise if a key is absent.
-    """
-
-    def __init__(self, keys: KeysCollection = "image", context: int = 1, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if int(context) < 0:
-            raise ValueError(f"context must be >= 0, got {context}.")
-        self.context = int(context)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = stack_neighbour_slices(d[key], self.context)
-        return d
+__all__ = ["RandSlabCropd", "SlabToChannelsd", "get_train_transforms"]
 
 
 class RandSlabCropd(Randomizable, MapTransform):
@@ -108,7 +45,7 @@ class RandSlabCropd(Randomizable, MapTransform):
     With probability ``pos_ratio`` the centre slice is drawn uniformly from the slices that contain at least one
     voxel of an organ annotated by the item's source dataset ("organ-centred"); otherwise uniformly from all
     slices. The annotated organs are the classes with a 1 in ``label.meta[mask_key]`` (set by
-    :class:`~pipofan_monai.transforms.MapDatasetLabelsd`), excluding background; without a mask every non-zero
+    :class:`~pipofan_monai.preprocessing.MapDatasetLabelsd`), excluding background; without a mask every non-zero
     label counts. The in-plane window is drawn uniformly (the paper's random 224x224 crop). Slices beyond the
     volume are replicated from the edge slice (as at inference), so every organ slice can be a centre slice.
 
@@ -169,7 +106,7 @@ class RandSlabCropd(Randomizable, MapTransform):
 
     def organ_slices(self, label: Any) -> torch.Tensor:
         """Indices of the slices of ``label`` ``(1, H, W, D)`` that contain an annotated organ (see class doc)."""
-        lab = _plain(label)
+        lab = plain_tensor(label)
         flat = lab.reshape(-1, lab.shape[-1])  # (C*H*W, D), a view: the slice axis is last and contiguous
         mask = label.meta.get(self.mask_key, None) if isinstance(label, MetaTensor) else None
         organs = None
@@ -217,15 +154,15 @@ class RandSlabCropd(Randomizable, MapTransform):
         if not keys:
             return d
         ref = d[self.label_key] if self.label_key in d else d[keys[0]]
-        fname = ", ".join(dict.fromkeys(_filename(d[k]) for k in keys))  # every file involved, for messages
-        shape = tuple(_plain(ref).shape[1:])
+        fname = ", ".join(dict.fromkeys(filename_of(d[k]) for k in keys))  # every file involved, for messages
+        shape = tuple(plain_tensor(ref).shape[1:])
         if len(shape) != 3:
-            raise ValueError(f"{fname}: expected a (C, H, W, D) volume, got shape {tuple(_plain(ref).shape)}.")
+            raise ValueError(f"{fname}: expected a (C, H, W, D) volume, got shape {tuple(plain_tensor(ref).shape)}.")
         for key in keys:
-            s = tuple(_plain(d[key]).shape[1:])
+            s = tuple(plain_tensor(d[key]).shape[1:])
             if s != shape:
                 raise ValueError(
-                    f"{_filename(d[key])}: spatial shape {s} of {key!r} differs from {shape} of the reference."
+                    f"{filename_of(d[key])}: spatial shape {s} of {key!r} differs from {shape} of the reference."
                 )
         n_slab = 2 * self.context + 1
         if shape[2] < n_slab:
@@ -257,7 +194,7 @@ class RandSlabCropd(Randomizable, MapTransform):
         h, w, depth = shape
         rx = h if self.roi_size[0] == -1 else self.roi_size[0]
         ry = w if self.roi_size[1] == -1 else self.roi_size[1]
-        t = _plain(img)
+        t = plain_tensor(img)
         zi = [min(max(k, 0), depth - 1) for k in range(z - self.context, z + self.context + 1)]  # replicated edges
         if t.device.type == "cpu" and t.dtype != torch.bfloat16:
             # numpy copies this strided slab ~50x faster than torch's copy kernel (slice axis is the fastest axis)
@@ -309,10 +246,10 @@ class SlabToChannelsd(MapTransform):
         d = dict(data)
         for key, center in self.key_iterator(d, self.center_only):
             img = d[key]
-            t = _plain(img)
+            t = plain_tensor(img)
             if t.ndim != 4 or t.shape[-1] % 2 == 0:
                 raise ValueError(
-                    f"{_filename(img)}: {key!r} must be a (C, H, W, S) slab with an odd number S of slices, "
+                    f"{filename_of(img)}: {key!r} must be a (C, H, W, S) slab with an odd number S of slices, "
                     f"got shape {tuple(t.shape)}."
                 )
             c, h, w, s = t.shape
@@ -324,3 +261,41 @@ class SlabToChannelsd(MapTransform):
                 res.affine = res.affine.to(torch.float64) @ shift
             d[key] = res
         return d
+
+
+def get_train_transforms(
+    image_key: str = "image",
+    label_key: str = "label",
+    spatial_size: int | None = 256,
+    roi_size: int | Sequence[int] = 224,
+    context: int = 1,
+    pos_ratio: float = 1.0,
+    num_samples: int = 1,
+    flip_prob: float = 0.5,
+    organ_free: str = "warn",
+    **kwargs: Any,
+) -> Compose:
+    """Training pipeline giving 2D samples: image ``(2*context+1, roi, roi)`` (slices z-1, z, z+1 as channels),
+    label ``(1, roi, roi)`` (centre slice, global class ids) carrying ``meta["labeled_mask"]`` ``(K,)``.
+
+    Args:
+        image_key, label_key: item keys.
+        spatial_size: in-plane resize (None: keep). Default 256.
+        roi_size: in-plane crop size. Default 224.
+        context: neighbour slices each side. Default 1.
+        pos_ratio: probability of an organ-centred slab (see :class:`RandSlabCropd`). Default 1.0.
+        num_samples: slabs per loaded volume. Default 1.
+        flip_prob: probability of each in-plane flip. Default 0.5.
+        organ_free: behaviour for organ-free volumes, ``"warn"`` (random slab) or ``"error"``.
+        kwargs: passed to :func:`get_preprocessing_transforms` (hu_window, intensity, num_classes, datasets, ...).
+    """
+    keys = [image_key, label_key]
+    xforms = get_preprocessing_transforms(image_key, label_key, spatial_size, **kwargs)
+    xforms += [
+        RandSlabCropd(keys, label_key=label_key, roi_size=roi_size, context=context, pos_ratio=pos_ratio,
+                      num_samples=num_samples, organ_free=organ_free),
+        SlabToChannelsd(keys, center_only=(False, True)),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=0),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=1),
+    ]
+    return Compose(xforms)

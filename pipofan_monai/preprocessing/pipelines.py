@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from monai.transforms import Compose, RandFlipd, Resized
+from monai.transforms import Compose, Resized
 
-from pipofan_monai.data.registry import CLASS_NAMES
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
 
 from .intensity import HUWindowd
 from .io import load_ct_transforms
 from .labels import MapDatasetLabelsd
-from .slices import RandSlabCropd, SlabToChannelsd, SlicesToChannelsd
+from .slices import SlicesToChannelsd
 
-__all__ = ["get_preprocessing_transforms", "get_train_transforms", "get_val_transforms"]
+__all__ = ["get_preprocessing_transforms", "get_val_transforms"]
 
 
 def get_preprocessing_transforms(
@@ -87,44 +87,6 @@ def get_preprocessing_transforms(
         xforms.append(Resized(keys, spatial_size=(int(spatial_size), int(spatial_size), -1), mode=modes,
                               allow_missing_keys=allow_missing_label))
     return xforms
-
-
-def get_train_transforms(
-    image_key: str = "image",
-    label_key: str = "label",
-    spatial_size: int | None = 256,
-    roi_size: int | Sequence[int] = 224,
-    context: int = 1,
-    pos_ratio: float = 1.0,
-    num_samples: int = 1,
-    flip_prob: float = 0.5,
-    organ_free: str = "warn",
-    **kwargs: Any,
-) -> Compose:
-    """Training pipeline giving 2D samples: image ``(2*context+1, roi, roi)`` (slices z-1, z, z+1 as channels),
-    label ``(1, roi, roi)`` (centre slice, global class ids) carrying ``meta["labeled_mask"]`` ``(K,)``.
-
-    Args:
-        image_key, label_key: item keys.
-        spatial_size: in-plane resize (None: keep). Default 256.
-        roi_size: in-plane crop size. Default 224.
-        context: neighbour slices each side. Default 1.
-        pos_ratio: probability of an organ-centred slab (see :class:`RandSlabCropd`). Default 1.0.
-        num_samples: slabs per loaded volume. Default 1.
-        flip_prob: probability of each in-plane flip. Default 0.5.
-        organ_free: behaviour for organ-free volumes, ``"warn"`` (random slab) or ``"error"``.
-        kwargs: passed to :func:`get_preprocessing_transforms` (hu_window, intensity, num_classes, datasets, ...).
-    """
-    keys = [image_key, label_key]
-    xforms = get_preprocessing_transforms(image_key, label_key, spatial_size, **kwargs)
-    xforms += [
-        RandSlabCropd(keys, label_key=label_key, roi_size=roi_size, context=context, pos_ratio=pos_ratio,
-                      num_samples=num_samples, organ_free=organ_free),
-        SlabToChannelsd(keys, center_only=(False, True)),
-        RandFlipd(keys, prob=flip_prob, spatial_axis=0),
-        RandFlipd(keys, prob=flip_prob, spatial_axis=1),
-    ]
-    return Compose(xforms)
 
 
 def get_val_transforms(

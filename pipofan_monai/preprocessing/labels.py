@@ -23,7 +23,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from pipofan_monai.data.registry import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
+from pipofan_monai.utils import filename_of
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
 from pipofan_monai.organs import validate_class_names
 
 __all__ = ["map_dataset_labels", "MapDatasetLabelsd"]
@@ -38,13 +39,6 @@ def _num_classes(num_classes: int | None, class_names: Sequence[str] | None) -> 
             )
         return len(class_names)
     return len(CLASS_NAMES) if num_classes is None else int(num_classes)
-
-
-def _filename(x: Any) -> str:
-    """The source file of a (Meta)Tensor for error messages, or ``"<unknown file>"``."""
-    meta = getattr(x, "meta", None) or {}
-    name = meta.get("filename_or_obj", None)
-    return str(name) if name not in (None, "") else "<unknown file>"
 
 
 def map_dataset_labels(
@@ -74,7 +68,7 @@ def map_dataset_labels(
         ValueError: non-integer label values, values outside the dataset's mapping (the message names the
             file and the offending values), or a mapping target outside ``0..num_classes-1``.
     """
-    fname = filename or _filename(label)
+    fname = filename or filename_of(label)
     num_classes = _num_classes(num_classes, class_names)
     lab = torch.as_tensor(label.as_tensor() if isinstance(label, MetaTensor) else label)
     if spec is None:
@@ -132,9 +126,9 @@ class MapDatasetLabelsd(MapTransform):
     dataset's labeled-class mask to the label's metadata.
 
     The dataset is named by ``data[dataset_key]`` (e.g. ``"lits"``) and looked up with
-    :func:`pipofan_monai.data.registry.get_dataset_spec` (``datasets`` first, then user-registered and built-in
+    :func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (``datasets`` first, then user-registered and built-in
     datasets) and resolved into the vocabulary ``class_names`` (label values named by organ; see
-    :py:meth:`~pipofan_monai.data.registry.DatasetSpec.resolve`). Items without a dataset id are fully labeled data already in the global convention: identity
+    :py:meth:`~pipofan_monai.dataset_conversion.datasets.DatasetSpec.resolve`). Items without a dataset id are fully labeled data already in the global convention: identity
     mapping (values must be in ``0..num_classes-1``) and an all-ones mask.
 
     The mask, a float32 tensor of shape ``(num_classes,)`` with ones at background and at the organs the

@@ -9,10 +9,20 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Inferers for 2.5D (adjacent-slice) segmentation networks."""
+"""Inference stage: the sliding-slice 2.5D inferer and the case runner (load, infer, ensemble, invert,
+post-process, save)."""
 
 from __future__ import annotations
 
-from pipofan_monai.inferers.slice_inferer import SlidingSliceInferer, make_slab_indices
+from .inferers import SlidingSliceInferer
+from .runner import InferenceError, SegmentationRunner, load_network_weights, majority_vote, mean_probabilities, resolve_inputs
 
-__all__ = ["SlidingSliceInferer", "make_slab_indices"]
+__all__ = [
+    "SlidingSliceInferer",
+    "InferenceError",
+    "SegmentationRunner",
+    "load_network_weights",
+    "majority_vote",
+    "mean_probabilities",
+    "resolve_inputs",
+]

@@ -1,0 +1,94 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Small helpers every stage uses: atomic file writes, option parsing and file names for messages.
+
+One atomic-write mechanism serves every file a user keeps (checkpoints, metrics, reports, datalists, label maps):
+:func:`atomic_write` opens a temporary file in the destination's folder, the caller writes to it, and only after
+``flush`` + ``fsync`` is it renamed over the destination with ``os.replace``. A kill or a full disk at any moment
+leaves the previous file intact (or no file), never a truncated one under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping
+
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "as_bool", "filename_of", "TMP_SUFFIX"]
+
+#: suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``)
+TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", file_mode: int = 0o644) -> Iterator[IO]:
+    """Context manager yielding a file object whose content replaces ``path`` only when the block succeeds.
+
+    Args:
+        path: destination; its parent folders are created.
+        mode: ``"wb"`` (default) or ``"w"``.
+        file_mode: permission bits of the final file (default 0o644, like files written with ``open``).
+
+    The temporary file lives in the same folder (so ``os.replace`` is atomic), is flushed and fsynced before the
+    rename, and is removed when the block raises (e.g. ``OSError(ENOSPC)``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` through :func:`atomic_write`."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Mapping | list) -> None:
+    """JSON (indented, trailing newline) through :func:`atomic_write`."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """Parse a boolean option from the command line or a config: ``True``/``False``, 0/1 or the strings
+    ``true/false/1/0/yes/no`` (any case). Anything else raises ``ValueError`` naming the option."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be True or False, got {value!r}.")
+
+
+def filename_of(x: Any) -> str:
+    """The source file of a MetaTensor (``meta["filename_or_obj"]``) for error messages, or ``"<unknown file>"``."""
+    meta = getattr(x, "meta", None) or {}
+    name = meta.get("filename_or_obj", None)
+    return str(name) if name not in (None, "") else "<unknown file>"
