@@ -513,7 +513,7 @@ def _write_tree(root: Path, params: dict) -> None:
         })
     if counts.get(PANCREAS_SOURCE):
         n = counts[PANCREAS_SOURCE]
-        _write_json(root / PANCREAS_SOURCE / "dataset.json", {
+        atomic_write_json(root / PANCREAS_SOURCE / "dataset.json", {
             "name": "Pancreas (synthetic demo)", "description": "SYNTHETIC phantom, MSD Task07 layout",
             "labels": {"0": "background", "1": "pancreas", "2": "cancer"}, "modality": {"0": "CT"},
             "numTraining": n, "numTest": 0, "test": [],
