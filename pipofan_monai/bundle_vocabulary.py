@@ -41,7 +41,8 @@ def _human(name: str, organs: Mapping[str, Any] | None = None) -> str:
     right)"``)."""
     text = name.replace("_", " ")
     spec = organ_table(organs).get(name)
-    if spec is not None and spec.parts and any("left" in p for p in spec.parts) and any("right" in p for p in spec.parts):
+    parts = spec.parts if spec is not None else ()
+    if any("left" in p for p in parts) and any("right" in p for p in parts):
         text += " (left and right)"
     return text
 

@@ -51,8 +51,8 @@ btcv (value 11, as in BTCV), and the test labels and the datalist's ``class_name
 vocabulary ``background, liver, kidney, spleen, pancreas`` -- a K = 5 run end to end. Without it the output is
 byte-identical to the four-source dataset.
 
-The datalist (``datalist.json``, same format as :func:`pipofan_monai.dataset_conversion.datalist.make_datalist`) has five
-folds per source, a ``btcv_paper`` split analogue (the last third of the btcv cases validate) and a ``test``
+The datalist (``datalist.json``, same format as :func:`pipofan_monai.dataset_conversion.datalist.make_datalist`) has
+five folds per source, a ``btcv_paper`` split analogue (the last third of the btcv cases validate) and a ``test``
 list of fully labeled held-out cases in the global convention (no ``dataset`` key).
 """
 

@@ -126,10 +126,11 @@ class MapDatasetLabelsd(MapTransform):
     dataset's labeled-class mask to the label's metadata.
 
     The dataset is named by ``data[dataset_key]`` (e.g. ``"lits"``) and looked up with
-    :func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (``datasets`` first, then user-registered and built-in
-    datasets) and resolved into the vocabulary ``class_names`` (label values named by organ; see
-    :py:meth:`~pipofan_monai.dataset_conversion.datasets.DatasetSpec.resolve`). Items without a dataset id are fully labeled data already in the global convention: identity
-    mapping (values must be in ``0..num_classes-1``) and an all-ones mask.
+    :func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (``datasets`` first, then user-registered
+    and built-in datasets) and resolved into the vocabulary ``class_names`` (label values named by organ; see
+    :py:meth:`~pipofan_monai.dataset_conversion.datasets.DatasetSpec.resolve`). Items without a dataset id are
+    fully labeled data already in the global convention: identity mapping (values must be in
+    ``0..num_classes-1``) and an all-ones mask.
 
     The mask, a float32 tensor of shape ``(num_classes,)`` with ones at background and at the organs the
     dataset annotates, is stored as ``label.meta[mask_key]``; it survives MONAI crops and DataLoader collation
