@@ -54,9 +54,9 @@ BACKGROUND = "background"
 #: the paper's vocabulary (multi-organ PIPO-FAN): 0 background, 1 liver, 2 kidney (left and right), 3 spleen.
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "liver", "kidney", "spleen")
 
-#: SNOMED CT category codes of DICOM SEG (CID 7150): anatomical structure / morphologically abnormal structure.
+#: SNOMED CT category codes of DICOM SEG (CID 7150): anatomical structure / morphologically altered structure.
 _ANATOMY = ("123037004", "SCT", "Anatomical Structure")
-_ABNORMAL = ("49755003", "SCT", "Morphologically Abnormal Structure")
+_ABNORMAL = ("49755003", "SCT", "Morphologically Altered Structure")
 
 
 @dataclass(frozen=True)
