@@ -15,3 +15,19 @@ the target adaptive loss for partially labeled datasets, 2.5D transforms and inf
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def bundle_dir():
+    """The MONAI bundle folder (``configs/``, ``docs/``, ``LICENSE``): the repository's ``bundle/`` in a source
+    checkout, or the copy installed inside the package (``pipofan_monai/bundle``, package data of the wheel).
+
+    Returns:
+        ``pathlib.Path`` of the folder.
+    """
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "bundle", here / "bundle"):
+        if (candidate / "configs" / "train.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"the bundle folder was found neither at {here.parent / 'bundle'} nor at {here / 'bundle'}.")

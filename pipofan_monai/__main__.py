@@ -18,8 +18,6 @@ Commands:
     study      run a study of the paper (datasets / loss / architecture) and write its table
     convert    convert an authors' PIPO-FAN checkpoint to a PIPOFAN state_dict
     benchmark  inference / training / end-to-end throughput, fp32 eager baseline vs optimized path (JSON report)
-    classes    give a bundle folder another organ vocabulary (configs + metadata.json), or check it
-    organs     list the organ table and the datasets that annotate each organ
 """
 
 from __future__ import annotations
@@ -82,6 +80,16 @@ def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="
     print(report["table"])
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+def _commands() -> dict:
+    from pipofan_monai.dataset_conversion import datalist_command, demo_command
+
+    return {"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
+            "convert": convert, "benchmark": benchmark, "classes": classes, "organs": organs}
+
+
 def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, dataset_table=None):
     """Write ``--class_names "['background','liver','kidney','spleen','pancreas']"`` into a bundle folder's
     configs and metadata.json (MONAI Label's label list); without ``--class_names`` check that they agree."""
@@ -107,14 +115,36 @@ def organs():
     print("\n".join(lines))
 
 
-def main() -> None:
+def command_help(name: str, fn) -> str:
+    """Usage line (the command's arguments as ``--name default``) and the command's docstring."""
+    import inspect
+
+    parts = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            parts.append("[--KEY VALUE ...]")
+        elif p.default is p.empty:
+            parts.append(p.name.upper())
+        else:
+            parts.append(f"[--{p.name} {p.default!r}]")
+    return f"usage: python -m pipofan_monai {name} " + " ".join(parts) + "\n\n" + (inspect.getdoc(fn) or "")
+
+
+def main(argv=None) -> None:
+    """Run a command; ``--help`` (or ``-h``) anywhere prints the command's help and runs nothing (fire would
+    pass it on as a keyword argument to commands that take ``**override``, and start a cross-validation)."""
     import fire
 
-    from pipofan_monai.dataset_conversion import datalist_command, demo_command
-
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
+    if not args or args[0] in HELP_FLAGS + ("help",):
+        print(__doc__)
+        return
+    if args[0] in commands and any(a in HELP_FLAGS for a in args[1:]):
+        print(command_help(args[0], commands[args[0]]))
+        return
     _logging()
-    fire.Fire({"datalist": datalist_command, "demo": demo_command, "crossval": crossval, "study": study,
-               "convert": convert, "benchmark": benchmark, "classes": classes, "organs": organs})
+    fire.Fire(commands, command=args)
 
 
 if __name__ == "__main__":

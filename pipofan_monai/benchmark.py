@@ -39,10 +39,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from pipofan_monai import bundle_dir
+from pipofan_monai.plans import load_network_weights, network_from_plans, resolve_plans
 
 from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
 from pipofan_monai.utils import as_bool
@@ -71,8 +74,7 @@ __all__ = [
 
 logger = logging.getLogger("pipofan.benchmark")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "bundle" / "configs" / "inference.json"
+DEFAULT_CONFIG = bundle_dir() / "configs" / "inference.json"
 
 #: settings of ``--quick``: a tiny network and volume, finishing in well under a minute on 2 CPU cores.
 QUICK_SETTINGS: dict[str, Any] = {
@@ -92,21 +94,6 @@ QUICK_SETTINGS: dict[str, Any] = {
 }
 
 SECTIONS = ("inference", "training", "end_to_end", "data")
-
-#: e2e stage of each transform class of the bundle's pre/postprocessing (anything else: "postprocess").
-_STAGE_OF = {
-    "LoadCTd": "load",
-    "LoadImaged": "load",
-    "CheckVolumed": "load",
-    "Orientationd": "preprocess",
-    "HUWindowd": "preprocess",
-    "Resized": "preprocess",
-    "EnsureTyped": "preprocess",
-    "Invertd": "invert",
-    "SaveImaged": "save",
-}
-STAGES = ("load", "preprocess", "network", "invert", "postprocess", "save")
-
 
 # ---------------------------------------------------------------------------------------------- paths
 @dataclass(frozen=True)
@@ -190,17 +177,44 @@ def cpu_candidates() -> list[ExecutionPath]:
     return cands
 
 
-def make_network(channels: Sequence[int], seed: int = 0, ckpt: str | None = None) -> torch.nn.Module:
-    """The bundle's PIPO-FAN (3 input slices, 4 classes) with ``channels``, seeded random weights or ``ckpt``."""
-    from pipofan_monai.networks import PIPOFAN
-
+def make_network(channels: Sequence[int] | None, seed: int = 0, ckpt: str | None = None) -> torch.nn.Module:
+    """The bundle's PIPO-FAN: with ``ckpt``, the network its plans describe with its weights (``channels`` must
+    agree or be None); otherwise 3 input slices, 4 classes, ``channels`` widths and seeded random weights."""
     torch.manual_seed(int(seed))
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=len(CLASS_NAMES), channels=tuple(channels))
+    plans = resolve_plans(ckpt if ckpt else None, network_channels=channels)
+    net = network_from_plans(plans)
     if ckpt:
-        from pipofan_monai.inference.runner import load_network_weights
-
         load_network_weights(net, ckpt)
     return net
+
+
+def accuracy_volume(preprocessing: Mapping[str, Any], num_slices: int, seed: int = 0,
+                    workdir: str | os.PathLike | None = None) -> torch.Tensor:
+    """A synthetic CT (twice ``spatial_size`` in-plane, ``num_slices`` slices) run through the model's own
+    inference preprocessing (:func:`~pipofan_monai.preprocessing.get_inference_transforms`), so that a trained
+    model sees the intensities it was trained on. Returns ``(1, 1, S, S, num_slices)``."""
+    import nibabel as nib
+
+    from pipofan_monai.preprocessing import get_inference_transforms
+
+    size = int(preprocessing.get("spatial_size") or 256)
+    img, affine = _phantom((2 * size, 2 * size, int(num_slices)), seed)
+    with tempfile.TemporaryDirectory(prefix="pipofan_bench_", dir=workdir) as tmp:
+        path = os.path.join(tmp, "accuracy_ct.nii.gz")
+        nib.save(nib.Nifti1Image(img, affine), path)
+        vol = get_inference_transforms(preprocessing)({"image": path})["image"]
+    return vol.as_tensor()[None].float()
+
+
+def accuracy_slabs(ckpt: str | None, num_slices: int = 8, seed: int = 0, size: int = 256) -> torch.Tensor:
+    """The 3-slice slabs ``(D, 2 * context + 1, S, S)`` of :func:`accuracy_volume` for the plans of ``ckpt``
+    (or the defaults with ``spatial_size=size`` without a checkpoint)."""
+    from pipofan_monai.preprocessing import make_slab_indices
+
+    plans = resolve_plans(ckpt if ckpt else None, spatial_size=None if ckpt else size)
+    vol = accuracy_volume(plans["preprocessing"], num_slices, seed)
+    d, k = vol.shape[-1], plans["preprocessing"]["context"]
+    return vol[0, 0][:, :, make_slab_indices(0, d, d, k)].permute(2, 3, 0, 1).contiguous()
 
 
 def prepare_network(network: torch.nn.Module, path: ExecutionPath, device: torch.device, train: bool = False):
@@ -432,13 +446,6 @@ def _phantom(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(img[: shape[0], : shape[1], : shape[2]]), affine
 
 
-def _windowed(img: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, D) HU -> (1, 1, size, size, D) in [0, 1] (window [-200, 200], trilinear in-plane resize)."""
-    t = torch.as_tensor(img, dtype=torch.float32)
-    t = ((t.clamp(-200, 200) + 200) / 400)[None, None]
-    return torch.nn.functional.interpolate(t, size=(size, size, t.shape[-1]), mode="trilinear", align_corners=False)
-
-
 # ---------------------------------------------------------------------------------------------- (c) end to end
 def _parse_inference_config(config_file: str | os.PathLike, overrides: Mapping[str, Any]):
     from monai.bundle import ConfigParser
@@ -446,7 +453,7 @@ def _parse_inference_config(config_file: str | os.PathLike, overrides: Mapping[s
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser.update(dict(overrides))
-    return {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
+    return {k: parser.get_parsed_content(k) for k in ("plans", "preprocessing", "inferer", "postprocessing")}
 
 
 def benchmark_end_to_end(
@@ -459,8 +466,8 @@ def benchmark_end_to_end(
 
     The components (``preprocessing``, ``inferer``, ``postprocessing``) are parsed from ``config_file`` (the
     bundle's ``inference.json``) with overrides (``spatial_size``, ``sw_batch_size``, output folder, device); the
-    inferer gets the path's autocast/channels_last options. The case is then processed as
-    :class:`~pipofan_monai.inference.runner.SegmentationRunner` does for one checkpoint, each transform timed:
+    inferer gets the path's autocast/channels_last options. The case is then processed by the runner's own
+    :class:`~pipofan_monai.inference.CasePipeline` with a :class:`~pipofan_monai.inference.StageTimer`:
     load (read + checks) -> preprocess (orientation, HU window, in-plane resample) -> network (sliding-slice
     inference) -> postprocess (softmax) -> invert (resample back to the original grid) -> postprocess (argmax,
     connected components) -> save (uint8 NIfTI). With ``gpu_resample`` (default: True on CUDA, False on the CPU)
@@ -473,7 +480,9 @@ def benchmark_end_to_end(
         ``{"volume_shape", "spatial_size", "sw_batch_size", "stages": {stage: s}, "transforms": [[name, stage, s]],
         "total_s", "wall_s", "bare_network_s", "pipeline_over_bare", "memory", "output_file", "output_shape"}``.
     """
-    from monai.transforms import EnsureTyped
+    from monai.transforms import EnsureTyped, Invertd, Resized
+
+    from pipofan_monai.inference import CasePipeline, StageTimer
 
     vs = [int(v) for v in volume_shape]
     if len(vs) != 3 or min(vs) < 1:
@@ -488,26 +497,27 @@ def benchmark_end_to_end(
         nib.save(nib.Nifti1Image(img, affine), str(image_path))
         on_gpu = device.type == "cuda" if gpu_resample is None else bool(gpu_resample)
         comps = _parse_inference_config(config_file, {
-            "bundle_root": str(REPO_ROOT / "bundle"),
             "spatial_size": int(spatial_size),
             "sw_batch_size": int(sw_batch_size),
             "output_dir": str(root / "out"),
+            "ckpt_path": str(root / "no_checkpoint.pt"),  # the benchmark's network is given, not loaded
+            "fold_ckpt_paths": [],
             "device": f"$torch.device('{device}')",
             "amp": path.amp_dtype is not None,
             "postprocess": bool(postprocess),
         })
-        pre, inferer, post = comps["preprocessing"], comps["inferer"], comps["postprocessing"]
+        pipeline = CasePipeline(comps["preprocessing"], comps["inferer"], comps["postprocessing"],
+                                num_classes=len(comps["plans"]["class_names"]))
+        inferer = pipeline.inferer
         for k, v in path.inferer_kwargs().items():
             setattr(inferer, k, v)
         inferer.sw_device = device
-        if on_gpu:
-            pre_t = list(pre.transforms)
-            at = next((i for i, t in enumerate(pre_t) if type(t).__name__ == "Resized"), len(pre_t))
-            pre_t.insert(at, EnsureTyped("image", device=device, track_meta=True))
-            pre.transforms = pre_t
+        if on_gpu:  # resample on the device: move the image there before the resize, keep outputs there
+            at = next((i for i, t in enumerate(pipeline.pre) if isinstance(t, Resized)), len(pipeline.pre))
+            pipeline.pre.insert(at, EnsureTyped("image", device=device, track_meta=True))
             inferer.device = device
-            for t in post.transforms:
-                if type(t).__name__ == "Invertd":  # per-key devices, as Invertd's constructor stores them
+            for t in pipeline.post:
+                if isinstance(t, Invertd):  # per-key devices, as Invertd's constructor stores them
                     t.device = (device,) * len(t.keys)
         net = prepare_network(network, path, device)
 
@@ -530,32 +540,13 @@ def benchmark_end_to_end(
         del chunks
 
         reset_peak_memory(device)
-        timings: list[list] = []
-
-        def timed(name: str, stage: str, fn: Callable, d: Any) -> Any:
-            _sync(device)
-            t = time.perf_counter()
-            out = fn(d)
-            _sync(device)
-            timings.append([name, stage, time.perf_counter() - t])
-            return out
-
+        timer = StageTimer(device)
         t_start = time.perf_counter()
-        d: Any = {"image": str(image_path)}
-        for t in pre.transforms:
-            d = timed(type(t).__name__, _STAGE_OF.get(type(t).__name__, "preprocess"), t, d)
-
-        def run_net(dd):
-            with torch.no_grad():
-                dd["pred"] = inferer(dd["image"][None], net)[0]
-            return dd
-
-        d = timed("SlidingSliceInferer", "network", run_net, d)
-        for t in post.transforms:
-            d = timed(type(t).__name__, _STAGE_OF.get(type(t).__name__, "postprocess"), t, d)
+        pipeline(str(image_path), [net], timer)
         wall = time.perf_counter() - t_start
-        stages = {s: sum(x[2] for x in timings if x[1] == s) for s in STAGES}
-        total = sum(stages.values())
+        stages = dict(timer.seconds)
+        timings = timer.transforms
+        total = timer.total
         outputs = sorted((root / "out").glob("*_seg.nii.gz"))
         out_shape = list(nib.load(str(outputs[0])).shape) if outputs else None
         return {
@@ -718,15 +709,11 @@ def run_benchmark(
     }
     log = _progress
     log(f"benchmark on {report['device']['name']} ({dev}), network channels {list(channels)}")
-    base_net = make_network(channels, seed, ckpt)
-    img, _ = _phantom((max(size, 64), max(size, 64), int(accuracy_slices)), seed)
-    acc_volume = _windowed(img, size)
+    base_net = make_network(None if ckpt else channels, seed, ckpt)
+    acc_plans = resolve_plans(ckpt if ckpt else None, spatial_size=None if ckpt else size)
+    acc_volume = accuracy_volume(acc_plans["preprocessing"], int(accuracy_slices), seed)
     if not ckpt:  # random weights: BatchNorm statistics from real-looking slabs -> non-trivial label maps
-        from pipofan_monai.preprocessing import make_slab_indices
-
-        d = acc_volume.shape[-1]
-        slabs = acc_volume[0, 0][:, :, make_slab_indices(0, d, d)].permute(2, 3, 0, 1).contiguous()
-        calibrate_batchnorm(base_net, slabs)
+        calibrate_batchnorm(base_net, accuracy_slabs(None, int(accuracy_slices), seed, size))
     report["network"] = {"parameters": sum(p.numel() for p in base_net.parameters()), "weights": ckpt or "random+bn"}
 
     # candidates of the optimized path

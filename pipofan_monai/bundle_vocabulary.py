@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.organs import channel_def, organ_table, validate_class_names
+from pipofan_monai.organs import DEFAULT_CLASS_NAMES, channel_def, organ_table, validate_class_names
 from pipofan_monai.utils import atomic_write
 
 __all__ = ["set_bundle_classes", "check_bundle_classes", "metadata_for_classes", "classes_command"]
@@ -119,8 +119,10 @@ def set_bundle_classes(
         if not path.is_file():
             continue
         cfg = json.loads(path.read_text())
-        cfg["class_names"] = names
-        keys = ["class_names"]
+        keys = []
+        if cfg.get("class_names") is not None or names != list(DEFAULT_CLASS_NAMES):
+            cfg["class_names"] = names  # null (read from the checkpoint's plans) stays null for the default names
+            keys.append("class_names")
         if organ_table is not None:
             cfg["organ_table"] = dict(organ_table)
             keys.append("organ_table")

@@ -257,12 +257,20 @@ def check_class_names(ckpt_names: Sequence[str] | None, config_names: Sequence[s
         )
 
 
-def num_components_for(class_names: Sequence[str], organs: Mapping[str, Any] | None = None) -> dict[int, int]:
+def num_components_for(
+    class_names: Sequence[str], organs: Mapping[str, Any] | None = None, strict: bool = True
+) -> dict[int, int]:
     """``{class id: N}`` connected-component rules of a vocabulary (organs with ``num_components=None`` are left
-    out, i.e. untouched): ``["background", "liver", "kidney", "spleen"]`` -> ``{1: 1, 2: 2, 3: 1}``."""
-    names = validate_class_names(class_names, organs)
+    out, i.e. untouched): ``["background", "liver", "kidney", "spleen"]`` -> ``{1: 1, 2: 2, 3: 1}``.
+    ``strict=False`` leaves names that are not organs of the table untouched instead of raising (placeholder
+    names of a checkpoint without plans)."""
     table = organ_table(organs)
-    return {i: table[n].num_components for i, n in enumerate(names) if i and table[n].num_components is not None}
+    if strict:
+        names = validate_class_names(class_names, organs)
+    else:
+        names = tuple(canonical_organ_name(str(n)) for n in class_names)
+    return {i: table[n].num_components for i, n in enumerate(names)
+            if i and n in table and table[n].num_components is not None}
 
 
 def colors_for(class_names: Sequence[str], organs: Mapping[str, Any] | None = None) -> dict[int, tuple]:

@@ -26,7 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "as_bool", "filename_of", "TMP_SUFFIX"]
+__all__ = [
+    "atomic_write",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "as_bool",
+    "filename_of",
+    "refuse_help",
+    "BUNDLE_HELP",
+    "TMP_SUFFIX",
+]
 
 #: suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``)
 TMP_SUFFIX = ".tmp"
@@ -92,3 +101,41 @@ def filename_of(x: Any) -> str:
     meta = getattr(x, "meta", None) or {}
     name = meta.get("filename_or_obj", None)
     return str(name) if name not in (None, "") else "<unknown file>"
+
+
+#: help printed by ``python -m monai.bundle run <workflow> --config_file ... --help``
+BUNDLE_HELP = {
+    "training": """PIPO-FAN training workflow (bundle/configs/train.json).
+
+usage: python -m monai.bundle run training --config_file bundle/configs/train.json [--KEY VALUE ...]
+
+Every top-level key of the config can be overridden with --KEY VALUE, for example:
+  --datalist PATH         datalist JSON (python -m pipofan_monai datalist ...); none: the SYNTHETIC demo data
+  --dataset_dir DIR       folder the datalist's relative paths are resolved against
+  --fold K --num_folds N  cross-validation fold (or --split btcv_paper)
+  --max_epochs N --dps_epochs N --val_interval N --batch_size N --learning_rate LR
+  --ckpt_dir DIR          best checkpoint models/model.pt
+  --output_dir DIR        last.pt (resume state), metrics.{json,csv}, TensorBoard files; one run at a time
+  --resume True           continue the run in --output_dir from its last.pt
+  --device cuda:0 --amp True --num_workers N --seed S
+A new run into an --output_dir that holds an earlier run moves that run to <output_dir>/previous_runs/<date>/.
+See bundle/docs/README.md for all keys. Nothing was run.""",
+    "inference": """PIPO-FAN inference workflow (bundle/configs/inference.json; evaluate.json adds metrics).
+
+usage: python -m monai.bundle run inference --config_file bundle/configs/inference.json [--KEY VALUE ...]
+
+Every top-level key of the config can be overridden with --KEY VALUE, for example:
+  --input_files "['ct1.nii.gz', ...]"  or  --datalist PATH [--datalist_key test]
+  --ckpt_path models/model.pt   --output_dir DIR   --device cpu   --overwrite skip
+  --save_probabilities True   --save_overlay False   --postprocess False
+See bundle/docs/README.md for all keys. Nothing was run.""",
+}
+
+
+def refuse_help(help: Any = False, workflow: str = "training") -> None:
+    """Bundle ``initialize`` check: with ``--help`` (the bundle runner passes it as an override ``help=True``)
+    print the workflow's help (:data:`BUNDLE_HELP`) and exit 0 before anything is built, read or written, instead
+    of running the workflow with an ignored ``help`` key."""
+    if help not in (False, None, "", "False", "false", 0):
+        print(BUNDLE_HELP.get(workflow, BUNDLE_HELP["training"]), flush=True)
+        raise SystemExit(0)

@@ -10,13 +10,50 @@
 # limitations under the License.
 
 """Test-session settings: one torch thread per process, so parallel workers and subprocesses on a 2-core machine
-do not oversubscribe the CPU (which makes small forward passes 100x slower)."""
+do not oversubscribe the CPU (which makes small forward passes 100x slower); and a check that the tests write only
+to temporary folders, never into the checkout (e.g. TensorBoard files or checkpoints in bundle/runs)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+REPO = Path(__file__).resolve().parents[1]
+_SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "build", "dist", ".whl", ".gl", ".mypy_cache", ".ruff_cache"}
+# ignored output folders of the bundle: a rewritten file there counts too (e.g. models/model.pt)
+_OUTPUT_DIRS = ("bundle/models", "bundle/runs", "bundle/outputs", "bundle/eval", "bundle/logs", "outputs")
+
+
+def _checkout_files() -> dict[str, int]:
+    """Files of the checkout (relative path -> mtime in ns; 0 outside the output folders), without caches and
+    virtual environments."""
+    found: dict[str, int] = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".venv") and not d.endswith(".egg-info")]
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), REPO)
+            watched = rel.replace(os.sep, "/").startswith(_OUTPUT_DIRS)
+            try:
+                found[rel] = os.stat(os.path.join(root, name)).st_mtime_ns if watched else 0
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_only_to_temporary_folders():
+    """Fail the session when a test created files in the checkout (or rewrote the bundle's outputs)."""
+    before = _checkout_files()
+    yield
+    after = _checkout_files()
+    changed = sorted(k for k, v in after.items() if k not in before or before[k] != v)
+    if changed:
+        pytest.fail(f"tests wrote into the checkout {REPO} (tests must write only to temporary folders): "
+                    f"{changed[:20]}", pytrace=False)

@@ -80,12 +80,15 @@ def test_training_resume(demo, tmp_path):
     assert last["engine"]["epoch"] == 4 and last["engine"]["iteration"] == 2 * first["engine"]["iteration"]
 
 
-def test_check_properties_and_config_keys():
+def test_check_properties_and_config_keys(tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train")
+    # checking the properties builds the trainer (TensorBoard writers, the run lock): into tmp_path, not bundle/runs
+    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train", output_dir=str(tmp_path / "runs"),
+                        ckpt_dir=str(tmp_path / "models"))
     wf.initialize()
     assert not wf.check_properties()
+    wf.finalize()
     for key in ["dataset_dir", "datalist", "fold", "num_folds", "max_epochs", "dps_epochs", "val_interval",
                 "batch_size", "learning_rate", "num_workers", "device", "amp", "ckpt_dir", "output_dir",
                 "network_def", "network", "loss", "optimizer", "train", "validate", "initialize", "run", "training",

@@ -305,23 +305,21 @@ def test_bundle_classes_tool(tmp_path):
 
 
 def test_checkpoint_with_other_vocabulary_is_refused(tmp_path):
-    """A self-describing checkpoint (``plans["class_names"]`` next to ``"model"``) only loads with its vocabulary."""
-    from pipofan_monai.inference.runner import checkpoint_class_names, load_network_weights
-    from pipofan_monai.networks import PIPOFAN
+    """A self-describing checkpoint (``plans["class_names"]`` next to ``"model"``) only runs with its vocabulary."""
+    from pipofan_monai.plans import PlansMismatchError, network_from_plans, resolve_plans
 
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=(4, 8, 8, 8, 8))
+    plans = resolve_plans(None, network_channels=(4, 8, 8, 8, 8), class_names=PAPER)
+    net = network_from_plans(plans)
     path = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict(), "plans": {"class_names": PAPER}}, path)
-    assert checkpoint_class_names(torch.load(path, weights_only=True)) == PAPER
-    load_network_weights(net, path, class_names=PAPER)  # its own vocabulary loads
+    torch.save({"model": net.state_dict(), "plans": {k: v for k, v in plans.items() if k != "source"}}, path)
+    assert resolve_plans(path)["class_names"] == PAPER  # names come from the checkpoint
+    assert resolve_plans(path, class_names=PAPER)["class_names"] == PAPER
     other = ["background", "liver", "spleen", "kidney"]  # same K: the weights alone would load silently
-    with pytest.raises(ValueError, match=r"model\.pt was trained with class_names \['background', 'liver', "
-                                         r"'kidney', 'spleen'\] \(K=4\) but the config has class_names "
-                                         r"\['background', 'liver', 'spleen', 'kidney'\]"):
-        load_network_weights(net, path, class_names=other)
-    torch.save(net.state_dict(), tmp_path / "plain.pt")  # no names recorded: only the weights are checked
-    assert checkpoint_class_names(torch.load(tmp_path / "plain.pt", weights_only=True)) is None
-    load_network_weights(net, tmp_path / "plain.pt", class_names=other)
+    with pytest.raises(PlansMismatchError, match=r"model\.pt.*class_names: checkpoint \['background', 'liver', "
+                                                 r"'kidney', 'spleen'\], given \['background', 'liver', 'spleen'"):
+        resolve_plans(path, class_names=other)
+    with pytest.raises(PlansMismatchError, match="pancreas"):
+        resolve_plans(path, class_names=["background", "liver", "kidney", "spleen", "pancreas"])
 
 
 @pytest.mark.slow
@@ -357,13 +355,15 @@ def test_five_class_bundle_end_to_end(tmp_path):
     infer = ["run", "inference", "--config_file", str(REPO / "bundle/configs/inference.json"), "--input_files",
              str([image]), "--output_dir", str(out), "--ckpt_path", str(ckpt / "model.pt"),
              "--network_channels", "[8,16,32,64,64]", "--spatial_size", "64"]
-    run_bundle(infer + ["--class_names", str(five)])
+    run_bundle(infer)  # the class names come from the checkpoint's plans
     seg = nib.load(next(out.glob("*_seg.nii.gz")))
     assert seg.shape == nib.load(image).shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3, 4}
     assert next(out.glob("*_overview.png")).stat().st_size > 0
-    # the four-class config refuses this checkpoint (its vocabulary, or its output channels if not recorded)
-    with pytest.raises(AssertionError, match=r"trained with class_names|shape mismatch"):
-        run_bundle(infer + ["--output_dir", str(tmp_path / "seg4")])
+    assert torch.load(ckpt / "model.pt", weights_only=True)["plans"]["class_names"] == five
+    # asking for the four classes with this checkpoint is refused, naming both lists
+    with pytest.raises(AssertionError, match=r"class_names: checkpoint \['background', 'liver', 'kidney', 'spleen', "
+                                             r"'pancreas'\], given \['background', 'liver', 'kidney', 'spleen'\]"):
+        run_bundle(infer + ["--class_names", str(PAPER), "--output_dir", str(tmp_path / "seg4")])
     # a bundle copy with this vocabulary lists the five classes (MONAI Label reads metadata.json's channel_def)
     shutil.copytree(REPO / "bundle" / "configs", tmp_path / "bundle5" / "configs")
     set_bundle_classes(tmp_path / "bundle5", five)

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,9 @@ __all__ = [
     "select_fold",
     "select_split",
     "assign_folds",
+    "header_shape",
+    "check_training_items",
+    "check_dataset_ids",
     "datalist_command",
 ]
 
@@ -594,6 +596,131 @@ def select_split(
         elif str(item.get("case_id")) in tr_ids:
             train.append(item)
     return train, val
+
+
+def header_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The voxel grid shape of an image file from its header only (no voxel data read), or None when it cannot be
+    told cheaply (a DICOM series folder, another format, an unreadable header: those are checked when loaded).
+
+    Reads NIfTI (nibabel header), NRRD/NHDR (``sizes:``) and MetaImage MHA/MHD (``DimSize``) headers.
+    """
+    p = os.fspath(path)
+    low = p.lower()
+    try:
+        if low.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return tuple(int(v) for v in nib.load(p).header.get_data_shape())
+        if low.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+            key = b"sizes:" if low.endswith((".nrrd", ".nhdr")) else b"dimsize"
+            with open(p, "rb") as f:
+                for _ in range(200):  # header lines; the data follow an empty line (NRRD) or ElementDataFile
+                    line = f.readline(4096)
+                    if not line or not line.strip():
+                        break
+                    low_line = line.strip().lower()
+                    if low_line.startswith(key):
+                        values = low_line.split(b"=", 1)[1] if key == b"dimsize" else low_line[len(key):]
+                        return tuple(int(v) for v in values.split())
+    except Exception:  # unreadable header: LoadCTd reports it with the file name when the item is loaded
+        return None
+    return None
+
+
+def check_dataset_ids(
+    datasets: Sequence[str] | str | None, items: Sequence[Mapping], dataset_key: str = "dataset"
+) -> list[str] | None:
+    """Validate a dataset selection (``--datasets``) against the datalist's items.
+
+    Every requested id must name a dataset of the datalist (aliases of the built-in datasets, e.g. ``"kits"`` for
+    ``"kits19"``, are resolved); a single string is one id.
+
+    Args:
+        datasets: the selection, or None (all datasets).
+        items: the datalist's items.
+        dataset_key: item key of the dataset id.
+
+    Returns:
+        the selection as canonical ids in the datalist, or None.
+
+    Raises:
+        ValueError: an id that no item has, listing the datalist's datasets and the known dataset ids.
+    """
+    if datasets is None:
+        return None
+    from .datasets import BUILTIN_DATASETS, DATASET_ALIASES
+
+    requested = [datasets] if isinstance(datasets, str) else list(datasets)
+    present = sorted({str(it.get(dataset_key)) for it in items if it.get(dataset_key) not in (None, "")})
+    out, unknown = [], []
+    for name in requested:
+        key = str(name)
+        if key not in present:
+            key = DATASET_ALIASES.get(key.lower(), key.lower())
+        if key in present:
+            out.append(key)
+        else:
+            unknown.append(name)
+    if unknown or not requested:
+        known = sorted(set(BUILTIN_DATASETS) | set(DATASET_ALIASES))
+        raise ValueError(
+            f"unknown dataset id(s) {unknown} in datasets={requested!r}: the datalist has {present}"
+            + (f" (known dataset ids: {known})" if unknown else "") + "."
+        )
+    return out
+
+
+def check_training_items(
+    items: Sequence[Mapping],
+    min_slices: int = 1,
+    dataset_key: str = "dataset",
+    what: str = "training",
+) -> None:
+    """Start-up checks of the items a training uses, so that problems are reported before caching and epoch 1.
+
+    - ``dataset`` key: either every item names its source dataset or none does. Items without one are fully
+      labeled data in the global convention (0 background, 1 liver, 2 kidney, 3 spleen), as
+      :class:`pipofan_monai.preprocessing.MapDatasetLabelsd` documents; a list that mixes both is refused (it also
+      cannot be collated into batches): give those items their dataset id, or a ``dataset_table`` entry of
+      their own.
+    - size: every image whose header can be read cheaply (NIfTI, NRRD, MHA; see :func:`header_shape`) has at
+      least ``min_slices`` voxels along each spatial axis (the 2.5D slab needs ``2 * context + 1`` slices).
+
+    Args:
+        items: item dicts with ``image`` (and ``label``) paths.
+        min_slices: the fewest slices a volume may have. Default 1.
+        dataset_key: item key of the dataset id. Default ``"dataset"``.
+        what: name of the list for messages. Default ``"training"``.
+
+    Raises:
+        ValueError: listing every offending item by index and file.
+    """
+    def describe(i: int, item: Mapping) -> str:
+        return f"item {i} ({item.get('case_id', item.get('image'))})"
+
+    missing = [i for i, it in enumerate(items) if it.get(dataset_key) in (None, "")]
+    if missing and len(missing) < len(items):
+        shown = ", ".join(describe(i, items[i]) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(
+            f"{len(missing)} of {len(items)} {what} items have no {dataset_key!r} key: {shown}. Either every item "
+            f"names its source dataset (e.g. 'lits', 'btcv') or none does (then all are fully labeled in the global "
+            "convention 0 background, 1 liver, 2 kidney, 3 spleen); add the key, or a dataset_table entry for "
+            "your own data."
+        )
+    if int(min_slices) > 1:
+        thin = []
+        for i, item in enumerate(items):
+            shape = header_shape(item["image"]) if isinstance(item.get("image"), (str, os.PathLike)) else None
+            if shape is not None and len(shape) >= 3 and min(shape[:3]) < int(min_slices):
+                thin.append(f"{item['image']} (shape {shape})")
+            elif shape is not None and len(shape) < 3:
+                thin.append(f"{item['image']} (shape {shape}, not a 3D volume)")
+        if thin:
+            raise ValueError(
+                f"{len(thin)} {what} volume(s) have fewer than {int(min_slices)} slices along an axis (a 2.5D "
+                f"sample needs {int(min_slices)} adjacent slices): " + "; ".join(thin[:10])
+                + ("; ..." if len(thin) > 10 else "") + ". Remove them from the datalist."
+            )
 
 
 def datalist_command(

@@ -44,6 +44,7 @@ from pipofan_monai.organs import (
     organ_table,
     validate_class_names,
 )
+from pipofan_monai.partial_labels import labeled_mask
 
 __all__ = [
     "CLASS_NAMES",
@@ -182,17 +183,6 @@ class DatasetSpec:
         names = class_names if class_names is not None else CLASS_NAMES
         k = len(names) if num_classes is None else int(num_classes)
         return labeled_mask(self.resolve(class_names, organs, num_classes=k)[1], k)
-
-
-def labeled_mask(labeled_classes: Sequence[int], num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(num_classes,) float32 0/1 vector with ones at ``labeled_classes`` and at the background (0)."""
-    mask = np.zeros(num_classes, dtype=np.float32)
-    mask[0] = 1.0
-    for c in labeled_classes:
-        if not 0 < int(c) < num_classes:
-            raise ValueError(f"labeled class {c} is outside 1..{num_classes - 1}.")
-        mask[int(c)] = 1.0
-    return mask
 
 
 _BTCV_ORGANS = ("spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",

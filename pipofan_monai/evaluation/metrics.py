@@ -63,6 +63,7 @@ from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import convert_to_numpy
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.partial_labels import resolve_labeled_mask
 
 __all__ = [
     "METRIC_NAMES",
@@ -447,26 +448,6 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- torch side
-def _labeled_mask_from(y: torch.Tensor, batch: int, num_classes: int, labeled_mask=None) -> torch.Tensor | None:
-    mask = labeled_mask
-    if mask is None and isinstance(y, MetaTensor):
-        mask = y.meta.get("labeled_mask", None)
-    if mask is None:
-        return None
-    if isinstance(mask, (list, tuple)) and mask and isinstance(mask[0], torch.Tensor):
-        mask = torch.stack([torch.as_tensor(m) for m in mask])
-    if isinstance(mask, MetaTensor):
-        mask = mask.as_tensor()
-    mask = torch.as_tensor(mask, dtype=torch.float32, device=y.device)
-    if mask.ndim == 1:
-        mask = mask[None].expand(batch, -1)
-    if tuple(mask.shape) != (batch, num_classes):
-        raise ValueError(
-            f"labeled_mask must have shape ({num_classes},) or ({batch}, {num_classes}), got {tuple(mask.shape)}."
-        )
-    return mask
-
-
 def partial_dice(
     y_pred: torch.Tensor,
     y: torch.Tensor,
@@ -498,7 +479,7 @@ def partial_dice(
     if y_pred.ndim < 3:
         raise ValueError(f"y_pred must be one-hot (B, K, spatial...), got shape {tuple(y_pred.shape)}.")
     batch, n_cls = y_pred.shape[:2]
-    mask = _labeled_mask_from(y, batch, n_cls, labeled_mask)
+    mask = resolve_labeled_mask(labeled_mask, y, batch, n_cls, y.device)
     p = (y_pred.as_tensor() if isinstance(y_pred, MetaTensor) else torch.as_tensor(y_pred)).float().flatten(2)
     g = (y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)).float().flatten(2)
     inter = (p * g).sum(-1)

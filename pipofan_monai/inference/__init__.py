@@ -9,20 +9,27 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Inference stage: the sliding-slice 2.5D inferer and the case runner (load, infer, ensemble, invert,
-post-process, save)."""
+"""Inference stage: the sliding-slice 2.5D inferer, the case runner (load, infer, ensemble, invert,
+post-process, save) and the atomic output writers."""
 
 from __future__ import annotations
 
 from .inferers import SlidingSliceInferer
-from .runner import InferenceError, SegmentationRunner, load_network_weights, majority_vote, mean_probabilities, resolve_inputs
+from .inputs import resolve_inputs
+from .pipeline import STAGES, CasePipeline, StageTimer
+from .runner import InferenceError, SegmentationRunner
+from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
 __all__ = [
     "SlidingSliceInferer",
     "InferenceError",
     "SegmentationRunner",
-    "load_network_weights",
-    "majority_vote",
-    "mean_probabilities",
     "resolve_inputs",
+    "STAGES",
+    "CasePipeline",
+    "StageTimer",
+    "LabelNiftiWriter",
+    "AtomicNiftiWriter",
+    "AtomicSaveImaged",
+    "output_is_complete",
 ]

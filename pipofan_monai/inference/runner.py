@@ -18,396 +18,41 @@ so that one bad input (a 2D image, a 4D series, an unreadable file, a folder wit
 reported with its name and does not stop the other cases, existing outputs are not overwritten unless asked,
 and several checkpoints can be combined (majority vote of label maps, the paper, or mean of probabilities).
 
-Per case: preprocessing (load, orientation RAS, HU window, in-plane resize) -> sliding-slice inference with each
-checkpoint -> ``postprocessing``: softmax -> ``Invertd`` (probabilities resampled back to the ORIGINAL grid) ->
-``AsDiscreted(argmax)`` -> connected-component filtering -> ``SaveImaged`` (uint8 NIfTI with the input's shape
-and affine). With several checkpoints, the postprocessing chain is split at its first ``AsDiscreted``: the part
-before it runs per checkpoint, the combination happens on the original grid (vote: on the argmaxed label maps;
-mean: on the probabilities), the rest runs once.
+Each case goes through :class:`~pipofan_monai.inference.pipeline.CasePipeline` (load -> 2.5D inference per
+checkpoint -> ensemble -> invert -> post-process -> save). The network and the preprocessing come from the
+checkpoint's plans (:mod:`pipofan_monai.plans`); every checkpoint of an ensemble must carry the same plans.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelWriter
 from monai.data.folder_layout import FolderLayout
-from monai.transforms import AsDiscreted, Compose, MapTransform, Orientation, SaveImaged
-from monai.utils import convert_to_dst_type
+from monai.transforms import Compose, Orientation
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
-from pipofan_monai.utils import as_bool, filename_of
-from pipofan_monai.organs import check_class_names, validate_class_names
+from pipofan_monai.inference.inputs import as_items, case_name, resolve_inputs
+from pipofan_monai.inference.pipeline import CasePipeline
+from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
+from pipofan_monai.partial_labels import get_labeled_mask
+from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
+from pipofan_monai.preprocessing.io import check_dicom_folder
+from pipofan_monai.organs import validate_class_names
+from pipofan_monai.utils import as_bool
 
-__all__ = [
-    "InferenceError",
-    "CheckVolumed",
-    "LabelNiftiWriter",
-    "check_dicom_folder",
-    "resolve_inputs",
-    "load_network_weights",
-    "checkpoint_class_names",
-    "majority_vote",
-    "mean_probabilities",
-    "SegmentationRunner",
-]
+__all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]
 
 logger = logging.getLogger("pipofan.inference")
-
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class InferenceError(RuntimeError):
     """Raised at the end of a run in which some inputs failed; the message lists every failure."""
-
-
-# ---------------------------------------------------------------------------------------------- transforms
-class CheckVolumed(MapTransform):
-    """Check that loaded images are single 3D volumes ``(1, H, W, D)`` (``D >= 1`` slices).
-
-    Place right after loading (channel first). A 2D image (``(1, H, W)``), a multi-channel or 4D series with
-    more than one volume (``(T, H, W, D)``, e.g. a 4D NIfTI) and empty images are rejected with a
-    ``ValueError`` naming the file and its shape. A 4D file with a single volume (``T == 1``) is accepted.
-
-    Args:
-        keys: image key(s). Default ``"image"``.
-        allow_missing_keys: don't raise if a key is absent.
-    """
-
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            shape = tuple(img.shape)
-            name = filename_of(img)
-            if len(shape) < 4:
-                raise ValueError(
-                    f"{key} {name} is a {len(shape) - 1}D image (channel-first shape {shape}); PIPO-FAN segments 3D "
-                    "CT volumes (H, W, D) with D >= 1 axial slices."
-                )
-            if len(shape) > 4:
-                raise ValueError(
-                    f"{key} {name} has {len(shape) - 1} spatial dimensions (channel-first shape {shape}); expected "
-                    "one 3D CT volume."
-                )
-            if shape[0] != 1:
-                raise ValueError(
-                    f"{key} {name} holds {shape[0]} volumes or channels (channel-first shape {shape}, e.g. a 4D "
-                    "series); expected one 3D CT volume: split the series and segment each volume."
-                )
-            if min(shape[1:]) < 1:
-                raise ValueError(f"{key} {name} is empty (shape {shape}).")
-        return d
-
-
-class LabelNiftiWriter(NibabelWriter):
-    """``monai.data.NibabelWriter`` that keeps the volume's spatial dimensions for single-channel data.
-
-    MONAI's writers squeeze trailing singleton dimensions, so a one-slice volume ``(1, H, W, 1)`` would be
-    written as a 2D ``(H, W)`` NIfTI; this writer writes ``(H, W, 1)``, the input's exact shape. Use it with
-    ``SaveImaged(writer=LabelNiftiWriter, ...)``. Multi-channel data are written as MONAI does (channel last).
-    """
-
-    def set_data_array(self, data_array: Any, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
-        """Args: as ``NibabelWriter.set_data_array``; shape ``(1, H, W, D)`` is written as ``(H, W, D)``."""
-        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=squeeze_end_dims, **kwargs)
-        shape = list(data_array.shape)
-        if channel_dim is not None:
-            cdim = int(channel_dim) % len(shape)
-            if shape[cdim] != 1:
-                return
-            shape.pop(cdim)
-        spatial = shape[:3]
-        if self.data_obj is not None and len(self.data_obj.shape) < len(spatial):
-            if int(np.prod(spatial)) == int(np.prod(self.data_obj.shape)):
-                self.data_obj = self.data_obj.reshape(spatial)
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def check_dicom_folder(path: str | os.PathLike) -> list[str]:
-    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them).
-
-    Args:
-        path: a folder.
-
-    Returns:
-        the series UIDs; ``ITKReader`` reads the first one (a warning is logged when there are several).
-
-    Raises:
-        ValueError: the folder holds no DICOM series (message names the folder and what it contains).
-    """
-    import itk
-
-    folder = os.fspath(path)
-    gen = itk.GDCMSeriesFileNames.New()
-    gen.SetUseSeriesDetails(True)
-    gen.AddSeriesRestriction("0008|0021")  # series date, as MONAI's ITKReader
-    gen.SetGlobalWarningDisplay(False)
-    gen.SetDirectory(folder)
-    uids = [str(u) for u in gen.GetSeriesUIDs()]
-    if not uids:
-        entries = sorted(os.listdir(folder))
-        hint = f"{len(entries)} entries, e.g. {entries[:3]}" if entries else "it is empty"
-        raise ValueError(f"folder {folder} contains no DICOM series ({hint}).")
-    if len(uids) > 1:
-        logger.warning(
-            f"folder {folder} contains {len(uids)} DICOM series; reading the first one ({uids[0]}). Put each series "
-            "in its own folder to segment the others."
-        )
-    return uids
-
-
-def _norm_path(p: Any) -> str:
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(p))))
-
-
-def _as_items(inputs: Any) -> list[dict]:
-    if isinstance(inputs, (str, os.PathLike, Mapping)):
-        inputs = [inputs]
-    items = []
-    for x in inputs:
-        item = dict(x) if isinstance(x, Mapping) else {"image": x}
-        if not isinstance(item.get("image"), (str, os.PathLike)):
-            raise ValueError(f"each input needs an 'image' path, got {x!r}.")
-        item["image"] = _norm_path(item["image"])
-        if isinstance(item.get("label"), (str, os.PathLike)):
-            item["label"] = _norm_path(item["label"])
-        items.append(item)
-    return items
-
-
-def resolve_inputs(
-    input_files: str | os.PathLike | Sequence | None = None,
-    datalist: str | os.PathLike | Mapping | None = None,
-    dataset_dir: str | os.PathLike | None = None,
-    datalist_key: str = "test",
-    demo_dir: str | os.PathLike | None = None,
-) -> list[dict]:
-    """The items to segment, ``[{"image": path, ("label": path, "dataset": id, ...)}]``, with absolute paths.
-
-    Precedence: ``input_files``; else ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``
-    or the JSON's folder); else every NIfTI/NRRD/MHA file directly in ``dataset_dir``; else the built-in
-    SYNTHETIC demo dataset's held-out ``test`` volumes (generated on first use, see
-    :py:func:`pipofan_monai.dataset_conversion.ensure_demo_dataset`).
-
-    Args:
-        input_files: one path or a list of paths (NIfTI/NRRD files or DICOM series folders) or item dicts.
-        datalist: a datalist JSON file or dict (``pipofan_monai`` datalist or MONAI decathlon style).
-        dataset_dir: base folder of the datalist's relative paths, or a folder of images.
-        datalist_key: the datalist list to read. Default ``"test"``.
-        demo_dir: demo dataset folder (default ``$PIPOFAN_DEMO_DIR`` or ``~/.cache/pipofan_monai/demo``).
-
-    Raises:
-        ValueError: nothing to segment (empty list, empty folder, missing datalist key).
-        FileNotFoundError: ``dataset_dir`` or the datalist does not exist.
-    """
-    if input_files not in (None, "", []):
-        items = _as_items(input_files)
-    elif datalist not in (None, ""):
-        if isinstance(datalist, Mapping):
-            dl, base = dict(datalist), Path(dataset_dir or ".").expanduser()
-            src = "<dict>"
-        else:
-            p = Path(datalist).expanduser()
-            if not p.is_file():
-                raise FileNotFoundError(f"datalist not found: {p}")
-            dl, src = json.loads(p.read_text()), str(p)
-            base = Path(dataset_dir).expanduser() if dataset_dir else p.parent
-        if not isinstance(dl.get(datalist_key), list):
-            raise ValueError(f"datalist {src} has no list {datalist_key!r}; keys: {sorted(dl)}.")
-        items = []
-        for x in dl[datalist_key]:
-            item = {"image": x} if isinstance(x, (str, os.PathLike)) else dict(x)
-            for k in ("image", "label"):
-                if isinstance(item.get(k), str) and not os.path.isabs(os.path.expanduser(item[k])):
-                    item[k] = str(base / item[k])
-            items.append(item)
-        items = _as_items(items)
-    elif dataset_dir not in (None, ""):
-        folder = Path(dataset_dir).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dataset_dir not found: {folder}")
-        files = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(_IMAGE_SUFFIXES))
-        items = _as_items(files)
-    else:
-        from pipofan_monai.dataset_conversion import ensure_demo_dataset
-
-        path = ensure_demo_dataset(demo_dir)
-        logger.info(f"no input given: segmenting the SYNTHETIC demo dataset's held-out test volumes ({path})")
-        return resolve_inputs(datalist=path, datalist_key="test")
-    if not items:
-        raise ValueError(
-            f"nothing to segment: input_files={input_files!r}, datalist={datalist!r}, dataset_dir={dataset_dir!r}."
-        )
-    return items
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_class_names(ckpt: Any) -> list[str] | None:
-    """The class names a checkpoint was trained with (``ckpt["plans"]["class_names"]`` of a self-describing
-    checkpoint, or a top-level ``"class_names"``), or None for a checkpoint that does not record them."""
-    if not isinstance(ckpt, Mapping):
-        return None
-    plans = ckpt.get("plans")
-    names = plans.get("class_names") if isinstance(plans, Mapping) else None
-    if names is None:
-        names = ckpt.get("class_names")
-    if names is None or isinstance(names, str) or not isinstance(names, Sequence):
-        return None
-    return [str(n) for n in names]
-
-
-def load_network_weights(
-    network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
-    class_names: Sequence[str] | None = None,
-) -> torch.nn.Module:
-    """Load a checkpoint into ``network`` strictly, with an error naming every mismatch.
-
-    Accepts a plain ``state_dict`` (MONAI ``CheckpointSaver`` with one object), ``{"model": state_dict, ...}``
-    (e.g. the training's ``last.pt``) or ``{"state_dict": ...}``; a ``module.`` prefix (DataParallel/DDP) is
-    removed.
-
-    Args:
-        network: the instantiated network (``network_def``).
-        ckpt_path: checkpoint file.
-        map_location: where the tensors are loaded before copying. Default CPU.
-        class_names: the config's vocabulary; a checkpoint that records another one is refused (before the
-            weights are compared), see :py:func:`pipofan_monai.organs.check_class_names`.
-
-    Returns:
-        ``network`` with the weights loaded.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, no state dict inside, or keys/shapes that differ from the network (the
-            message lists missing and unexpected keys and shape mismatches: a checkpoint of another architecture,
-            e.g. other ``network_channels`` or ``num_classes``).
-    """
-    path = os.fspath(ckpt_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"checkpoint not found: {path!r} (train the bundle first, or pass --ckpt_path <file>)."
-        )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise ValueError(f"could not read checkpoint {path!r}: {type(e).__name__}: {e}") from e
-    if class_names is not None:
-        check_class_names(checkpoint_class_names(ckpt), class_names, path)
-    state = ckpt
-    if isinstance(ckpt, Mapping):
-        for key in ("model", "state_dict", "network"):
-            if isinstance(ckpt.get(key), Mapping):
-                state = ckpt[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        top = sorted(map(str, ckpt))[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path!r} holds no model state_dict (found: {top}).")
-    net_state = network.state_dict()
-    if all(str(k).startswith("module.") for k in state) and not any(k.startswith("module.") for k in net_state):
-        state = {str(k)[len("module.") :]: v for k, v in state.items()}
-    missing = [k for k in net_state if k not in state]
-    unexpected = [k for k in state if k not in net_state]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}"
-        for k, v in net_state.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys, e.g. {missing[:5]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:5]))
-        raise ValueError(
-            f"checkpoint {path!r} does not match the network ({type(network).__name__}): " + "; ".join(parts)
-            + ". It was trained with another architecture: set network_channels / num_classes / context as in "
-            "training."
-        )
-    network.load_state_dict(state, strict=True)
-    return network
-
-
-# ---------------------------------------------------------------------------------------------- ensembles
-def majority_vote(label_maps: Sequence[Any], num_classes: int) -> Any:
-    """Voxel-wise majority vote of label maps (the paper's fold ensemble).
-
-    Ties are broken in favour of the LOWEST class id among the most voted (background first: e.g. two folds
-    saying liver, two spleen and one background gives liver), a conservative and deterministic rule.
-
-    Args:
-        label_maps: ``M >= 1`` integer label maps of identical shape (any shape, e.g. ``(1, H, W, D)``), torch
-            tensors / MetaTensors / numpy arrays, values in ``0 .. num_classes - 1``.
-        num_classes: K.
-
-    Returns:
-        the voted label map, same shape, type and dtype as ``label_maps[0]`` (MetaTensor metadata kept).
-
-    Raises:
-        ValueError: no maps, shapes differ, or values outside ``0 .. num_classes - 1``.
-    """
-    if len(label_maps) == 0:
-        raise ValueError("majority_vote needs at least one label map.")
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    ref = label_maps[0]
-    maps = [torch.as_tensor(m.as_tensor() if isinstance(m, MetaTensor) else m) for m in label_maps]
-    shape = tuple(maps[0].shape)
-    for i, m in enumerate(maps):
-        if tuple(m.shape) != shape:
-            raise ValueError(f"label map {i} has shape {tuple(m.shape)}, map 0 has {shape}.")
-        lo, hi = float(m.min()), float(m.max())
-        if lo < 0 or hi > num_classes - 1 or (m.is_floating_point() and not torch.equal(m, m.round())):
-            raise ValueError(f"label map {i} holds values outside the class ids 0..{num_classes - 1} ({lo}..{hi}).")
-    counts = torch.zeros((int(num_classes), *shape), dtype=torch.int16, device=maps[0].device)
-    for m in maps:
-        m = m.long()
-        for c in range(int(num_classes)):
-            counts[c] += m == c
-    voted = torch.argmax(counts, dim=0)  # first (lowest) class among equal maxima
-    return convert_to_dst_type(voted, ref, dtype=ref.dtype)[0]
-
-
-def mean_probabilities(probabilities: Iterable[Any]) -> Any:
-    """Mean of probability maps (the alternative fold ensemble), accumulated one map at a time.
-
-    Args:
-        probabilities: an iterable (a generator works, keeping memory at two maps) of ``(K, ...)`` maps of
-            identical shape (torch / MetaTensor / numpy).
-
-    Returns:
-        the mean, float32, type of the first map (MetaTensor metadata kept).
-
-    Raises:
-        ValueError: empty iterable or shapes differ.
-    """
-    total, first, n = None, None, 0
-    for p in probabilities:
-        t = torch.as_tensor(p.as_tensor() if isinstance(p, MetaTensor) else p).float()
-        if total is None:
-            total, first = t.clone(), p
-        elif tuple(t.shape) != tuple(total.shape):
-            raise ValueError(f"probability map {n} has shape {tuple(t.shape)}, map 0 has {tuple(total.shape)}.")
-        else:
-            total += t
-        n += 1
-    if total is None:
-        raise ValueError("mean_probabilities needs at least one probability map.")
-    return convert_to_dst_type(total / n, first, dtype=torch.float32)[0]
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -431,14 +76,6 @@ def _root_error(e: BaseException) -> BaseException:
     return e
 
 
-def _case_name(path: str) -> str:
-    base = os.path.basename(path)
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return base
-
-
 class SegmentationRunner:
     """Run the bundle's components over many volumes, robustly, with optional ensembles and evaluation.
 
@@ -455,21 +92,24 @@ class SegmentationRunner:
             lowest class id; the paper) or ``"mean"`` (mean of the probabilities, then argmax). Used when several
             checkpoints are given.
         overwrite: ``False`` (default): a case whose output file exists fails with ``FileExistsError`` naming the
-            file, other cases go on; ``True``: replace; ``"skip"``: leave the case (reported as skipped).
+            file, other cases go on; ``True``: replace; ``"skip"``: leave a case whose outputs all exist and are
+            complete (reported as skipped; see :func:`pipofan_monai.inference.writers.output_is_complete`), segment
+            the others again. Temporary files of writes killed in an earlier run are removed first.
         save_overlay: write ``<output_dir>/<name>_overview.png`` per case (axial + coronal slices, organs over
             the windowed CT; with a label, prediction vs ground truth).
         evaluate: compare with the item's ``label`` (mapped to the global classes with its ``dataset`` id) and
             write ``evaluation.json`` / CSV reports into ``report_dir``.
         report_dir: folder for the evaluation reports (default: the output folder of the label ``SaveImaged``).
-        class_names: the vocabulary, index = class id (background first); a checkpoint that records another
-            vocabulary is refused with an error naming both.
+        class_names: class names, index = class id.
         datasets: extra dataset table for label mapping (as ``MapDatasetLabelsd(datasets=...)``).
         hu_window: display window of the overview PNGs.
         fail_on_error: raise :class:`InferenceError` at the end when some case failed (the bundle runner then
             exits non-zero); otherwise only log the failures.
         pred_key: key of the prediction. Default ``"pred"``.
         image_key: key of the image. Default ``"image"``.
-        organs: optional config-level ``organ_table`` (new organs, colours).
+        plans: the plans the network and preprocessing were built from (:func:`pipofan_monai.plans.resolve_plans`);
+            each checkpoint that carries plans must match them (clear error naming both otherwise).
+        organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
     """
 
     def __init__(
@@ -489,10 +129,9 @@ class SegmentationRunner:
         fail_on_error: bool = True,
         pred_key: str = "pred",
         image_key: str = "image",
+        plans: Mapping[str, Any] | None = None,
         organs: Mapping[str, Any] | None = None,
     ) -> None:
-        if str(ensemble_mode).lower() not in ("vote", "mean"):
-            raise ValueError(f"ensemble_mode must be 'vote' or 'mean', got {ensemble_mode!r}.")
         self.network = network
         self.preprocessing = preprocessing if isinstance(preprocessing, Compose) else Compose(preprocessing)
         self.inferer = inferer
@@ -502,25 +141,33 @@ class SegmentationRunner:
         self.save_overlay = as_bool(save_overlay, "save_overlay")
         self.evaluate = as_bool(evaluate, "evaluate")
         self.report_dir = report_dir
+        self.class_names = list(class_names)
         self.organs = dict(organs) if organs else None
-        self.class_names = list(validate_class_names(class_names, self.organs))
         self.datasets = datasets
         self.hu_window = tuple(float(v) for v in hu_window)
         self.fail_on_error = as_bool(fail_on_error, "fail_on_error")
         self.pred_key = pred_key
         self.image_key = image_key
-        post = list(self.postprocessing.flatten().transforms)
-        self.savers = [t for t in post if isinstance(t, SaveImaged)]
+        self.plans = dict(plans) if plans is not None else None
+        self.pipeline = CasePipeline(self.preprocessing, inferer, self.postprocessing, len(self.class_names),
+                                     self.ensemble_mode, pred_key, image_key)
+        #: optional :class:`~pipofan_monai.inference.pipeline.StageTimer` (per-stage times of every case)
+        self.timer = None
+        self.savers = self.pipeline.savers
         label_savers = [t for t in self.savers if self.pred_key in t.keys]
         self.output_dir = (
             str(label_savers[0].saver.folder_layout.output_dir) if label_savers else (str(report_dir or "."))
         )
-        split = next((i for i, t in enumerate(post) if isinstance(t, AsDiscreted)), None)
-        self._post_head = Compose(post[:split]) if split is not None else None
-        self._post_argmax = post[split] if split is not None else None
-        self._post_tail = Compose(post[split + 1 :]) if split is not None else None
 
     # ------------------------------------------------------------------ helpers
+    def _label_names(self) -> list[str] | None:
+        """The vocabulary for mapping labels by organ name, or None when the names are not organs of the table
+        (e.g. ``class1`` placeholders of a checkpoint without plans): labels are then mapped by class id."""
+        try:
+            return list(validate_class_names(self.class_names, self.organs))
+        except ValueError:
+            return None
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -544,14 +191,20 @@ class SegmentationRunner:
         paths = [ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path)
         if not paths:
             raise ValueError("ckpt_path is empty: give a checkpoint file or a list of checkpoint files.")
+        self._ckpt_names = [os.fspath(p) for p in paths]
         nets = []
         for i, p in enumerate(paths):
+            if self.plans is not None:
+                stored = read_plans(p)
+                if stored is not None:
+                    check_plans_match(self.plans, stored, f"checkpoint {os.fspath(p)} and the bundle's plans (from "
+                                                          f"{self.plans.get('source', 'the config')})")
             net = self.network if i == 0 else copy.deepcopy(self.network)
-            load_network_weights(net, p, class_names=self.class_names)
+            load_network_weights(net, p)
             nets.append(net.eval())
             logger.info(f"loaded checkpoint {os.fspath(p)}")
         if len(nets) > 1:
-            if self._post_argmax is None:
+            if self.pipeline.split is None:
                 raise ValueError("an ensemble needs an AsDiscreted (argmax) transform in postprocessing.")
             logger.info(f"ensemble of {len(nets)} checkpoints, mode {self.ensemble_mode!r}")
         return nets
@@ -565,9 +218,11 @@ class SegmentationRunner:
         from pipofan_monai.preprocessing import LoadCTd, MapDatasetLabelsd
 
         d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
-        d = MapDatasetLabelsd("label", datasets=self.datasets, class_names=self.class_names, organs=self.organs)(d)
+        names = self._label_names()
+        d = MapDatasetLabelsd("label", num_classes=None if names else self.num_classes, datasets=self.datasets,
+                              class_names=names, organs=self.organs)(d)
         label = d["label"]
-        mask = label.meta["labeled_mask"].reshape(-1).tolist()
+        mask = get_labeled_mask(label).reshape(-1).tolist()
         labeled = [c for c in range(1, self.num_classes) if mask[c] > 0]
         if tuple(label.shape) != tuple(pred.shape) or not np.allclose(
             np.asarray(label.affine), np.asarray(pred.affine), atol=1e-3
@@ -589,36 +244,7 @@ class SegmentationRunner:
         image_path = item[self.image_key]
         if os.path.isdir(image_path):
             check_dicom_folder(image_path)
-        d = self.preprocessing({self.image_key: image_path})
-        image = d[self.image_key]
-        batch = image[None]
-        with torch.no_grad():
-            if len(nets) == 1:
-                d[self.pred_key] = self.inferer(batch, nets[0])[0]
-                return self.postprocessing(d)
-            probs_sum, labels, last = None, [], None
-            for net in nets:
-                dk = self._post_head({**d, self.pred_key: self.inferer(batch, net)[0]})
-                prob = dk[self.pred_key]
-                if self.ensemble_mode == "mean" or "prob" in dk:
-                    t = prob.as_tensor() if isinstance(prob, MetaTensor) else torch.as_tensor(prob)
-                    probs_sum = t.float().clone() if probs_sum is None else probs_sum.add_(t)
-                if self.ensemble_mode == "vote":
-                    lab = self._post_argmax(dict(dk))[self.pred_key]
-                    labels.append(lab.to(torch.uint8))
-                last = dk
-            out = dict(last)
-            if probs_sum is not None:
-                mean = convert_to_dst_type(probs_sum / len(nets), last[self.pred_key], dtype=torch.float32)[0]
-                if "prob" in out:
-                    out["prob"] = mean
-            if self.ensemble_mode == "mean":
-                out[self.pred_key] = mean
-                out = self._post_argmax(out)
-            else:
-                voted = majority_vote(labels, self.num_classes)
-                out[self.pred_key] = convert_to_dst_type(voted, last[self.pred_key], dtype=torch.float32)[0]
-            return self._post_tail(out)
+        return self.pipeline(item, nets, self.timer, getattr(self, "_ckpt_names", None))
 
     # ------------------------------------------------------------------ main
     def run(self, items: Sequence[Mapping | str] | str, ckpt_path: str | os.PathLike | Sequence) -> dict:
@@ -637,7 +263,7 @@ class SegmentationRunner:
             FileNotFoundError, ValueError: checkpoint problems (before any case is processed).
             InferenceError: at the end, when some cases failed and ``fail_on_error``.
         """
-        items = _as_items(items)
+        items = as_items(items)
         nets = self._networks(ckpt_path)
         planned: dict[str, str] = {}
         cases: list[dict] = []
@@ -645,7 +271,7 @@ class SegmentationRunner:
         t_start = time.perf_counter()
         for i, item in enumerate(items):
             path = item[self.image_key]
-            name = _case_name(path)
+            name = case_name(path)
             case: dict[str, Any] = {"image": path, "name": name, "status": "failed", "outputs": [], "shape": None,
                                     "seconds": 0.0, "error": None}
             cases.append(case)
@@ -660,15 +286,27 @@ class SegmentationRunner:
                         "segment these inputs in separate runs or output folders."
                     )
                 planned.update({o: path for o in outputs})
+                remove_stale_temp_files(outputs)  # left by a write that was killed in an earlier run
                 existing = [o for o in outputs if os.path.exists(o)]
-                if existing and self.overwrite == "skip":
-                    case["status"] = "skipped"
-                    logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, output exists: {existing[0]}")
-                    continue
-                if existing and self.overwrite is not True:
+                if self.overwrite == "skip":
+                    # only a case whose outputs all exist and are complete is done; a truncated file (full disk
+                    # or kill in an earlier version) or a missing one means the case is segmented again
+                    redo = [o for o in outputs if not output_is_complete(o)]
+                    if not redo:
+                        case["status"] = "skipped"
+                        logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, outputs exist: {outputs[0]}")
+                        continue
+                    if existing:
+                        logger.warning(
+                            f"[{i + 1}/{len(items)}] {name}: output {redo[0]} is "
+                            + ("incomplete" if os.path.exists(redo[0]) else "missing") + ", segmenting again"
+                        )
+                elif existing and self.overwrite is not True:
+                    broken = [o for o in existing if not output_is_complete(o)]
                     raise FileExistsError(
                         f"output file exists: {existing[0]} (pass --overwrite True to replace it, or --overwrite "
-                        "skip to keep it)."
+                        "skip to keep complete outputs)."
+                        + (f" {broken[0]} is incomplete (an interrupted earlier run)." if broken else "")
                     )
                 d = self._segment(item, nets)
                 pred = d[self.pred_key]
@@ -728,8 +366,7 @@ class SegmentationRunner:
             from pipofan_monai.visualize import save_overlay_png
             from pipofan_monai.visualize.overlay import class_colors
 
-            loader = self.preprocessing.transforms[0]
-            original = loader({self.image_key: item[self.image_key]})[self.image_key]
+            original = self.pipeline.pre[0]({self.image_key: item[self.image_key]})[self.image_key]  # the loader
             if pair is not None:
                 label, pred_on, reoriented = pair
                 if reoriented:  # label and prediction were put in RAS: the image too

@@ -70,10 +70,16 @@ class DeepPyramidSupervisionLoss(_Loss):
         scale_reduction: ``"sum"`` (authors' code) or ``"mean"`` (paper Eq. 1, weighted mean). Defaults to ``"sum"``.
         label_mode: ``"upsample"`` or ``"pool"``. Defaults to ``"upsample"``.
         has_fused: whether the first element of a list input is the fused output. Defaults to True.
+        num_scales: the number S of pyramid outputs the network gives (PIPO-FAN's ``num_scales_out``); a list
+            input must then hold exactly ``S + 1`` tensors (``S`` with ``has_fused=False``), otherwise
+            :meth:`forward` raises ``ValueError``: a wrong count means the loss and the network disagree (e.g. a
+            config that changed ``num_scales_out`` but not the loss). The bundle sets it from the network
+            (``"$@network_def.num_scales_out"``). Defaults to None: any number of outputs is accepted (the
+            behaviour of ``monai.losses.DeepSupervisionLoss``).
 
     Raises:
         ValueError: unknown ``stage`` / ``scale_reduction`` / ``label_mode``, negative weights,
-            ``stage="fused"`` with ``has_fused=False``.
+            ``stage="fused"`` with ``has_fused=False``, ``num_scales < 1``.
 
     Example::
 
@@ -91,6 +97,7 @@ class DeepPyramidSupervisionLoss(_Loss):
         scale_reduction: str = "sum",
         label_mode: str = "upsample",
         has_fused: bool = True,
+        num_scales: int | None = None,
     ) -> None:
         super().__init__()
         self.loss = TargetAdaptiveLoss() if loss is None else loss
@@ -100,6 +107,10 @@ class DeepPyramidSupervisionLoss(_Loss):
             params = {}
         self._accepts_mask = "labeled_mask" in params
         self.has_fused = bool(has_fused)
+        if num_scales is not None and (isinstance(num_scales, bool) or int(num_scales) != num_scales
+                                       or int(num_scales) < 1):
+            raise ValueError(f"num_scales must be a positive integer (pyramid outputs), got {num_scales!r}.")
+        self.num_scales: int | None = None if num_scales is None else int(num_scales)
         if weights is not None:
             weights = [float(w) for w in weights]
             if any(not w >= 0 for w in weights):
@@ -172,8 +183,9 @@ class DeepPyramidSupervisionLoss(_Loss):
             The loss, reduced as the base loss reduces it.
 
         Raises:
-            ValueError: ``input`` is None or an empty list, no pyramid output to supervise, a mask given to a base
-                loss that does not accept one, output shapes that differ from the label's in pool mode.
+            ValueError: ``input`` is None or an empty list, a list whose length differs from ``num_scales``
+                (+1 with ``has_fused``) when ``num_scales`` is set, no pyramid output to supervise, a mask given to
+                a base loss that does not accept one, output shapes that differ from the label's in pool mode.
         """
         if input is None:
             raise ValueError("input must be a tensor or a list of tensors, got None.")
@@ -186,6 +198,15 @@ class DeepPyramidSupervisionLoss(_Loss):
         outputs = list(input)
         if len(outputs) == 0:
             raise ValueError("input is an empty list of outputs.")
+        if self.num_scales is not None and len(outputs) != self.num_scales + int(self.has_fused):
+            expected = (f"[fused, f_1, ..., f_{self.num_scales}]" if self.has_fused
+                        else f"[f_1, ..., f_{self.num_scales}]")
+            raise ValueError(
+                f"DeepPyramidSupervisionLoss expects {self.num_scales + int(self.has_fused)} outputs {expected} "
+                f"(num_scales={self.num_scales}, has_fused={self.has_fused}), got a list of {len(outputs)}: the "
+                "loss and the network disagree on the number of pyramid outputs (set num_scales to the network's "
+                "num_scales_out)."
+            )
         if self._stage == "fused":
             if not self.has_fused:  # pragma: no cover - prevented by set_stage
                 raise ValueError("stage 'fused' needs has_fused=True.")

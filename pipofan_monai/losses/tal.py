@@ -23,65 +23,9 @@ from monai.data import MetaTensor
 from monai.utils import LossReduction, look_up_option
 from torch.nn.modules.loss import _Loss
 
+from pipofan_monai.partial_labels import resolve_labeled_mask
+
 __all__ = ["TargetAdaptiveLoss", "resolve_labeled_mask"]
-
-LABELED_MASK_KEY = "labeled_mask"
-
-
-def _mask_from_meta(target: torch.Tensor) -> Any:
-    """The ``labeled_mask`` stored in ``target.meta`` if ``target`` is a MetaTensor that has one, else None."""
-    if isinstance(target, MetaTensor):
-        return target.meta.get(LABELED_MASK_KEY, None)
-    return None
-
-
-def resolve_labeled_mask(
-    labeled_mask: Any, target: torch.Tensor, batch_size: int, num_classes: int, device: torch.device | str
-) -> torch.Tensor | None:
-    """Turn the per-sample partial-label mask into a boolean ``(batch_size, num_classes)`` tensor.
-
-    Args:
-        labeled_mask: ``(K,)`` or ``(B, K)`` bool / 0-1 values (tensor, array or sequence; a list of ``K``
-            per-class tensors of shape ``(B,)``, as produced by collating a Python list, is also accepted), or
-            None to read ``target.meta["labeled_mask"]`` when ``target`` is a MetaTensor that has it.
-        target: the label tensor (only its meta is read).
-        batch_size: B.
-        num_classes: K.
-        device: device of the returned tensor.
-
-    Returns:
-        A ``(B, K)`` bool tensor with column 0 (background) forced to True, or None when no mask is given
-        and none is stored in the meta (every class is labeled).
-
-    Raises:
-        ValueError: the mask does not have shape ``(K,)`` or ``(B, K)``, or holds values other than 0 and 1.
-    """
-    if labeled_mask is None:
-        labeled_mask = _mask_from_meta(target)
-        if labeled_mask is None:
-            return None
-    if isinstance(labeled_mask, (list, tuple)) and len(labeled_mask) > 0 and isinstance(labeled_mask[0], torch.Tensor):
-        mask = torch.stack([torch.as_tensor(m, device=device) for m in labeled_mask], dim=-1)
-    else:
-        mask = torch.as_tensor(labeled_mask, device=device)
-    if isinstance(mask, MetaTensor):
-        mask = mask.as_tensor()
-    if mask.ndim == 1:
-        mask = mask.unsqueeze(0)
-    if mask.ndim != 2 or mask.shape[1] != num_classes or mask.shape[0] not in (1, batch_size):
-        shape = tuple(mask.shape[1:]) if mask.ndim == 2 and mask.shape[0] == 1 else tuple(mask.shape)
-        raise ValueError(
-            f"labeled_mask must have shape (K,)=({num_classes},) or (B, K)=({batch_size}, {num_classes}), got {shape}."
-        )
-    if mask.dtype != torch.bool:
-        bad = (mask != 0) & (mask != 1)
-        if bool(bad.any()):
-            raise ValueError(f"labeled_mask values must be 0 or 1 (or bool), got {mask[bad].unique().tolist()}.")
-        mask = mask != 0
-    mask = mask.expand(batch_size, num_classes).clone()
-    mask[:, 0] = True
-    return mask
-
 
 class TargetAdaptiveLoss(_Loss):
     """Target adaptive loss: cross-entropy in which, for each sample, the background and every organ that the
@@ -127,6 +71,9 @@ class TargetAdaptiveLoss(_Loss):
         dice_include_background: include the merged background class in the marginal Dice. Defaults to True.
         smooth_nr: Dice numerator smoothing. Defaults to 1e-5.
         smooth_dr: Dice denominator smoothing. Defaults to 1e-5.
+        require_labeled_mask: raise when neither ``labeled_mask`` nor ``target.meta["labeled_mask"]`` is given
+            instead of treating every class as labeled (the bundle sets it: a lost mask must not silently turn
+            TAL into plain cross-entropy). Defaults to False.
 
     Raises:
         ValueError: negative or non-finite class weights, negative term weights, ``reduction="none"`` combined
@@ -150,6 +97,7 @@ class TargetAdaptiveLoss(_Loss):
         dice_include_background: bool = True,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
+        require_labeled_mask: bool = False,
     ) -> None:
         super().__init__(reduction=look_up_option(reduction, LossReduction).value)
         if class_weights is not None:
@@ -172,6 +120,7 @@ class TargetAdaptiveLoss(_Loss):
         self.dice_include_background = bool(dice_include_background)
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
+        self.require_labeled_mask = bool(require_labeled_mask)
 
     def _validate(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> bool:
         """Shape and value checks; the value statistics are fetched from the device with one synchronisation.
@@ -230,18 +179,26 @@ class TargetAdaptiveLoss(_Loss):
                 possibly a MetaTensor).
             labeled_mask: which classes each sample's dataset annotates, ``(B, K)`` or ``(K,)`` bool / 0-1
                 (column 0 is ignored and treated as labeled). If None, ``target.meta["labeled_mask"]`` is used when
-                ``target`` is a MetaTensor that has it; otherwise every class is labeled (plain cross-entropy).
+                ``target`` is a MetaTensor that has it; otherwise every class is labeled (plain cross-entropy), or, with
+                ``require_labeled_mask``, :class:`~pipofan_monai.partial_labels.MissingLabeledMaskError`.
 
         Returns:
             A scalar for ``"mean"`` / ``"sum"``; the per-voxel weighted loss ``(B, 1, H, W[, D])`` for ``"none"``.
 
         Raises:
-            ValueError: bad shapes (input, target, mask, class_weights), target values outside ``0..K-1`` or
-                non-integer, non-finite logits.
+            ValueError: bad shapes (input, target, mask, class_weights), an empty input (no sample, or a zero
+                spatial size: the loss is undefined, not zero), target values outside ``0..K-1`` or non-integer,
+                non-finite logits.
         """
         if input.ndim < 3:
             raise ValueError(f"input must have shape (B, K, spatial...), got {tuple(input.shape)}.")
-        mask = resolve_labeled_mask(labeled_mask, target, input.shape[0], input.shape[1], input.device)
+        if input.numel() == 0:
+            raise ValueError(
+                f"TargetAdaptiveLoss got an empty input of shape {tuple(input.shape)} (no sample or no voxel): the "
+                "loss of an empty batch is undefined; check the data loader (batch size, sampler, crop size)."
+            )
+        mask = resolve_labeled_mask(labeled_mask, target, input.shape[0], input.shape[1], input.device,
+                                    required=self.require_labeled_mask)
         if isinstance(input, MetaTensor):
             input = input.as_tensor()
         if isinstance(target, MetaTensor):

@@ -132,7 +132,9 @@ class PIPOFAN(nn.Module):
 
     Input and output (``forward``):
         - input: ``(Batch, in_channels, H, W)`` (or ``(Batch, in_channels, H, W, D)`` in 3D); every spatial
-          size must be divisible by 16 (``2 ** 4``, the four poolings), e.g. 224, 256, 512 or 256x240.
+          size must be divisible by 16 (``2 ** 4``, the four poolings), e.g. 224, 256, 512 or 256x240. The dtype
+          must be the weights' (float32 by default; CUDA autocast handles float16): the input is not cast, as in
+          MONAI's networks, and an integer or float64 input raises ``TypeError`` saying so.
         - eval mode: ONE tensor ``(Batch, out_channels, H, W)``: fused logits F (or f_1 without AF).
         - train mode: a list of logits, all at input size, ordered fine to coarse after the fused output:
           ``[F, f_1, f_2, ..., f_S]`` with AF, ``[f_1, ..., f_S]`` without AF (f_1 is the finest output; the
@@ -152,6 +154,7 @@ class PIPOFAN(nn.Module):
     """
 
     num_levels = 5
+    __jit_ignored_attributes__ = ["_init_config"]
 
     def __init__(
         self,
@@ -188,6 +191,14 @@ class PIPOFAN(nn.Module):
         if adaptive_fusion and num_scales_out < 2:
             raise ValueError("adaptive_fusion=True needs num_scales_out >= 2 (there is nothing to fuse).")
 
+        # constructor arguments, for self-describing checkpoints (pipofan_monai.plans)
+        self._init_config = {
+            "spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
+            "channels": list(channels), "num_scales_in": num_scales_in, "num_scales_out": num_scales_out,
+            "block": block, "ecd": bool(ecd), "adaptive_fusion": bool(adaptive_fusion), "fuse_mode": fuse_mode,
+            "legacy_projections": bool(legacy_projections),
+            "act": list(act) if isinstance(act, tuple) else act, "norm": list(norm) if isinstance(norm, tuple) else norm,
+        }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -243,8 +254,33 @@ class PIPOFAN(nn.Module):
             AdaptiveFusion(spatial_dims, out_channels, act, norm) if adaptive_fusion else None
         )
 
+    @torch.jit.unused
+    def get_config(self) -> dict:
+        """The constructor arguments (a copy), so that ``PIPOFAN(**net.get_config())`` builds the same network."""
+        import copy
+
+        return copy.deepcopy(self._init_config)
+
     def check_input_shape(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless x is ``(B, in_channels, *spatial)`` with every spatial size divisible by 16."""
+        """Raise ``ValueError`` unless x is ``(B, in_channels, *spatial)`` with every spatial size divisible by 16,
+        and ``TypeError`` for an integer input or a float64 input to a network whose weights are not float64.
+
+        Like MONAI's networks, PIPOFAN does not cast its input: convert it with ``x.float()`` (the bundle's
+        transforms give float32), or the network with ``net.double()`` for float64 computations. The check only
+        replaces torch's ``"Input type (double) and bias type (float) should be the same"`` with a message that
+        says what to do; other mismatches (e.g. float16 without autocast) are left to torch.
+        """
+        weight_dtype = self.stem.conv1.weight.dtype
+        if not x.is_floating_point():
+            raise TypeError(
+                "PIPOFAN expects a floating-point input (float32), got dtype " + str(x.dtype) + "; convert it with "
+                "x.float() (CT intensities are windowed and scaled by the preprocessing)."
+            )
+        if x.dtype == torch.float64 and weight_dtype != torch.float64:
+            raise TypeError(
+                "PIPOFAN got a float64 input but its weights are not float64 (float32 unless converted); convert "
+                "the input with x.float() (or the network with net.double())."
+            )
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 "PIPOFAN expects input of shape (Batch, in_channels, *spatial) with "

@@ -15,20 +15,25 @@ checks, dataset label mapping with labeled-class masks, HU windowing, in-plane r
 from __future__ import annotations
 
 from .intensity import CheckFinited, HUWindowd, check_finite
-from .io import CheckSameGridd, LoadCTd, load_ct_transforms
+from .io import CheckAffined, CheckCTIntensityd, CheckSameGridd, CheckVolumed, LoadCTd, check_dicom_folder, load_ct_transforms
 from .labels import MapDatasetLabelsd, map_dataset_labels
-from .pipelines import get_preprocessing_transforms, get_val_transforms
+from .pipelines import get_inference_transforms, get_preprocessing_transforms, get_val_transforms
 from .slices import SlicesToChannelsd, make_slab_indices, stack_neighbour_slices
 
 __all__ = [
     "CheckFinited",
     "HUWindowd",
     "check_finite",
+    "CheckAffined",
+    "CheckCTIntensityd",
     "CheckSameGridd",
+    "CheckVolumed",
+    "check_dicom_folder",
     "LoadCTd",
     "load_ct_transforms",
     "MapDatasetLabelsd",
     "map_dataset_labels",
+    "get_inference_transforms",
     "get_preprocessing_transforms",
     "get_val_transforms",
     "SlicesToChannelsd",

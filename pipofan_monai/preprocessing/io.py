@@ -15,21 +15,41 @@ file, plus an image/label grid check.
 Readers: MONAI's ``LoadImaged`` picks ``NibabelReader`` for NIfTI and ``ITKReader`` for DICOM folders, NRRD
 and other ITK formats; both return RAS affines (ITK's LPS is converted), so a DICOM image and a NIfTI label
 line up after ``Orientationd(axcodes="RAS")``.
+
+Checks right after loading, each raising ``ValueError`` naming the file: :class:`CheckAffined` (a NaN or
+singular voxel-to-world matrix, e.g. a zero slice spacing, would otherwise give an output with a wrong or
+identity affine) and :class:`CheckCTIntensityd` (a label map, a segmentation or raw unscaled values given as
+the CT image).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Any, Hashable, Mapping
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, Orientationd
 
 from pipofan_monai.utils import filename_of
 
-__all__ = ["LoadCTd", "CheckSameGridd", "load_ct_transforms"]
+__all__ = [
+    "LoadCTd",
+    "CheckVolumed",
+    "CheckAffined",
+    "CheckCTIntensityd",
+    "affine_problem",
+    "ct_intensity_problem",
+    "CheckSameGridd",
+    "check_dicom_folder",
+    "load_ct_transforms",
+]
+
+logger = logging.getLogger(__name__)
 
 
 class LoadCTd(LoadImaged):
@@ -59,6 +79,201 @@ class LoadCTd(LoadImaged):
                 raise RuntimeError(f"could not read {key} file {path!r}: {type(e).__name__}: {e}") from e
             # MONAI Label sets ``image_only = False`` on every LoadImaged: keep the MetaTensor, drop the meta dict
             d[key] = out[0] if isinstance(out, tuple) else out
+        return d
+
+
+def affine_problem(affine: Any) -> str | None:
+    """What is wrong with a voxel-to-world affine, or None when it is usable.
+
+    Args:
+        affine: ``(4, 4)`` (or ``(3, 3)`` spatial block first) matrix, numpy or torch.
+
+    Returns:
+        None, or a description: non-finite values, a zero voxel spacing along an axis (a zero column, e.g. NRRD
+        ``space directions`` or a DICOM slice spacing of 0), or parallel axes (a singular direction matrix).
+    """
+    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 3 or a.shape[1] < 3:
+        return f"affine of shape {a.shape} is not a 3D voxel-to-world matrix"
+    if not np.isfinite(a).all():
+        return f"affine holds NaN or infinite values:\n{a}"
+    r = a[:3, :3]
+    spacing = np.linalg.norm(r, axis=0)
+    zero = [i for i, s in enumerate(spacing) if s < 1e-6]
+    if zero:
+        return (f"voxel spacing along axis {zero[0]} is 0 (spacing {tuple(round(float(v), 6) for v in spacing)}): the "
+                "file's voxel size / slice spacing is broken")
+    if abs(float(np.linalg.det(r / spacing))) < 1e-6:
+        return f"the voxel axes are parallel (singular direction matrix):\n{a}"
+    return None
+
+
+def _nifti_affines(path: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(declared affine, qform or None)`` from a NIfTI header (no voxel data read), None for other files.
+
+    The declared affine is nibabel's: the sform when its code is set, else the qform when its code is set,
+    else the pixdim-scaled base affine. The qform is returned only when its code is set.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        header = img.header
+        q, qcode = header.get_qform(coded=True)
+    except Exception:  # unreadable header: LoadCTd already reported it, or not a NIfTI file
+        return None
+    declared = np.asarray(img.affine, dtype=np.float64)
+    return declared, (np.asarray(q, dtype=np.float64) if q is not None and qcode else None)
+
+
+class CheckAffined(MapTransform):
+    """Check that loaded images have a usable voxel-to-world affine (finite, non-singular).
+
+    Place right after loading (before ``Orientationd``, which cannot orient a singular affine and whose error,
+    "Unable to find out axis ... in start_ornt", names neither the file nor the problem). For NIfTI files the
+    header's own affine is checked: MONAI's ``NibabelReader`` silently replaces an sform that disagrees with the
+    voxel sizes (a NaN or a zero column) by the qform, which for a qform code of 0 is the unit matrix scaled by
+    the voxel sizes, so the output would be written with an identity-like affine.
+
+    When a NIfTI file's sform is unusable but its qform is valid (qform code > 0), the qform is used (the
+    image's ``affine`` and ``original_affine`` are set to it, so the outputs are written with it) and a warning
+    names the file; ``qform_fallback=False`` refuses such files too. Any other unusable affine is an error.
+
+    Args:
+        keys: keys to check. Default ``"image"``.
+        qform_fallback: use a valid NIfTI qform when the sform is unusable. Default True.
+        allow_missing_keys: don't raise if a key is absent.
+
+    Raises:
+        ValueError: ``"<key> <file>: unusable affine: <problem> ..."`` (see :func:`affine_problem`).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", qform_fallback: bool = True,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.qform_fallback = bool(qform_fallback)
+
+    def _refuse(self, key: Hashable, name: str, problem: str) -> ValueError:
+        return ValueError(
+            f"{key} {name}: unusable affine: {problem}. Fix the file's geometry (voxel spacing and orientation) "
+            "before segmenting it; a result on a wrong grid would be silently misplaced."
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not isinstance(img, MetaTensor):
+                continue
+            name = filename_of(img)
+            header = _nifti_affines(name) if name.lower().endswith((".nii", ".nii.gz")) else None
+            if header is not None:
+                declared, qform = header
+                problem = affine_problem(declared)
+                if problem is not None:
+                    if not (self.qform_fallback and qform is not None and affine_problem(qform) is None):
+                        raise self._refuse(key, name, problem)
+                    msg = (f"{key} {name}: unusable sform ({problem.splitlines()[0]}); using the file's valid qform "
+                           "instead, the outputs are written with it.")
+                    warnings.warn(msg, stacklevel=2)
+                    logger.warning(msg)
+                    img.affine = torch.as_tensor(qform, dtype=torch.float64)
+                    img.meta["original_affine"] = qform.copy()
+            problem = affine_problem(img.affine)
+            if problem is not None:
+                raise self._refuse(key, name, problem)
+        return d
+
+
+def ct_intensity_problem(
+    img: Any, max_label_values: int = 64, min_hu: float = -100.0, max_samples: int = 2_000_000
+) -> str | None:
+    """Why ``img`` does not look like a CT in Hounsfield units, or None when it does (the rule of
+    :class:`CheckCTIntensityd`).
+
+    Args:
+        img: the loaded image, any shape, raw intensities (before windowing).
+        max_label_values: at most this many distinct integer values >= 0 make a label map.
+        min_hu: a CT in HU has voxels at or below this value (fat is about -100 HU, air -1000 HU).
+        max_samples: distinct values are counted on an evenly strided sample of at most this many voxels.
+
+    Returns:
+        None or a one-line description of the problem.
+    """
+    t = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img).detach().reshape(-1)
+    if t.numel() == 0:
+        return None
+    lo_t, hi_t = torch.aminmax(t if t.dtype != torch.bool else t.to(torch.uint8))
+    lo, hi = float(lo_t), float(hi_t)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        t = t[torch.isfinite(t)] if t.is_floating_point() else t
+        if t.numel() == 0:
+            return None  # all NaN/inf: left to the finite-value check, which names the counts
+        lo, hi = float(t.min()), float(t.max())
+    step = max(1, -(-t.numel() // int(max_samples)))
+    sample = t[::step]
+    if lo >= 0 and (not sample.is_floating_point() or bool((sample == sample.round()).all())):
+        values = torch.unique(sample)
+        if values.numel() <= max_label_values:
+            shown = ", ".join(f"{v:g}" for v in values[:8].tolist()) + (", ..." if values.numel() > 8 else "")
+            return (f"it looks like a label map or segmentation, not a CT: only {values.numel()} distinct integer "
+                    f"values ({shown})")
+    if lo > min_hu:
+        return (f"its intensities ({lo:g} .. {hi:g}) never reach {min_hu:g}: not Hounsfield units (air is -1000 HU, "
+                "fat about -100 HU), e.g. stored values without the rescale slope/intercept, a normalised image or "
+                "not a CT")
+    return None
+
+
+class CheckCTIntensityd(MapTransform):
+    """Refuse (or warn about) images that are not plausibly CT in Hounsfield units.
+
+    PIPO-FAN windows its input to [-200, 200] HU; anything else is "segmented" into garbage with exit code 0.
+    The rule (on the raw loaded intensities, before windowing; NaN/inf are left to the finite-value check):
+
+    1. **label map**: the minimum is >= 0 and the volume holds at most ``max_label_values`` (64) distinct
+       values, all integers (counted on an evenly strided sample of at most 2,000,000 voxels; min and max
+       use every voxel). This catches label maps, segmentation NRRDs and DICOM SEGs read as images.
+    2. **not HU**: no voxel is at or below ``min_hu`` (-100 HU, fat). Every abdominal CT holds air (outside
+       the body, bowel gas: -1000 HU) or at least fat; raw unsigned values without the rescale (uint8/uint16,
+       air near 0), a normalised [0, 1] image or an MR volume never reach it.
+
+    Args:
+        keys: image key(s). Default ``"image"``.
+        mode: ``"error"`` (default: ``ValueError`` naming the file and the problem), ``"warn"`` (a warning,
+            the image passes) or ``"off"``.
+        max_label_values: see rule 1. Default 64.
+        min_hu: see rule 2. Default -100.
+        allow_missing_keys: don't raise if a key is absent.
+
+    Raises:
+        ValueError: (``mode="error"``) the image breaks a rule; the message names the file, the rule and how to
+            disable the check.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", mode: str = "error", max_label_values: int = 64,
+                 min_hu: float = -100.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if mode not in ("error", "warn", "off"):
+            raise ValueError(f"mode must be 'error', 'warn' or 'off', got {mode!r}.")
+        self.mode = mode
+        self.max_label_values = int(max_label_values)
+        self.min_hu = float(min_hu)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.mode == "off":
+            return d
+        for key in self.key_iterator(d):
+            problem = ct_intensity_problem(d[key], self.max_label_values, self.min_hu)
+            if problem is None:
+                continue
+            msg = f"{key} {filename_of(d[key])} is not plausibly a CT in Hounsfield units: {problem}."
+            if self.mode == "error":
+                raise ValueError(msg + " Give the CT image itself (if this really is a CT in HU, disable the check: "
+                                 "--ct_check warn or off).")
+            warnings.warn(msg, stacklevel=2)
+            logger.warning(msg + " Segmenting it anyway (ct_check='warn'); expect a meaningless result.")
         return d
 
 
@@ -129,12 +344,99 @@ def load_ct_transforms(
         allow_missing_keys: allow items without some keys (e.g. no label at inference).
 
     Returns:
-        list of transforms ``[LoadCTd, Orientationd, (CheckSameGridd)]``; each item ends up ``(1, H, W, D)``.
+        list of transforms ``[LoadCTd, CheckVolumed, CheckAffined, Orientationd, (CheckSameGridd)]``; each item ends
+        up ``(1, H, W, D)``.
     """
+    keys = [keys] if isinstance(keys, str) else list(keys)
     out = [
         LoadCTd(keys, reader=reader, allow_missing_keys=allow_missing_keys),
+        CheckVolumed(keys[0]),  # the image: one 3D volume, checked before anything else touches it
+        CheckAffined(keys, allow_missing_keys=True),
         Orientationd(keys, axcodes=axcodes, labels=None, allow_missing_keys=allow_missing_keys),
     ]
     if check_grid:
         out.append(CheckSameGridd(keys, allow_missing_keys=True))
     return out
+
+
+class CheckVolumed(MapTransform):
+    """Check that loaded images are single 3D volumes ``(1, H, W, D)`` (``D >= 1`` slices).
+
+    Place right after loading (channel first). A 2D image (``(1, H, W)``), a multi-channel or 4D series with
+    more than one volume (``(T, H, W, D)``, e.g. a 4D NIfTI), empty images and images whose two largest axes
+    have fewer than ``min_inplane_size`` voxels (e.g. a 1x1x1 volume: not a CT slice stack) are rejected with a
+    ``ValueError`` naming the file and its shape. A 4D file with a single volume (``T == 1``) is accepted.
+
+    Args:
+        keys: image key(s). Default ``"image"``.
+        min_inplane_size: the fewest voxels along each of the two largest axes (the slice plane). Default 8.
+        allow_missing_keys: don't raise if a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", min_inplane_size: int = 8,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_inplane_size = int(min_inplane_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            shape = tuple(img.shape)
+            name = filename_of(img)
+            if len(shape) < 4:
+                raise ValueError(
+                    f"{key} {name} is a {len(shape) - 1}D image (channel-first shape {shape}); PIPO-FAN segments 3D "
+                    "CT volumes (H, W, D) with D >= 1 axial slices."
+                )
+            if len(shape) > 4:
+                raise ValueError(
+                    f"{key} {name} has {len(shape) - 1} spatial dimensions (channel-first shape {shape}); expected "
+                    "one 3D CT volume."
+                )
+            if shape[0] != 1:
+                raise ValueError(
+                    f"{key} {name} holds {shape[0]} volumes or channels (channel-first shape {shape}, e.g. a 4D "
+                    "series); expected one 3D CT volume: split the series and segment each volume."
+                )
+            if min(shape[1:]) < 1:
+                raise ValueError(f"{key} {name} is empty (shape {shape}).")
+            if sorted(shape[1:])[1] < self.min_inplane_size:
+                raise ValueError(
+                    f"{key} {name} is too small to be a CT volume (spatial shape {shape[1:]}): its slices need at "
+                    f"least {self.min_inplane_size}x{self.min_inplane_size} voxels."
+                )
+        return d
+
+
+def check_dicom_folder(path: str | os.PathLike) -> list[str]:
+    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them).
+
+    Args:
+        path: a folder.
+
+    Returns:
+        the series UIDs; ``ITKReader`` reads the first one (a warning is logged when there are several).
+
+    Raises:
+        ValueError: the folder holds no DICOM series (message names the folder and what it contains).
+    """
+    import itk
+
+    folder = os.fspath(path)
+    gen = itk.GDCMSeriesFileNames.New()
+    gen.SetUseSeriesDetails(True)
+    gen.AddSeriesRestriction("0008|0021")  # series date, as MONAI's ITKReader
+    gen.SetGlobalWarningDisplay(False)
+    gen.SetDirectory(folder)
+    uids = [str(u) for u in gen.GetSeriesUIDs()]
+    if not uids:
+        entries = sorted(os.listdir(folder))
+        hint = f"{len(entries)} entries, e.g. {entries[:3]}" if entries else "it is empty"
+        raise ValueError(f"folder {folder} contains no DICOM series ({hint}).")
+    if len(uids) > 1:
+        logger.warning(
+            f"folder {folder} contains {len(uids)} DICOM series; reading the first one ({uids[0]}). Put each series "
+            "in its own folder to segment the others."
+        )
+    return uids

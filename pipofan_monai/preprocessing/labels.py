@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
+from pipofan_monai.partial_labels import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
 from pipofan_monai.organs import validate_class_names
@@ -171,7 +172,7 @@ class MapDatasetLabelsd(MapTransform):
         dataset_key: str = "dataset",
         num_classes: int | None = None,
         datasets: Mapping[str, Any] | None = None,
-        mask_key: str = "labeled_mask",
+        mask_key: str = LABELED_MASK_KEY,
         allow_missing_keys: bool = False,
         partial_labels: bool = True,
         class_names: Sequence[str] | None = None,

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from monai.transforms import Compose, Resized
+from monai.transforms import Compose, Orientationd, Resized
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
 
 from .intensity import HUWindowd
-from .io import load_ct_transforms
+from .io import CheckCTIntensityd, load_ct_transforms
 from .labels import MapDatasetLabelsd
 from .slices import SlicesToChannelsd
 
-__all__ = ["get_preprocessing_transforms", "get_val_transforms"]
+__all__ = ["get_preprocessing_transforms", "get_val_transforms", "get_inference_transforms"]
 
 
 def get_preprocessing_transforms(
@@ -111,4 +111,29 @@ def get_val_transforms(
                                           allow_missing_label=allow_missing_label, **kwargs)
     if context is not None:
         xforms.append(SlicesToChannelsd(image_key, context=context))
+    return Compose(xforms)
+
+
+def get_inference_transforms(
+    preprocessing: Mapping[str, Any], image_key: str = "image", reader: Any = None, ct_check: str = "error"
+) -> Compose:
+    """The inference preprocessing of a trained model: the deterministic pipeline of training with its settings,
+    image only (load, checks, RAS, HU window, in-plane resize); the 2.5D inferer stacks the neighbour slices.
+
+    Args:
+        preprocessing: the ``"preprocessing"`` dict of the model's plans (:mod:`pipofan_monai.plans`):
+            ``spatial_size``, ``hu_window``, ``intensity``, ``context`` (used by the inferer), ``image_mode``.
+        image_key: image key. Default ``"image"``.
+        reader: ``LoadImaged`` reader (None: automatic).
+        ct_check: is the input plausibly CT (:class:`~pipofan_monai.preprocessing.CheckCTIntensityd`)?
+            ``"error"`` (default), ``"warn"`` or ``"off"``.
+
+    Returns:
+        ``Compose`` giving ``image`` ``(1, S, S, D)`` float32 with its applied operations (``Invertd`` undoes the
+        resize and the reorientation).
+    """
+    settings = {k: v for k, v in preprocessing.items() if k in ("spatial_size", "hu_window", "intensity", "image_mode")}
+    xforms = get_preprocessing_transforms(image_key, None, reader=reader, **settings)
+    at = next(i for i, t in enumerate(xforms) if isinstance(t, Orientationd))  # on the loaded intensities
+    xforms.insert(at, CheckCTIntensityd(image_key, mode=ct_check))
     return Compose(xforms)

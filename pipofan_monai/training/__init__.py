@@ -14,9 +14,11 @@ bundle's training workflow, the learning-rate schedule, cross-validation and the
 
 from __future__ import annotations
 
-from .data import load_training_data, split_training_data
+from .data import SeededItemDataset, load_training_data, split_training_data
 from .handlers import (
+    BestModelCheckpoint,
     EpochProgressLogger,
+    EpochSeedHandler,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
@@ -24,13 +26,17 @@ from .handlers import (
     stage_for_epoch,
 )
 from .lr_scheduler import AuthorsLRLambda
+from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 __all__ = [
+    "SeededItemDataset",
     "load_training_data",
     "split_training_data",
+    "BestModelCheckpoint",
     "EpochProgressLogger",
+    "EpochSeedHandler",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
@@ -38,6 +44,8 @@ __all__ = [
     "stage_for_epoch",
     "AuthorsLRLambda",
     "PartialLabelSampler",
+    "prepare_training_run",
+    "release_training_run",
     "RandSlabCropd",
     "SlabToChannelsd",
     "get_train_transforms",

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipofan_monai import bundle_dir
 from pipofan_monai.evaluation.metrics import mean_std
 from pipofan_monai.organs import DEFAULT_CLASS_NAMES, metric_name
 
@@ -29,7 +30,8 @@ __all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = ("bundle/configs/train.json",)
+#: the bundle's training config (found through the package, so an installed wheel works too)
+DEFAULT_CONFIG = (str(bundle_dir() / "configs" / "train.json"),)
 
 
 def best_epoch_row(rows: Sequence[dict], key: str = "val_mean_dice") -> dict | None:

@@ -17,8 +17,9 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
+import torch
 
-__all__ = ["load_training_data", "split_training_data"]
+__all__ = ["SeededItemDataset", "load_training_data", "split_training_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def split_training_data(
     split: str | None = None,
     datasets: Sequence[str] | None = None,
     max_val: int | None = None,
+    min_slices: int = 1,
     class_names: Sequence[str] | None = None,
     dataset_table: Mapping[str, Any] | None = None,
     organ_table: Mapping[str, Any] | None = None,
@@ -63,12 +65,23 @@ def split_training_data(
         fold: validation fold, 0..num_folds-1.
         num_folds: number of folds.
         split: named split in the datalist's ``splits``; None for cross-validation.
-        datasets: keep only these source datasets (None: all).
+        datasets: keep only these source datasets (None: all); every id must be one of the datalist's.
         max_val: keep at most this many validation volumes (spread over the datasets), None for all.
+        min_slices: training volumes need at least this many slices (``2 * context + 1``); checked on the headers.
         class_names, dataset_table, organ_table: the vocabulary and the config's tables; when given, an organ
             that none of the training datasets annotates is reported (warning: it would never be learned).
+
+    Raises:
+        ValueError: unknown dataset ids in ``datasets`` (the message lists the datalist's and the known ones),
+            items that mix having and lacking a ``dataset`` key, training volumes thinner than ``min_slices``
+            (see :func:`pipofan_monai.dataset_conversion.datalist.check_training_items`), no training item.
     """
     from pipofan_monai.dataset_conversion import select_fold, select_split
+    from pipofan_monai.dataset_conversion.datalist import check_dataset_ids, check_training_items
+
+    all_items = list(data.get("training", [])) if isinstance(data, Mapping) else list(data)
+    check_training_items(all_items)
+    datasets = check_dataset_ids(datasets, all_items)
 
     if split:
         train, val = select_split(data, split, datasets=datasets)
@@ -81,6 +94,7 @@ def split_training_data(
         train, val = select_fold(data, int(fold), int(num_folds), datasets=datasets)
     if not train:
         raise ValueError(f"no training items for fold={fold} split={split} datasets={datasets}.")
+    check_training_items(train, min_slices=min_slices)
     if max_val is not None and len(val) > max_val:
         by_ds: dict[Any, list] = {}
         for item in val:
@@ -108,3 +122,34 @@ def split_training_data(
         + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")
     )
     return train, val
+
+
+class SeededItemDataset(torch.utils.data.Dataset):
+    """Training dataset whose items are addressed as ``(index, seed)`` (from
+    ``PartialLabelSampler(item_seeds=True)``): the random transforms of ``dataset`` (crops, flips) are seeded from
+    ``seed`` before item ``index`` is made, so an item depends only on its seed, not on which DataLoader worker
+    makes it, on the worker's history, or on a resume in between. A plain integer index is passed through.
+
+    Our own wrapper because MONAI seeds the transforms once per worker (or once per DataLoader without workers),
+    so their state after a resume differs from the uninterrupted run's; ignite's ``DeterministicEngine`` reseeds
+    per iteration but replaces the MONAI trainer.
+
+    Args:
+        dataset: a MONAI ``Dataset``/``CacheDataset`` with a ``transform``.
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (tuple, list)) and len(key) == 2:
+            from monai.data.utils import set_rnd
+
+            index, seed = int(key[0]), int(key[1])
+            # the transform only: set_rnd on the dataset itself would walk its whole cache
+            set_rnd(getattr(self.dataset, "transform", self.dataset), seed)
+            return self.dataset[index]
+        return self.dataset[key]

@@ -15,26 +15,29 @@ atomic resumable checkpoint."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-
-from pipofan_monai.utils import atomic_torch_save
 from ignite.engine import Engine, Events
+
+from pipofan_monai.utils import atomic_torch_save, atomic_write
 
 __all__ = [
     "StageSwitchHandler",
     "EpochProgressLogger",
     "MetricsFileWriter",
     "ResumableCheckpoint",
+    "BestModelCheckpoint",
+    "EpochSeedHandler",
     "TrainingProgressBar",
+    "register_resumable",
     "loss_of",
     "stage_for_epoch",
 ]
@@ -47,13 +50,32 @@ def stage_for_epoch(epoch: int, dps_epochs: int) -> str:
     return "dps" if epoch <= dps_epochs else "fused"
 
 
+RESUMABLE_ATTR = "resumable_objects"
+
+
+def register_resumable(engine: Any, name: str, obj: Any) -> None:
+    """Declare ``obj`` (with ``state_dict``/``load_state_dict``) part of the resume state of ``engine``'s run under
+    ``name``: :class:`ResumableCheckpoint` saves and restores every object registered on the trainer or on the
+    evaluator it is given. Handlers register themselves when attached, so configs need no references between list
+    items (MONAI Label inserts into ``train#handlers``)."""
+    objects = getattr(engine, RESUMABLE_ATTR, None)
+    if objects is None:
+        objects = {}
+        setattr(engine, RESUMABLE_ATTR, objects)
+    objects[name] = obj
+
+
 class StageSwitchHandler:
     """Flip the deep-pyramid-supervision loss from stage "dps" to stage "fused" after ``dps_epochs`` epochs (§3).
 
-    The stage is derived from the engine's epoch at every epoch start, so a resumed run is in the right stage.
-    The switch is logged. The authors reset the optimizer and learning rate at the switch (two separate runs);
-    with ``reset_optimizer`` the optimizer state (momentum, RMS averages) is cleared and the learning-rate
-    schedule restarted from its epoch 0 at the switch epoch.
+    The stage is checked at every epoch start and the switch is logged. The authors reset the optimizer and
+    learning rate at the switch (two separate runs); with ``reset_optimizer`` the optimizer state (momentum, RMS
+    averages) is cleared and the learning-rate schedule restarted from its epoch 0 at the switch epoch.
+
+    The reset happens once, at the switch itself: a resumed run restores the stage from the resume state
+    (:meth:`state_dict` is saved in ``last.pt`` by :class:`ResumableCheckpoint`) together with the saved optimizer
+    and scheduler, so resuming after the switch neither resets again nor trains in the wrong stage. A resume state
+    without the stage (older ``last.pt``) takes the stage of its last completed epoch.
 
     Args:
         loss: a loss with ``set_stage(stage)`` and a ``stage`` attribute (:class:`DeepPyramidSupervisionLoss`).
@@ -71,11 +93,28 @@ class StageSwitchHandler:
         self.dps_epochs = int(dps_epochs)
         self.optimizer = reset_optimizer
         self.lr_scheduler = lr_scheduler
+        self._restored = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
+        register_resumable(engine, "stage", self)
+
+    def state_dict(self) -> dict:
+        """``{"stage": the loss's current stage}`` (saved in the resume state)."""
+        return {"stage": getattr(self.loss, "stage", None)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the stage of a resume state, without the switch's optimizer reset."""
+        stage = state.get("stage")
+        if stage is not None:
+            self.loss.set_stage(stage)
+        self._restored = True
 
     def __call__(self, engine: Engine) -> None:
+        if not self._restored and engine.state.epoch > 1:
+            # resumed from a state without a stage: the stage of the last completed epoch, without a reset
+            self.loss.set_stage(stage_for_epoch(engine.state.epoch - 1, self.dps_epochs))
+        self._restored = True
         stage = stage_for_epoch(engine.state.epoch, self.dps_epochs)
         if getattr(self.loss, "stage", None) != stage:
             previous = getattr(self.loss, "stage", None)
@@ -105,14 +144,22 @@ def loss_of(output: Any) -> float | None:
 
 
 class _EpochLoss:
-    """Mean training loss of the current epoch, updated after every iteration."""
+    """Mean training loss of the current epoch, updated after every iteration, and the learning rate the epoch
+    trains with (read at the epoch start, after a stage switch's reset; the scheduler steps at the epoch end)."""
+
+    optimizer: torch.optim.Optimizer | None = None
 
     def __init__(self) -> None:
         self._losses: list[float] = []
+        self.epoch_lr: float | None = None
 
     def attach_loss(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._losses.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._losses.clear()
+        self.epoch_lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
 
     def _iteration(self, engine: Engine) -> None:
         loss = loss_of(engine.state.output)
@@ -160,8 +207,8 @@ class EpochProgressLogger(_EpochLoss):
         elapsed = time.time() - self._start
         remaining = (engine.state.max_epochs - engine.state.epoch) * elapsed / max(done, 1)
         parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}", f"loss {self.mean_loss():.4f}"]
-        if self.optimizer is not None:
-            parts.append(f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+        if self.epoch_lr is not None:
+            parts.append(f"lr {self.epoch_lr:.3g}")
         stage = getattr(engine.state, "stage", None)
         if stage is not None:
             parts.append(f"stage {stage}")
@@ -222,8 +269,8 @@ class MetricsFileWriter(_EpochLoss):
 
     def _epoch_completed(self, engine: Engine) -> None:
         row: dict[str, Any] = {"epoch": engine.state.epoch, "loss": self.mean_loss()}
-        if self.optimizer is not None:
-            row["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.epoch_lr is not None:
+            row["lr"] = self.epoch_lr  # the learning rate this epoch trained with
         stage = getattr(engine.state, "stage", None)
         if stage is not None:
             row["stage"] = stage
@@ -239,11 +286,14 @@ class MetricsFileWriter(_EpochLoss):
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        with open(self.output_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        self.json_path.write_text(json.dumps(self.rows, indent=1))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_write(self.output_dir / "metrics.csv", "w") as f:
+            f.write(buf.getvalue())
+        with atomic_write(self.json_path, "w") as f:
+            f.write(json.dumps(self.rows, indent=1))
 
     def _completed(self, engine: Engine) -> None:
         if not self.plot or not self.rows:
@@ -256,21 +306,41 @@ class MetricsFileWriter(_EpochLoss):
             logger.warning(f"could not draw the training curves: {e}")
 
 
+def _unwrap(obj: Any) -> Any:
+    if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return obj.module
+    return obj
+
+
 class ResumableCheckpoint:
     """Save everything needed to resume after every epoch, atomically, and optionally resume from it.
 
-    The file holds \`\`{name: obj.state_dict()}\`\` for the objects of \`\`save_dict\`\` (DDP wrappers unwrapped) plus
-    \`\`"engine": {"epoch", "iteration"}\`\`. With \`\`resume=True\`\` and an existing file, the objects are restored when
-    the engine starts and the engine continues after the saved epoch (the training stage follows from the epoch).
-    Attach it FIRST among the trainer's handlers, so later handlers see the restored epoch.
+    The file holds ``{name: obj.state_dict()}`` for the objects of ``save_dict`` (DDP wrappers unwrapped; objects
+    that are None are skipped), the trainer's AMP ``GradScaler`` when it has one, and
+    ``"engine": {"epoch", "iteration"}``, and every object registered with :func:`register_resumable` on the
+    trainer or on ``evaluator``: the :class:`StageSwitchHandler` ("stage") and the :class:`BestModelCheckpoint`
+    ("best_model": best score and its epoch). Random states need no saving when the run derives them from
+    (seed, epoch) as the bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.training.SeededItemDataset`).
+
+    The state is saved at the END of every epoch, after every handler attached before the run starts (scheduler
+    step, validation, best model, metrics file), so a resume continues with exactly the state the uninterrupted
+    run has at the next epoch start; a kill before the save repeats the whole epoch, validation included.
+
+    With ``resume=True`` and an existing file, the objects are restored when the engine starts and the engine
+    continues after the saved epoch. Attach it FIRST among the trainer's handlers, so later handlers see the
+    restored epoch when the run starts.
 
     Args:
-        save_path: the checkpoint file (e.g. \`\`<ckpt_dir>/last.pt\`\`).
-        save_dict: objects to save and restore, e.g. \`\`{"model": net, "optimizer": opt, "lr_scheduler": sched}\`\`.
-        resume: restore from \`\`save_path\`\` at start when it exists.
+        save_path: the checkpoint file (e.g. ``<output_dir>/last.pt``).
+        save_dict: objects with ``state_dict``/``load_state_dict`` to save and restore, e.g.
+            ``{"model": net, "optimizer": opt, "lr_scheduler": sched}``.
+        resume: restore from ``save_path`` at start when it exists.
         save: write the checkpoint (set False on ranks other than 0).
         map_location: device to load tensors onto.
+        evaluator: the validation engine, whose registered objects (the best-model saver) are saved too.
     """
+
+    REQUIRED = ("model", "optimizer")
 
     def __init__(
         self,
@@ -279,24 +349,39 @@ class ResumableCheckpoint:
         resume: bool = False,
         save: bool = True,
         map_location: Any = "cpu",
+        evaluator: Engine | None = None,
     ):
         self.save_path = Path(save_path)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {k: v for k, v in dict(save_dict).items() if v is not None}
+        self.evaluator = evaluator
         self.resume = resume
         self.save = save
         self.map_location = map_location
+        self._save_attached = False
 
-    @staticmethod
-    def _unwrap(obj: Any) -> Any:
-        if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            return obj.module
-        return obj
+    _unwrap = staticmethod(_unwrap)
+
+    def _objects(self, engine: Engine) -> dict[str, Any]:
+        objects = dict(self.save_dict)
+        for source in (engine, self.evaluator):
+            for name, obj in (getattr(source, RESUMABLE_ATTR, None) or {}).items():
+                objects.setdefault(name, obj)
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and hasattr(scaler, "state_dict") and "scaler" not in objects:
+            objects["scaler"] = scaler
+        return objects
 
     def attach(self, engine: Engine) -> None:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         if self.save:
+            # registered when the run starts, so that it runs after every EPOCH_COMPLETED handler attached before
+            engine.add_event_handler(Events.STARTED, self._attach_save)
+
+    def _attach_save(self, engine: Engine) -> None:
+        if not self._save_attached:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+            self._save_attached = True
 
     def load(self, engine: Engine) -> None:
         if not self.save_path.exists():
@@ -306,11 +391,18 @@ class ResumableCheckpoint:
             ckpt = torch.load(self.save_path, map_location=self.map_location, weights_only=False)
         except Exception as e:
             raise ValueError(f"cannot resume: the checkpoint {self.save_path} is unreadable ({e}).") from e
-        missing = [k for k in list(self.save_dict) + ["engine"] if k not in ckpt]
+        objects = self._objects(engine)
+        needed = [k for k in self.REQUIRED if k in objects] + ["engine"]
+        missing = [k for k in needed if k not in ckpt]
         if missing:
             raise ValueError(f"cannot resume: the checkpoint {self.save_path} lacks {missing}.")
-        for name, obj in self.save_dict.items():
-            self._unwrap(obj).load_state_dict(ckpt[name])
+        absent = [k for k in objects if k not in ckpt]
+        if absent:
+            logger.warning(f"{self.save_path} has no saved {absent} (written by an older version): they start "
+                           "fresh, so the resumed run can differ from an uninterrupted one")
+        for name, obj in objects.items():
+            if name in ckpt:
+                self._unwrap(obj).load_state_dict(ckpt[name])
         epoch, iteration = int(ckpt["engine"]["epoch"]), int(ckpt["engine"]["iteration"])
         if engine.state.max_epochs is not None and epoch >= engine.state.max_epochs:
             logger.warning(f"the checkpoint is at epoch {epoch} >= max_epochs {engine.state.max_epochs}: nothing to do")
@@ -318,9 +410,105 @@ class ResumableCheckpoint:
         logger.info(f"resumed from {self.save_path} at epoch {epoch} (iteration {iteration})")
 
     def __call__(self, engine: Engine) -> None:
-        state: dict[str, Any] = {name: self._unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        state: dict[str, Any] = {name: self._unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
         state["engine"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
         atomic_torch_save(state, self.save_path)
+
+
+class BestModelCheckpoint:
+    """Save the network as ``save_path`` (``models/model.pt``) whenever the validation's key metric improves.
+
+    Our own handler instead of MONAI's ``CheckpointSaver(save_key_metric=True)`` because MONAI 1.6's saver writes
+    with ``atomic=False`` and removes the previous best file before writing the new one (a kill or a full disk then
+    leaves no model.pt at all), and its best score is not part of a resume state (after ``--resume`` the first
+    validation overwrote a better model). Here the file is replaced atomically (:func:`atomic_torch_save`: the
+    previous best stays until the new file is complete) and :meth:`state_dict` (best score and epoch) is saved in
+    ``last.pt`` by :class:`ResumableCheckpoint`.
+
+    The file is ``{"model": state_dict, "epoch": e, "key_metric": name, "key_metric_value": v, **extra}`` (MONAI
+    Label and the inference workflow read ``ckpt.get("model", ckpt)``).
+
+    Args:
+        save_path: the best checkpoint file.
+        network: the network (a DDP wrapper is unwrapped).
+        key_metric: name of the evaluator metric to maximise.
+        extra: more items stored as top-level keys of the file (e.g. ``{"plans": {...}}``: network arguments,
+            class names, preprocessing), plain Python values so that ``torch.load(weights_only=True)`` reads them.
+        enabled: False on ranks other than 0 (nothing is saved; the state is still kept).
+    """
+
+    RESERVED = ("model", "epoch", "key_metric", "key_metric_value")
+
+    def __init__(
+        self,
+        save_path: str | os.PathLike,
+        network: torch.nn.Module,
+        key_metric: str = "val_mean_dice",
+        extra: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ):
+        self.save_path = Path(save_path)
+        self.network = network
+        self.key_metric = key_metric
+        self.extra = dict(extra or {})
+        clash = [k for k in self.extra if k in self.RESERVED]
+        if clash:
+            raise ValueError(f"extra checkpoint items {clash} clash with the reserved keys {list(self.RESERVED)}.")
+        self.enabled = enabled
+        self.best_metric = -math.inf
+        self.best_epoch: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+        register_resumable(engine, "best_model", self)
+
+    def state_dict(self) -> dict:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best_metric = float(state.get("best_metric", -math.inf))
+        self.best_epoch = state.get("best_epoch")
+
+    def __call__(self, engine: Engine) -> None:
+        value = engine.state.metrics.get(self.key_metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= self.best_metric:
+            return
+        epoch = int(engine.state.epoch)
+        self.best_metric, self.best_epoch = float(value), epoch
+        if not self.enabled:
+            return
+        state = {"model": _unwrap(self.network).state_dict(), "epoch": epoch, "key_metric": self.key_metric,
+                 "key_metric_value": float(value), **self.extra}
+        atomic_torch_save(state, self.save_path)
+        logger.info(f"epoch {epoch}: new best {self.key_metric} {value:.4f}, saved {self.save_path}")
+
+
+class EpochSeedHandler:
+    """Seed Python's, NumPy's and torch's global random generators at every epoch start from (seed, epoch), so
+    that an epoch's random numbers in the main process do not depend on what ran before it: a resumed run draws
+    the same numbers as the uninterrupted one (like ignite's ``DeterministicEngine``, per epoch). The data
+    pipeline's crops and flips are seeded per item by the sampler instead (``item_seeds``).
+
+    Args:
+        seed: base seed.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import random
+
+        import numpy as np
+
+        ss = np.random.SeedSequence([self.seed, int(engine.state.epoch)])
+        a, b, c = (int(x) for x in ss.generate_state(3))
+        random.seed(a)
+        np.random.seed(b)
+        torch.manual_seed(c)
 
 
 class TrainingProgressBar:

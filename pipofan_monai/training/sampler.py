@@ -47,6 +47,10 @@ class PartialLabelSampler(DistributedSampler):
         seed: base seed; the order of epoch e depends only on (seed, e), so resumed runs continue identically.
         num_replicas: world size (default: from torch.distributed, else 1).
         rank: this rank (default: from torch.distributed, else 0).
+        item_seeds: yield ``(index, seed)`` pairs instead of indices, the seed of each draw also a function of
+            (seed, epoch) only; wrap the dataset in :class:`~pipofan_monai.training.SeededItemDataset` so that every
+            item's random crop and flip follow from its seed. Then an epoch's data does not depend on earlier
+            epochs, on the number of workers or on a resume in between (bitwise-equal resumed runs).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class PartialLabelSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        item_seeds: bool = False,
     ):
         if mode not in ("round_robin", "mixed"):
             raise ValueError(f"mode must be 'round_robin' or 'mixed', got {mode!r}.")
@@ -77,6 +82,7 @@ class PartialLabelSampler(DistributedSampler):
         self.shuffle = shuffle
         self.drop_last = False
         self.mode = mode
+        self.item_seeds = bool(item_seeds)
         keys = [str(d) if d is not None else "(fully labeled)" for d in dataset_ids]
         self.datasets: list[str] = list(dict.fromkeys(keys))
         self.groups = [np.array([i for i, k in enumerate(keys) if k == name], dtype=np.int64) for name in self.datasets]
@@ -93,18 +99,27 @@ class PartialLabelSampler(DistributedSampler):
             return None
         return self.datasets[(epoch - 1) % len(self.datasets)]
 
-    def _epoch_indices(self) -> np.ndarray:
+    def _epoch_draws(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, item seeds) of the whole epoch (all ranks), both functions of (seed, epoch) only."""
         rng = np.random.default_rng([self.seed, self.epoch])
         pool = self.groups[(self.epoch - 1) % len(self.groups)] if self.mode == "round_robin" else np.concatenate(
             self.groups
         )
         reps = int(math.ceil(self.total_size / len(pool)))
         order = [rng.permutation(pool) if self.shuffle else pool for _ in range(reps)]
-        return np.concatenate(order)[: self.total_size]
+        indices = np.concatenate(order)[: self.total_size]
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1, size=self.total_size)
+        return indices, seeds
 
-    def __iter__(self) -> Iterator[int]:
-        indices = self._epoch_indices()
-        return iter(indices[self.rank : self.total_size : self.num_replicas].tolist())
+    def _epoch_indices(self) -> np.ndarray:
+        return self._epoch_draws()[0]
+
+    def __iter__(self) -> Iterator:
+        indices, seeds = self._epoch_draws()
+        mine = indices[self.rank : self.total_size : self.num_replicas].tolist()
+        if not self.item_seeds:
+            return iter(mine)
+        return iter(zip(mine, seeds[self.rank : self.total_size : self.num_replicas].tolist()))
 
     def __len__(self) -> int:
         return self.num_samples

@@ -34,6 +34,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
 from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
 from pipofan_monai.preprocessing.slices import plain_tensor
+from pipofan_monai.partial_labels import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
 
 __all__ = ["RandSlabCropd", "SlabToChannelsd", "get_train_transforms"]
@@ -80,7 +81,7 @@ class RandSlabCropd(Randomizable, MapTransform):
         context: int = 1,
         pos_ratio: float = 1.0,
         num_samples: int = 1,
-        mask_key: str = "labeled_mask",
+        mask_key: str = LABELED_MASK_KEY,
         organ_free: str = "warn",
         allow_missing_keys: bool = False,
     ) -> None:

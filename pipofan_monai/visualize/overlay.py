@@ -38,6 +38,7 @@ from monai.data.meta_tensor import MetaTensor  # noqa: E402
 from monai.utils import convert_to_numpy  # noqa: E402
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES  # noqa: E402
+from pipofan_monai.utils import atomic_write  # noqa: E402
 from pipofan_monai.organs import DEFAULT_CLASS_NAMES, canonical_organ_name, colors_for, organ_table  # noqa: E402
 
 __all__ = ["DEFAULT_COLORS", "class_colors", "save_overlay_png", "to_radiological_axial", "to_radiological_coronal"]
@@ -274,7 +275,10 @@ def save_overlay_png(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.95 if title else 1))
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=dpi)
-    plt.close(fig)
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    try:
+        with atomic_write(path) as f:  # complete or absent: a full disk or a kill never leaves a truncated PNG
+            fig.savefig(f, format=ext, dpi=dpi)
+    finally:
+        plt.close(fig)
     return os.fspath(path)

@@ -1,0 +1,183 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Self-describing checkpoints (pipofan_monai.plans), the one preprocessing definition, the one partial-label
+contract, and a trained model used by inference, evaluation and the benchmark with no width or size flags."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
+from pipofan_monai.losses import TargetAdaptiveLoss
+from pipofan_monai.networks import PIPOFAN
+from pipofan_monai.partial_labels import LABELED_MASK_KEY, MissingLabeledMaskError, resolve_labeled_mask
+from pipofan_monai.plans import (
+    DEFAULT_PREPROCESSING,
+    PlansMismatchError,
+    PlansState,
+    make_plans,
+    network_from_plans,
+    read_plans,
+    resolve_plans,
+)
+from pipofan_monai.preprocessing import get_inference_transforms, get_val_transforms
+
+INFER = str(REPO / "bundle" / "configs" / "inference.json")
+TINY = [8, 16, 32, 64, 64]
+
+
+def _plans(**prep):
+    net = PIPOFAN(channels=TINY)
+    return net, make_plans(net, ["background", "liver", "kidney", "spleen"], {**DEFAULT_PREPROCESSING, **prep})
+
+
+def test_network_config_round_trip_and_plans_content():
+    net, plans = _plans(spatial_size=128)
+    rebuilt = network_from_plans(plans)
+    assert type(rebuilt) is PIPOFAN
+    assert rebuilt.get_config() == net.get_config()
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in net.parameters()]
+    assert plans["network"]["channels"] == TINY and plans["class_names"][1] == "liver"
+    assert plans["preprocessing"] == {"spatial_size": 128, "hu_window": [-200.0, 200.0], "intensity": "scale",
+                                      "context": 1, "image_mode": "trilinear"}
+    assert set(plans["versions"]) == {"pipofan_monai", "monai", "torch"}
+    json.dumps(plans)  # plain values only
+    with pytest.raises(ValueError, match="3 class_names"):
+        make_plans(net, ["background", "liver", "kidney"], DEFAULT_PREPROCESSING)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        make_plans(net, ["bg", "a", "b", "c"], {"spatial_size": 100})
+
+
+def test_checkpoint_carries_plans_and_overrides_must_agree(tmp_path):
+    net, plans = _plans(spatial_size=128)
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "plans": PlansState(plans).state_dict()}, path)
+    got = resolve_plans(path)
+    assert got["preprocessing"]["spatial_size"] == 128 and got["network"]["channels"] == TINY
+    assert got["source"] == str(path)
+    assert read_plans(path)["class_names"] == plans["class_names"]
+    # agreeing explicit values are fine; contradicting ones name both values
+    assert resolve_plans(path, spatial_size=128, network_channels=TINY)["source"] == str(path)
+    with pytest.raises(PlansMismatchError, match=r"spatial_size: checkpoint 128, given 256"):
+        resolve_plans(path, spatial_size=256)
+    with pytest.raises(PlansMismatchError, match=r"network_channels: checkpoint \[8, 16, 32, 64, 64\]"):
+        resolve_plans(path, network_channels=[16, 32, 64, 128, 128])
+    # the first existing candidate wins; missing files are skipped
+    assert resolve_plans([tmp_path / "missing.pt", path])["source"] == str(path)
+
+
+def test_plain_state_dict_uses_explicit_settings(tmp_path):
+    net = PIPOFAN(channels=TINY)
+    path = tmp_path / "plain.pt"
+    torch.save(net.state_dict(), path)
+    got = resolve_plans(path, network_channels=TINY, spatial_size=64)
+    assert got["source"] == "explicit settings"
+    assert got["network"]["channels"] == TINY and got["preprocessing"]["spatial_size"] == 64
+    assert resolve_plans(None)["preprocessing"] == DEFAULT_PREPROCESSING
+    assert resolve_plans(None, spatial_size=0)["preprocessing"]["spatial_size"] is None  # 0: keep the size
+
+
+def test_one_preprocessing_definition_for_validation_and_inference(tmp_path):
+    """Inference preprocessing == the validation pipeline's image branch, value for value."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(-1000, 1000, (40, 36, 5)).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(img, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    prep = {**DEFAULT_PREPROCESSING, "spatial_size": 32, "hu_window": [-100.0, 300.0]}
+    a = get_inference_transforms(prep)({"image": str(path)})["image"]
+    b = get_val_transforms(spatial_size=32, hu_window=[-100.0, 300.0], label_key=None)({"image": str(path)})["image"]
+    assert tuple(a.shape) == (1, 32, 32, 5)
+    torch.testing.assert_close(a.as_tensor(), b.as_tensor(), rtol=0, atol=0)
+    assert float(a.min()) >= -1.0 and float(a.max()) <= 1.0  # the training intensities: [-1, 1]
+
+
+def test_partial_label_contract_one_resolver():
+    """A list of K per-class (B,) tensors (collated Python list) means (B, K) for the loss AND the metric."""
+    from pipofan_monai.evaluation import partial_dice
+
+    as_list = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])]  # K=3, B=2
+    mask = resolve_labeled_mask(as_list, None, 2, 3)
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    y = torch.zeros(2, 3, 4, 4)
+    y[:, 0] = 1
+    y[:, 1, :2] = 1
+    y[:, 0, :2] = 0
+    dice = partial_dice(y, y, as_list, include_background=False)
+    assert torch.isnan(dice[1, 0]) and dice[0, 0] == 1.0  # sample 1 does not label class 1
+    # a label without its mask is an error when the mask is required (the bundle's TAL)
+    logits = torch.zeros(2, 3, 4, 4)
+    target = MetaTensor(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(MissingLabeledMaskError, match="naive baseline"):
+        TargetAdaptiveLoss(require_labeled_mask=True)(logits, target)
+    target.meta[LABELED_MASK_KEY] = torch.ones(2, 3)
+    assert torch.isfinite(TargetAdaptiveLoss(require_labeled_mask=True)(logits, target))
+
+
+def test_bundle_train_json_requires_the_mask():
+    cfg = json.loads(open(TRAIN).read())
+    assert cfg["loss"]["loss"]["require_labeled_mask"] is True
+
+
+@pytest.mark.slow
+def test_trained_model_runs_without_width_or_size_flags(tmp_path):
+    """Train a tiny model with non-default widths and size, then inference, evaluation and the benchmark's
+    label-agreement check read them from the checkpoint; a contradicting flag is refused naming both values."""
+    demo = make_tiny_demo(tmp_path / "demo")  # the datalist file
+    ckpt_dir = tmp_path / "models"
+    run_bundle(["run", "training", "--config_file", TRAIN, "--datalist", str(demo), "--max_epochs", "2",
+                "--dps_epochs", "1", "--val_interval", "1", "--ckpt_dir", str(ckpt_dir),
+                "--output_dir", str(tmp_path / "runs"), "--hu_window", "[-150,250]"] + TINY_TRAIN)
+    model = ckpt_dir / "model.pt"
+    plans = read_plans(model)
+    assert plans["network"]["channels"] == TINY and plans["preprocessing"]["spatial_size"] == 64
+    assert plans["preprocessing"]["hu_window"] == [-150.0, 250.0]
+    last = torch.load(tmp_path / "runs" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["plans"]["network"] == plans["network"]
+
+    out = tmp_path / "out"
+    test_items = json.loads(demo.read_text())["test"]
+    image = str((demo.parent / test_items[0]["image"]).resolve())
+    run_bundle(["run", "inference", "--config_file", INFER, "--input_files", f"['{image}']", "--ckpt_path", str(model),
+                "--output_dir", str(out), "--save_overlay", "False", "--device", "cpu"])
+    seg = nib.load(str(next(out.glob("*_seg.nii.gz"))))
+    assert seg.shape == nib.load(image).shape
+
+    # the config's components are built from the plans (MONAI Label reads these keys)
+    parser = ConfigParser()
+    parser.read_config(INFER)
+    parser.update({"ckpt_path": str(model), "device": "cpu"})
+    assert parser.get_parsed_content("network_def").get_config()["channels"] == TINY
+    pre = parser.get_parsed_content("preprocessing")
+    resize = [t for t in pre.transforms if type(t).__name__ == "Resized"][0]
+    assert tuple(resize.resizer.spatial_size)[:2] == (64, 64)
+
+    # an explicit, contradicting size is an error naming both values
+    with pytest.raises(AssertionError, match=r"spatial_size: checkpoint 64, given 256"):
+        run_bundle(["run", "inference", "--config_file", INFER, "--input_files", f"['{image}']",
+                    "--ckpt_path", str(model), "--output_dir", str(tmp_path / "out2"), "--spatial_size", "256",
+                    "--device", "cpu"])
+
+    # the benchmark's label agreement feeds the trained model the training intensities (from the plans)
+    from pipofan_monai import benchmark as bm
+
+    net = bm.make_network(None, ckpt=str(model))
+    assert net.get_config()["channels"] == TINY
+    slabs = bm.accuracy_slabs(str(model), num_slices=4, seed=0)
+    assert slabs.shape[1:] == (3, 64, 64)
+    assert float(slabs.min()) >= -1.0 and float(slabs.min()) < -0.5  # windowed to [-1, 1], not [0, 1]
