@@ -59,9 +59,10 @@ SERVER_START_TIMEOUT = 180  # seconds to wait for /info/
 SERVER_STOP_TIMEOUT = 30  # seconds between SIGTERM and SIGKILL
 TRAIN_TIMEOUT = 300  # seconds for the 2-epoch training task of the server
 
-# size-only edits of the copied configs (MONAI Label cannot override them); everything else is the bundle's own
+# inference.json is served UNEDITED: the network and the preprocessing come from the plans in models/model.pt.
+# train.json (MONAI Label's retraining cannot pass overrides) gets size-only edits; the rest is the bundle's own
 TINY_COMMON = {"network_channels": [8, 16, 32, 64, 64], "spatial_size": 64, "sw_batch_size": 4}
-TINY_INFERENCE = dict(TINY_COMMON)
+TINY_INFERENCE: dict = {}
 TINY_TRAIN = dict(TINY_COMMON, roi_size=48, samples_per_epoch=8, batch_size=4, num_workers=0, progress_bar=False)
 
 # ------------------------------------------------------------------------------------------- network guard
@@ -140,14 +141,17 @@ def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = 
         assert not missing, f"bundle/configs/{name} no longer has {missing}: update the test's size edits"
         config.update(edits)
         path.write_text(json.dumps(config, indent=4))
-    parser = ConfigParser()
-    parser.read_config(str(dst / "configs" / "inference.json"))
-    parser["bundle_root"] = str(dst)
-    parser["device"] = "$torch.device('cpu')"
-    pre = parser.get_parsed_content("preprocessing")
+    # a tiny model with its plans, as the bundle's training writes it (no width or size in inference.json)
+    from pipofan_monai.networks import PIPOFAN
+    from pipofan_monai.plans import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, make_plans
+    from pipofan_monai.preprocessing import get_inference_transforms
+
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    context = int(parser.get_parsed_content("context"))
+    names = list(class_names) if class_names is not None else list(DEFAULT_CLASS_NAMES)
+    net = PIPOFAN(out_channels=len(names), channels=TINY_COMMON["network_channels"])
+    plans = make_plans(net, names, {**DEFAULT_PREPROCESSING, "spatial_size": TINY_COMMON["spatial_size"]})
+    pre = get_inference_transforms(plans["preprocessing"])
+    context = plans["preprocessing"]["context"]
     slices = []
     for path in inputs:
         image = pre({"image": str(path)})["image"].as_tensor()  # (1, S, S, D)
@@ -163,7 +167,7 @@ def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = 
     with torch.no_grad():
         net(batch)
     (dst / "models").mkdir()
-    torch.save(net.eval().state_dict(), dst / "models" / "model.pt")
+    torch.save({"model": net.eval().state_dict(), "plans": plans}, dst / "models" / "model.pt")
     return dst
 
 
@@ -283,6 +287,10 @@ def test_infer_task_lists_labels(bundle):
     info = task.info()
     assert info["labels"] == {"liver": 1, "kidney": 2, "spleen": 3} and info["version"]
     assert task._config["model_filename"] == ["model.pt"]
+    # served with the bundle's own inference.json: widths and size come from the checkpoint's plans
+    assert json.loads((bundle / "configs" / "inference.json").read_text()) == json.loads(
+        (BUNDLE / "configs" / "inference.json").read_text())
+    assert _task_network(task).get_config()["channels"] == TINY_COMMON["network_channels"]
 
 
 def test_infer_task_matches_bundle_runner(bundle, inputs, runner_labels):
