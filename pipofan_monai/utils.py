@@ -128,6 +128,8 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
   --input_files "['ct1.nii.gz', ...]"  or  --datalist PATH [--datalist_key test]
   --ckpt_path models/model.pt   --output_dir DIR   --device cpu   --overwrite skip
   --save_probabilities True   --save_overlay False   --postprocess False
+  --output_format dicom_seg  or  "['nifti','dicom_seg']"   DICOM SEG beside/instead of NIfTI (DICOM series inputs;
+                                                           pip install "pipofan-monai[dicom]")
 See bundle/docs/README.md for all keys. Nothing was run.""",
 }
 

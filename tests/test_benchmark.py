@@ -76,11 +76,20 @@ def test_quick_cli_writes_every_section(tmp_path):
     assert e2e["output_file"] == "bench_ct_seg.nii.gz" and e2e["memory"]["peak_mb"] > 0
     names = [t[0] for t in e2e["transforms"]]
     assert names[0] == "LoadCTd" and "SlidingSliceInferer" in names and "Invertd" in names and names[-1] == "AtomicSaveImaged"
-    data = r["data"]
-    assert data["samples_per_s"] > 0 and data["samples"] == 3 * bm.QUICK_SETTINGS["train_batch"]
-    assert data["sample_shape"] == [3, bm.QUICK_SETTINGS["train_size"], bm.QUICK_SETTINGS["train_size"]]
+    data, q = r["data"], bm.QUICK_DATA_SETTINGS
+    assert data["samples_per_s"] > 0 and data["samples"] == q["batches"] * q["batch"]
+    assert data["sample_shape"] == [3, q["train_size"], q["train_size"]]
     assert data["over_training_step"] == pytest.approx(data["samples_per_s"] / r["training"]["optimized"]["samples_per_s"])
-    assert "data path samples/s" in proc.stdout
+    m = data["mmap"]  # memory-mapped cache vs CacheDataset(copy_cache=True), both measured in this run
+    h, w, d = q["volume_shape"]
+    assert m["cached_slices"] == q["num_volumes"] * d
+    assert m["bytes_per_slice"] > q["spatial_size"] ** 2 * 3  # float16 image + uint8 label (+ headers, meta.json)
+    assert m["four_datasets_gb"] == pytest.approx(m["bytes_per_slice"] * bm.FOUR_DATASETS_SLICES / 1e9)
+    assert m["first_run_s"] > 0 and m["second_run_s"] > 0
+    run = m["runs"]["1"]
+    assert run["memory"]["main_rss_mb"] > 0 and run["memory"]["worker_pss_mb"] > 0
+    assert data["ratio"] == pytest.approx(run["samples_per_s"] / data["baseline"]["runs"]["1"]["samples_per_s"])
+    assert "data path samples/s" in proc.stdout and "CacheDataset(copy_cache=True)" in proc.stdout
     acc = r["accuracy"]["fp32 channels_last"]
     assert acc["passed"] and acc["min_dice"] >= 0.99
     # the optimized path is an accuracy-checked candidate or the baseline itself

@@ -49,7 +49,9 @@ def stage_of(transform: Any) -> str:
         return "load"
     if isinstance(transform, Invertd):
         return "invert"
-    if isinstance(transform, SaveImaged):
+    from pipofan_monai.inference.dicom_seg import SaveDicomSegd
+
+    if isinstance(transform, (SaveImaged, SaveDicomSegd)):
         return "save"
     return "postprocess" if getattr(transform, "_pipofan_post", False) else "preprocess"
 

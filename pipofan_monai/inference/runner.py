@@ -37,6 +37,7 @@ from monai.data.folder_layout import FolderLayout
 from monai.transforms import Compose, Orientation
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
+from pipofan_monai.inference.dicom_seg import SaveDicomSegd, check_dicom_seg_input
 from pipofan_monai.inference.inputs import as_items, case_name, resolve_inputs
 from pipofan_monai.inference.pipeline import CasePipeline
 from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
@@ -154,10 +155,13 @@ class SegmentationRunner:
         #: optional :class:`~pipofan_monai.inference.pipeline.StageTimer` (per-stage times of every case)
         self.timer = None
         self.savers = self.pipeline.savers
+        #: DICOM SEG writers of the postprocessing (bundle option ``output_format``: "dicom_seg")
+        self.seg_writers = [t for t in self.pipeline.post if isinstance(t, SaveDicomSegd)]
         label_savers = [t for t in self.savers if self.pred_key in t.keys]
-        self.output_dir = (
-            str(label_savers[0].saver.folder_layout.output_dir) if label_savers else (str(report_dir or "."))
-        )
+        if label_savers:
+            self.output_dir = str(label_savers[0].saver.folder_layout.output_dir)
+        else:
+            self.output_dir = str(self.seg_writers[0].output_dir if self.seg_writers else (report_dir or "."))
 
     # ------------------------------------------------------------------ helpers
     def _label_names(self) -> list[str] | None:
@@ -173,12 +177,14 @@ class SegmentationRunner:
         return len(self.class_names)
 
     def output_paths(self, image_path: str) -> list[str]:
-        """Files the postprocessing's ``SaveImaged`` transforms write for ``image_path`` (+ the overview PNG)."""
+        """Files the postprocessing's ``SaveImaged`` / ``SaveDicomSegd`` transforms write for ``image_path`` (+ the
+        overview PNG)."""
         paths = []
         for t in self.savers:
             saver = t.saver
             kw = saver.fname_formatter({"filename_or_obj": image_path}, saver)
             paths.append(str(saver.folder_layout.filename(**kw)))
+        paths.extend(t.output_path(image_path) for t in self.seg_writers)
         if self.save_overlay:
             paths.append(self.overlay_path(image_path))
         return paths
@@ -260,10 +266,21 @@ class SegmentationRunner:
             "error"}], "num_ok", "num_skipped", "num_failed", "evaluation": summary or None}``.
 
         Raises:
-            FileNotFoundError, ValueError: checkpoint problems (before any case is processed).
+            FileNotFoundError, ValueError: checkpoint problems, or with DICOM SEG output an input that is not a
+                DICOM series (before any case is processed).
             InferenceError: at the end, when some cases failed and ``fail_on_error``.
         """
         items = as_items(items)
+        if self.seg_writers:  # DICOM SEG output needs DICOM inputs: refuse others by name before any inference
+            bad = []
+            for item in items:
+                try:
+                    check_dicom_seg_input(item[self.image_key])
+                except (ValueError, FileNotFoundError) as e:
+                    bad.append(str(e))
+            if bad:
+                raise ValueError(f"{len(bad)} of {len(items)} inputs cannot get a DICOM SEG output:\n  "
+                                 + "\n  ".join(bad))
         nets = self._networks(ckpt_path)
         planned: dict[str, str] = {}
         cases: list[dict] = []

@@ -14,6 +14,7 @@ checks, dataset label mapping with labeled-class masks, HU windowing, in-plane r
 
 from __future__ import annotations
 
+from .cache import CacheEntry, PreprocessedCache
 from .intensity import CheckFinited, HUWindowd, check_finite
 from .io import CheckAffined, CheckCTIntensityd, CheckSameGridd, CheckVolumed, LoadCTd, check_dicom_folder, load_ct_transforms
 from .labels import MapDatasetLabelsd, map_dataset_labels
@@ -21,6 +22,8 @@ from .pipelines import get_inference_transforms, get_preprocessing_transforms, g
 from .slices import SlicesToChannelsd, make_slab_indices, stack_neighbour_slices
 
 __all__ = [
+    "CacheEntry",
+    "PreprocessedCache",
     "CheckFinited",
     "HUWindowd",
     "check_finite",

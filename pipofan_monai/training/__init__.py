@@ -14,6 +14,7 @@ bundle's training workflow, the learning-rate schedule, cross-validation and the
 
 from __future__ import annotations
 
+from .cached_data import CachedSliceDataset, CachedVolumeDataset, make_train_dataset, make_val_dataset
 from .data import SeededItemDataset, load_training_data, split_training_data
 from .handlers import (
     BestModelCheckpoint,
@@ -31,6 +32,10 @@ from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 __all__ = [
+    "CachedSliceDataset",
+    "CachedVolumeDataset",
+    "make_train_dataset",
+    "make_val_dataset",
     "SeededItemDataset",
     "load_training_data",
     "split_training_data",

@@ -26,7 +26,7 @@ from pipofan_monai import bundle_dir
 from pipofan_monai.evaluation.metrics import mean_std
 from pipofan_monai.organs import DEFAULT_CLASS_NAMES, metric_name
 
-__all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation_dice"]
+__all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation_dice", "release_workflow"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,40 @@ def best_validation_dice(metrics_path: str | os.PathLike, class_names: Sequence[
     dice = {o: (best.get(metric_name(o)) if best else None) for o in class_names[1:]}
     dice["mean"] = best.get("val_mean_dice") if best else None
     return (best.get("epoch") if best else None), dice
+
+
+def release_workflow(workflow: Any, ids: Sequence[str] = ("train#dataloader", "validate#dataloader")) -> int:
+    """Stop the DataLoader worker processes of a finished bundle workflow and drop its parsed objects, so that
+    the next fold (or study row) starts from the same memory. Returns how many loaders had workers running.
+
+    ``persistent_workers=True`` keeps each loader's workers (and what they hold) alive as long as the loader
+    object lives, and a ``ConfigWorkflow`` keeps its loaders alive: without this, every finished fold leaves its
+    workers behind. PyTorch has no public call to stop persistent workers; ``_shutdown_workers`` is what the
+    iterator's own ``__del__`` runs.
+    """
+    parser = getattr(workflow, "parser", None)
+    stopped = 0
+    if parser is None:
+        return 0
+    for key in ids:
+        if key not in parser:
+            continue
+        try:
+            loader = parser.get_parsed_content(key)  # already instantiated: the cached object
+        except Exception as e:  # a loader that never got built has no workers
+            logger.debug(f"release_workflow: {key} not available ({e})")
+            continue
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+            stopped += int(getattr(it, "_num_workers", 0) > 0)
+        if hasattr(loader, "_iterator"):
+            loader._iterator = None
+    parser.ref_resolver.reset()  # drop the instantiated components (datasets, networks) with their memory
+    import gc
+
+    gc.collect()
+    return stopped
 
 
 def crossval_report(fold_results: Sequence[dict], class_names: Sequence[str], output_dir: str | os.PathLike) -> dict:
@@ -111,7 +145,9 @@ def run_crossval(
     """Train one model per fold with the bundle's training workflow and write the cross-validation report.
 
     Fold k writes its checkpoints to ``<ckpt_dir>/fold{k}/model.pt`` and its logs/metrics to
-    ``<output_dir>/fold{k}/``; the report goes to ``<output_dir>/crossval.{json,csv,png}``.
+    ``<output_dir>/fold{k}/``; the report goes to ``<output_dir>/crossval.{json,csv,png}``. All folds share one
+    preprocessed cache, ``<output_dir>/cache`` (or ``cache_dir=...``), so the volumes are preprocessed once; each
+    fold's DataLoader workers are stopped when the fold ends.
 
     Args:
         config_file: training config(s), merged in order (e.g. train.json + quickstart.json).
@@ -143,13 +179,16 @@ def run_crossval(
         wf = ConfigWorkflow(
             config_file=files,
             workflow_type="train",
-            **{**override, "fold": k, "num_folds": int(num_folds), "ckpt_dir": str(base_ckpt / f"fold{k}"),
+            **{"cache_dir": str(base_out / "cache"),  # one preprocessed cache for all folds (it ignores the split)
+               **override, "fold": k, "num_folds": int(num_folds), "ckpt_dir": str(base_ckpt / f"fold{k}"),
                "output_dir": str(base_out / f"fold{k}")},
         )
         wf.initialize()
         class_names = wf.parser.get_parsed_content("class_names")
         wf.run()
         wf.finalize()
+        release_workflow(wf)
+        del wf
         best_epoch, dice = best_validation_dice(base_out / f"fold{k}" / "metrics.json", class_names)
         results.append({"fold": k, "best_epoch": best_epoch, "dice": dice,
                         "checkpoint": str(base_ckpt / f"fold{k}" / "model.pt")})

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.training.crossval import DEFAULT_CONFIG, _cell, best_validation_dice
+from pipofan_monai.training.crossval import DEFAULT_CONFIG, _cell, best_validation_dice, release_workflow
 
 __all__ = [
     "STUDIES",
@@ -383,7 +383,8 @@ def run_study(
         run_dir.mkdir(parents=True, exist_ok=True)
         dl_path = run_dir / "datalist.json"
         dl_path.write_text(json.dumps(subset_datalist(base, split, r["sources"]), indent=1))
-        ov = {**settings, **r["overrides"], "datalist": str(dl_path), "dataset_dir": None, "datasets": None,
+        ov = {"cache_dir": str(out / "cache"),  # one preprocessed cache shared by the rows
+              **settings, **r["overrides"], "datalist": str(dl_path), "dataset_dir": None, "datasets": None,
               "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir)}
         if (run_dir / "metrics.json").exists():
             (run_dir / "metrics.json").unlink()  # a fresh table, never rows of an earlier run
@@ -397,6 +398,8 @@ def run_study(
         effective = {k: wf.parser.get_parsed_content(k) for k in _RECORDED}
         wf.run()
         wf.finalize()
+        release_workflow(wf)
+        del wf
         seconds = round(time.perf_counter() - t0, 1)
         set_determinism(seed=None)
         best_epoch, dice = best_validation_dice(run_dir / "metrics.json", class_names)

@@ -1,0 +1,618 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""A persisted, memory-mapped cache of the deterministic preprocessing (issue 14; anchor: nnU-Net's preprocessed
+folder).
+
+Every volume is preprocessed ONCE by the project's own deterministic pipeline
+(:func:`~pipofan_monai.preprocessing.pipelines.get_preprocessing_transforms`: load, RAS, dataset label mapping,
+HU window and scale, in-plane resize) and stored in ``cache_dir`` as one folder per volume::
+
+    cache_dir/
+        <case>-<16 hex>/            one entry; the name hashes the settings and the source paths
+            image.npy               (D, S, S) float16, slice-major: one 3-slice slab is one contiguous read
+            label.npy               (D, S, S) uint8, global class ids
+            meta.json               key, settings, sources (path, size, mtime_ns), affine, spacing, original
+                                    shape, dataset, labeled mask, per-class slice lists, array shapes/dtypes
+
+Why float16 and not int16 HU: the pipeline windows BEFORE the (trilinear) in-plane resize, and clipping does not
+commute with interpolation, so int16 HU windowed after cropping would not give today's samples. float16 of the
+final values does (within float16 rounding: <= 2.5e-4 on the [-1, 1] scale), at 2 bytes per voxel like int16.
+
+Entries are found again by their folder name and accepted only if ``meta.json`` parses, its ``key`` (settings +
+source path, size and ``mtime_ns``) matches and both arrays have the recorded shape, dtype and exact file size;
+otherwise that one entry is rebuilt. An entry is written in a temporary folder inside ``cache_dir`` and renamed
+into place when complete, so a reader never sees half an entry and two processes (e.g. DDP ranks) may fill one
+cache concurrently: the second to finish discards its copy. Arrays are opened with ``np.load(mmap_mode="r")``:
+a training sample reads only the slices it needs, and the OS page cache (not the Python heap) holds what is hot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
+
+__all__ = ["CACHE_FORMAT", "CacheEntry", "PreprocessedCache", "source_fingerprint", "preprocessed_cache_from_config"]
+
+logger = logging.getLogger(__name__)
+
+#: version of the on-disk layout; part of every key (bump it when the layout or the preprocessing code changes)
+CACHE_FORMAT = 1
+_ARRAYS = {"image": np.float16, "label": np.uint8}
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+
+
+def source_fingerprint(path: str | os.PathLike) -> dict:
+    """``{"path", "size", "mtime_ns"}`` of a source file (absolute path); for a folder (a DICOM series) the size
+    and latest ``mtime_ns`` over its files, plus their count.
+
+    Raises:
+        FileNotFoundError: naming the path.
+    """
+    p = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"source file not found: {p!r}.") from None
+    if not os.path.isdir(p):
+        return {"path": p, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    size, mtime, count = 0, int(st.st_mtime_ns), 0
+    for root, _, files in os.walk(p):
+        for name in files:
+            s = os.stat(os.path.join(root, name))
+            size, mtime, count = size + int(s.st_size), max(mtime, int(s.st_mtime_ns)), count + 1
+    return {"path": p, "size": size, "mtime_ns": mtime, "files": count}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _case_stem(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "case"
+
+
+class CacheEntry:
+    """One preprocessed volume in the cache: its folder, its ``meta.json`` and lazily opened memory maps.
+
+    The maps are opened on first access in the process that uses them (a DataLoader worker), never pickled:
+    pickling an entry sends its folder and metadata only.
+
+    Attributes:
+        path: the entry folder.
+        meta: the parsed ``meta.json``.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.meta = dict(meta)
+        self._image: np.memmap | None = None
+        self._label: np.memmap | None = None
+        self._candidates: dict[tuple, torch.Tensor] = {}
+        self._fixed: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "meta": self.meta}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["meta"])
+
+    def __repr__(self) -> str:
+        return f"CacheEntry({str(self.path)!r}, shape={self.shape})"
+
+    @property
+    def image(self) -> np.memmap:
+        """``(D, H, W)`` float16 memory map of the preprocessed image (slice-major)."""
+        if self._image is None:
+            self._image = np.load(self.path / "image.npy", mmap_mode="r")
+        return self._image
+
+    @property
+    def label(self) -> np.memmap:
+        """``(D, H, W)`` uint8 memory map of the label (global class ids)."""
+        if self._label is None:
+            self._label = np.load(self.path / "label.npy", mmap_mode="r")
+        return self._label
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)``: slices, then the in-plane size after the resize."""
+        return tuple(int(s) for s in self.meta["arrays"]["image"]["shape"])  # type: ignore[return-value]
+
+    @property
+    def filename(self) -> str:
+        """The source image (as ``filename_or_obj`` in MONAI metadata)."""
+        return str(self.meta["filename_or_obj"])
+
+    @property
+    def label_filename(self) -> str:
+        """The source label file."""
+        return str(self.meta.get("label_filename", self.filename))
+
+    @property
+    def affine(self) -> torch.Tensor:
+        """4x4 float64 affine of the preprocessed ``(1, H, W, D)`` grid (as the old pipeline's ``image.affine``)."""
+        if "affine" not in self._fixed:
+            self._fixed["affine"] = torch.tensor(self.meta["affine"], dtype=torch.float64)
+        return self._fixed["affine"]
+
+    @property
+    def original_affine(self) -> np.ndarray | None:
+        """4x4 affine of the source file as loaded (MONAI's ``original_affine``), or None."""
+        if "original_affine" not in self._fixed:
+            oa = self.meta.get("original_affine")
+            self._fixed["original_affine"] = None if oa is None else np.asarray(oa, dtype=np.float64)
+        return self._fixed["original_affine"]
+
+    @property
+    def original_shape(self) -> np.ndarray:
+        """Spatial shape of the source file as loaded (MONAI's ``spatial_shape``)."""
+        if "original_shape" not in self._fixed:
+            d, h, w = self.shape
+            self._fixed["original_shape"] = np.asarray(self.meta.get("original_shape") or (h, w, d))
+        return self._fixed["original_shape"]
+
+    @property
+    def labeled_mask(self) -> np.ndarray:
+        """``(K,)`` float32 0/1 mask of the classes the source dataset annotates (background 1)."""
+        return np.asarray(self.meta["labeled_mask"], dtype=np.float32)
+
+    def organ_slices(self, organs: Sequence[int] | None = None) -> torch.Tensor:
+        """Sorted slice indices (int64) whose slice contains at least one voxel of ``organs`` (None: any organ),
+        read from ``meta.json``: the volume is never scanned. Computed once per organ set."""
+        key = tuple(sorted(int(c) for c in organs)) if organs is not None else ()
+        if key not in self._candidates:
+            table = self.meta["organ_slices"]
+            chosen = key or tuple(int(c) for c in table)
+            s = set()
+            for c in chosen:
+                s.update(table.get(str(c), []))
+            self._candidates[key] = torch.tensor(sorted(s), dtype=torch.long)
+        return self._candidates[key]
+
+
+class PreprocessedCache:
+    """The cache folder: find, validate, build and fill entries for datalist items.
+
+    Args:
+        cache_dir: the cache folder (created when needed). Several settings can share one folder: an entry's
+            name hashes its settings.
+        spatial_size: in-plane size after resizing (None: keep the original size). Default 256.
+        hu_window: HU clip range. Default (-200, 200).
+        intensity: ``"scale"`` or ``"zscore"`` (see ``HUWindowd``). Default "scale".
+        num_classes: K global classes (<= 256, labels are stored as uint8). Default 4.
+        datasets: extra dataset table for ``MapDatasetLabelsd``.
+        image_mode: interpolation of the image resize. Default "trilinear".
+        reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
+        image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
+
+    Example::
+
+        cache = PreprocessedCache("runs/cache", spatial_size=256)
+        entries = cache.fill(datalist["training"], num_workers=4)   # builds what is missing, with a progress bar
+        entries[0].image[10:13, 16:240, 16:240]                      # three slices, read from the memory map
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        spatial_size: int | None = 256,
+        hu_window: Sequence[float] = (-200.0, 200.0),
+        intensity: str = "scale",
+        num_classes: int = len(CLASS_NAMES),
+        datasets: Mapping[str, Any] | None = None,
+        image_mode: str = "trilinear",
+        reader: Any = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        dataset_key: str = "dataset",
+    ) -> None:
+        if cache_dir in (None, ""):
+            raise ValueError("cache_dir must be a folder path, got None.")
+        if not 2 <= int(num_classes) <= 256:
+            raise ValueError(f"num_classes must be in 2..256 (labels are cached as uint8), got {num_classes}.")
+        if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {hu_window}.")
+        if intensity not in ("scale", "zscore"):
+            raise ValueError(f"intensity must be 'scale' or 'zscore', got {intensity!r}.")
+        self.cache_dir = Path(os.path.abspath(os.path.expanduser(os.fspath(cache_dir))))
+        self.spatial_size = None if spatial_size is None else int(spatial_size)
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
+        self.intensity = intensity
+        self.num_classes = int(num_classes)
+        self.datasets = dict(datasets) if datasets else None
+        self.image_mode = image_mode
+        self.reader = reader
+        self.image_key, self.label_key, self.dataset_key = image_key, label_key, dataset_key
+
+    # ----------------------------------------------------------------------------------------------- keys
+    def settings(self, item: Mapping[str, Any]) -> dict:
+        """The preprocessing settings that affect ``item``'s entry (JSON-able): the global ones plus the item's
+        dataset label mapping and labeled classes."""
+        name = item.get(self.dataset_key)
+        spec = get_dataset_spec(name, self.datasets) if name not in (None, "") else None
+        reader = self.reader if isinstance(self.reader, (str, type(None))) else type(self.reader).__name__
+        return {
+            "format": CACHE_FORMAT, "spatial_size": self.spatial_size, "hu_window": list(self.hu_window),
+            "intensity": self.intensity, "num_classes": self.num_classes, "image_mode": self.image_mode,
+            "reader": reader, "dataset": None if spec is None else spec.name,
+            "label_map": None if spec is None else sorted([int(k), int(v)] for k, v in spec.label_map.items()),
+            "labeled_classes": None if spec is None else sorted(int(c) for c in spec.labeled_classes),
+        }
+
+    def _sources(self, item: Mapping[str, Any]) -> dict:
+        for k in (self.image_key, self.label_key):
+            if not isinstance(item.get(k), (str, os.PathLike)):
+                raise ValueError(f"cache items need a file path under {k!r}, got {item.get(k)!r} in {dict(item)}.")
+        return {"image": source_fingerprint(item[self.image_key]), "label": source_fingerprint(item[self.label_key])}
+
+    def entry_path(self, item: Mapping[str, Any]) -> Path:
+        """The entry folder of ``item``: ``<case>-<hash of the settings and the source paths>``."""
+        paths = [os.path.abspath(os.path.expanduser(os.fspath(item[k]))) for k in (self.image_key, self.label_key)]
+        return self.cache_dir / f"{_case_stem(paths[0])}-{_digest([self.settings(item), paths])[:16]}"
+
+    def entry_key(self, item: Mapping[str, Any]) -> str:
+        """Full key of ``item``'s entry: hash of its settings and its sources' path, size and ``mtime_ns``."""
+        return _digest([self.settings(item), self._sources(item)])
+
+    # ----------------------------------------------------------------------------------------- validation
+    @staticmethod
+    def check_entry(path: str | os.PathLike, key: str | None = None) -> tuple[dict | None, str]:
+        """``(meta, "")`` when the entry at ``path`` is complete and (if given) has ``key``, else
+        ``(None, reason)``. Checks: ``meta.json`` parses, format and key, and for both arrays: readable header,
+        recorded shape and dtype, exact file size (a truncated file fails)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except FileNotFoundError:
+            return None, "missing"
+        except (OSError, ValueError) as e:
+            return None, f"meta.json unreadable ({type(e).__name__}: {e})"
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            return None, f"format {meta.get('format') if isinstance(meta, dict) else None!r} != {CACHE_FORMAT}"
+        if key is not None and meta.get("key") != key:
+            return None, "source file or settings changed"
+        try:
+            for name in _ARRAYS:
+                spec = meta["arrays"][name]
+                f = path / f"{name}.npy"
+                arr = np.load(f, mmap_mode="r")
+                if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
+                    return None, f"{name}.npy is {arr.dtype}{list(arr.shape)}, expected {spec['dtype']}{spec['shape']}"
+                size = os.path.getsize(f)
+                if size != int(arr.offset) + int(arr.nbytes):
+                    return None, f"{name}.npy has {size} bytes, expected {int(arr.offset) + int(arr.nbytes)}"
+                del arr
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"array unreadable ({type(e).__name__}: {e})"
+        return meta, ""
+
+    def lookup(self, item: Mapping[str, Any]) -> tuple[CacheEntry | None, str]:
+        """``(entry, "")`` if ``item`` has a valid, up-to-date entry, else ``(None, reason)``."""
+        path = self.entry_path(item)
+        meta, reason = self.check_entry(path, self.entry_key(item))
+        return (CacheEntry(path, meta) if meta is not None else None), reason
+
+    # ----------------------------------------------------------------------------------------------- build
+    def _transforms(self) -> Any:
+        from monai.transforms import Compose
+
+        from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
+
+        return Compose(get_preprocessing_transforms(
+            "image", "label", self.spatial_size, hu_window=self.hu_window, intensity=self.intensity,
+            num_classes=self.num_classes, datasets=self.datasets, dataset_key="dataset", image_mode=self.image_mode,
+            reader=self.reader, partial_labels=True))
+
+    def preprocess(self, item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Run the deterministic pipeline on one item: ``(image (D, S, S) float16, label (D, S, S) uint8, meta)``.
+
+        The values are those of ``get_preprocessing_transforms`` (image rounded to float16); ``meta`` holds
+        everything of ``meta.json`` except the key and the sources.
+
+        Raises:
+            ValueError: non-finite values after the float16 cast, or labels outside 0..255; naming the file.
+        """
+        d = self._transforms()({"image": item[self.image_key], "label": item[self.label_key],
+                                "dataset": item.get(self.dataset_key)})
+        img, lab = d["image"], d["label"]
+        fname = str(img.meta.get("filename_or_obj", item[self.image_key]))
+        t = img.as_tensor()[0]  # (H, W, D) float32
+        h, w, depth = (int(s) for s in t.shape)
+        image = np.empty((depth, h, w), dtype=np.float16)
+        image[...] = t.permute(2, 0, 1).numpy()  # one pass: transpose to slice-major and round to float16
+        if not np.isfinite(image).all():
+            raise ValueError(f"image {fname}: values overflow float16 after preprocessing (intensity={self.intensity}).")
+        lt = lab.as_tensor()[0]
+        lmin, lmax = float(lt.min()), float(lt.max())
+        if lmin < 0 or lmax > 255:
+            raise ValueError(f"label {lab.meta.get('filename_or_obj')}: values {lmin}..{lmax} do not fit uint8.")
+        label = np.empty((depth, h, w), dtype=np.uint8)
+        label[...] = lt.permute(2, 0, 1).numpy()
+        per_slice = {str(c): np.flatnonzero((label == c).any(axis=(1, 2))).tolist() for c in range(1, self.num_classes)}
+        affine = np.asarray(img.affine, dtype=np.float64)
+        orig = img.meta.get("original_affine")
+        meta = {
+            "format": CACHE_FORMAT, "settings": self.settings(item), "dataset": item.get(self.dataset_key),
+            "filename_or_obj": fname, "label_filename": str(lab.meta.get("filename_or_obj", item[self.label_key])),
+            "affine": affine.tolist(), "spacing": np.linalg.norm(affine[:3, :3], axis=0).tolist(),
+            "original_affine": None if orig is None else np.asarray(orig, dtype=np.float64).tolist(),
+            "original_shape": [int(s) for s in np.asarray(img.meta.get("spatial_shape", ())).reshape(-1)],
+            "labeled_mask": np.asarray(lab.meta["labeled_mask"], dtype=np.float32).tolist(),
+            "organ_slices": per_slice,
+            "arrays": {"image": {"dtype": "float16", "shape": [depth, h, w]},
+                       "label": {"dtype": "uint8", "shape": [depth, h, w]}},
+        }
+        return image, label, meta
+
+    def _writable(self) -> None:
+        """Raise ``PermissionError`` naming the cache folder if entries cannot be written there."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            raise PermissionError(
+                f"cache folder {str(self.cache_dir)!r} is not writable ({type(e).__name__}: {e.strerror or e}); "
+                "pass a writable cache_dir, or fill this cache first where it is writable "
+                "(python -m pipofan_monai preprocess ...)."
+            ) from e
+
+    def build(self, item: Mapping[str, Any]) -> CacheEntry:
+        """Preprocess ``item`` and publish its entry atomically (temporary folder, fsync, rename).
+
+        If another process published a valid entry with the same key meanwhile, ours is discarded and theirs
+        returned; a stale or corrupt entry in the way is replaced.
+        """
+        self._writable()
+        final = self.entry_path(item)
+        key = self.entry_key(item)
+        image, label, meta = self.preprocess(item)
+        if self.entry_key(item) != key:  # a source changed while we read it: the entry would lie about its source
+            raise RuntimeError(f"{item[self.image_key]} or its label changed during preprocessing; run again.")
+        meta = {**meta, "key": key, "sources": self._sources(item)}
+        tmp = self.cache_dir / f"{_TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for name, arr in (("image", image), ("label", label)):
+                with open(tmp / f"{name}.npy", "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+            with open(tmp / "meta.json", "w") as f:
+                json.dump(meta, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            self._publish(tmp, final, key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        got, reason = self.check_entry(final, key)
+        if got is None:
+            raise RuntimeError(f"cache entry {final} is not valid right after writing it: {reason}.")
+        return CacheEntry(final, got)
+
+    def _publish(self, tmp: Path, final: Path, key: str) -> None:
+        for _ in range(3):
+            try:
+                os.rename(tmp, final)  # atomic; fails if ``final`` exists (a non-empty folder)
+                _fsync_dir(self.cache_dir)
+                return
+            except OSError:
+                if not final.exists():
+                    raise
+            if self.check_entry(final, key)[0] is not None:
+                return  # another process won the race with an identical entry: ours is discarded by the caller
+            trash = self.cache_dir / f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(final, trash)  # move the stale / corrupt entry aside (open memory maps stay valid)
+            except FileNotFoundError:
+                pass  # someone else moved it
+            shutil.rmtree(trash, ignore_errors=True)
+        raise RuntimeError(f"could not publish cache entry {final} (other processes keep replacing it).")
+
+    def clean_stale(self, max_age_s: float = 24 * 3600.0) -> int:
+        """Remove temporary and trash folders left by interrupted fills: those of dead processes on this host,
+        and any older than ``max_age_s``. Returns how many were removed."""
+        host, removed = socket.gethostname(), 0
+        if not self.cache_dir.is_dir():
+            return 0
+        for p in self.cache_dir.iterdir():
+            if not p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                continue
+            stale = p.name.startswith(_TRASH_PREFIX)
+            m = re.match(rf"{re.escape(_TMP_PREFIX)}.*-(.+)-(\d+)-[0-9a-f]{{8}}$", p.name)
+            if m and m.group(1) == host:
+                stale = stale or not _pid_alive(int(m.group(2)))
+            try:
+                stale = stale or time.time() - p.stat().st_mtime > max_age_s
+            except FileNotFoundError:
+                continue
+            if stale:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------------------------------------------ fill
+    def fill(self, items: Sequence[Mapping[str, Any]], num_workers: int = 0, progress: bool = True) -> list[CacheEntry]:
+        """The entries of ``items``, building the missing, stale and corrupt ones first.
+
+        Args:
+            items: datalist items with image and label file paths (and the dataset name).
+            num_workers: processes building entries in parallel (0 or 1: in this process).
+            progress: show a tqdm bar with ETA while building.
+
+        Returns:
+            one :class:`CacheEntry` per item, in order.
+
+        Raises:
+            PermissionError: entries must be built and the cache folder is not writable (named).
+            RuntimeError: some items could not be preprocessed (all others are built and kept first); the message
+                names each file and its error.
+        """
+        entries: list[CacheEntry | None] = []
+        todo: list[int] = []
+        for i, item in enumerate(items):
+            entry, reason = self.lookup(item)
+            entries.append(entry)
+            if entry is None:
+                todo.append(i)
+                if reason != "missing":
+                    logger.info(f"cache: rebuilding {self.entry_path(item).name}: {reason}")
+        if not todo:
+            return entries  # type: ignore[return-value]
+        self._writable()
+        self.clean_stale()
+        logger.info(f"cache: preprocessing {len(todo)} of {len(items)} volumes into {self.cache_dir} "
+                    f"({max(1, int(num_workers))} processes)")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="preprocessing", unit="volume", disable=not progress, dynamic_ncols=True)
+        failures: list[str] = []
+        n_proc = min(max(1, int(num_workers)), len(todo))
+        try:
+            if n_proc == 1:
+                for i in todo:
+                    try:
+                        entries[i] = self.build(items[i])
+                    except (OSError, ValueError, RuntimeError, KeyError) as e:
+                        failures.append(f"{items[i].get(self.image_key)}: {type(e).__name__}: {e}")
+                    bar.update(1)
+            else:
+                ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+                threads = max(1, (os.cpu_count() or 1) // n_proc)
+                with ProcessPoolExecutor(n_proc, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+                    pending = {ex.submit(_build_one, self, dict(items[i])): i for i in todo}
+                    try:
+                        while pending:
+                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                i = pending.pop(fut)
+                                try:
+                                    entries[i] = fut.result()
+                                except (OSError, ValueError, RuntimeError, KeyError) as e:
+                                    failures.append(f"{items[i].get(self.image_key)}: {type(e).__name__}: {e}")
+                                bar.update(1)
+                    except BaseException:  # Ctrl-C: finished entries stay, the rest is cancelled
+                        ex.shutdown(wait=False, cancel_futures=True)
+                        raise
+        finally:
+            bar.close()
+        if failures:
+            raise RuntimeError(f"could not preprocess {len(failures)} of {len(todo)} volumes into {self.cache_dir} "
+                               "(the others are cached):\n" + "\n".join(failures))
+        return entries  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _build_one(cache: PreprocessedCache, item: dict) -> CacheEntry:
+    return cache.build(item)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: config keys of the bundle that define the cached preprocessing, and the cache's argument names
+CONFIG_KEYS = {"spatial_size": "spatial_size", "hu_window": "hu_window", "intensity": "intensity",
+               "num_classes": "num_classes", "dataset_table": "datasets"}
+
+
+def preprocessed_cache_from_config(
+    config_file: str | os.PathLike | Sequence[str | os.PathLike] = "bundle/configs/train.json",
+    datalist: Any = None,
+    dataset_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **override: Any,
+) -> tuple[PreprocessedCache, list[dict]]:
+    """The cache a bundle training run would use, and the labeled items of its datalist (all folds).
+
+    Args:
+        config_file: training config(s), merged in order.
+        datalist: datalist JSON (None: the config's, else the demo dataset).
+        dataset_dir: folder the datalist's relative paths are resolved against.
+        cache_dir: the cache folder (None: the config's ``cache_dir``).
+        override: other top-level config keys (``spatial_size``, ``hu_window``, ``output_dir``, ...).
+    """
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.training.data import load_training_data
+
+    files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
+    parser = ConfigParser()
+    parser.read_config([os.fspath(f) for f in files])
+    parser.update(override)
+    if datalist is not None:
+        parser["datalist"] = datalist
+    if dataset_dir is not None:
+        parser["dataset_dir"] = dataset_dir
+    kwargs = {arg: parser.get_parsed_content(key) for key, arg in CONFIG_KEYS.items() if key in parser}
+    if cache_dir is None:
+        if "cache_dir" not in parser:
+            raise ValueError(f"no --cache_dir given and {files} define no cache_dir.")
+        cache_dir = parser.get_parsed_content("cache_dir")
+    data = load_training_data(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"),
+                              parser.get_parsed_content("demo_dir") if "demo_dir" in parser else None)
+    items = [dict(d) for d in data.get("training", []) if d.get("label")]
+    if not items:
+        raise ValueError("the datalist has no labeled training items to preprocess.")
+    return PreprocessedCache(cache_dir, **kwargs), items

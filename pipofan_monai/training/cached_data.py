@@ -1,0 +1,416 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Training and validation Datasets on the memory-mapped preprocessed cache (issue 14).
+
+:class:`CachedSliceDataset` yields one 2.5D training sample per index by reading the ``2*context+1`` slices it
+needs from the memory map (about 0.4 MB at 256², whatever the volume's size); the draw is that of
+:class:`~pipofan_monai.training.transforms.RandSlabCropd` (organ-centred with ``pos_ratio`` from the slice lists
+stored in the cache, then a random in-plane window), followed by the same ``SlabToChannelsd`` and flips as
+:func:`~pipofan_monai.training.transforms.get_train_transforms`. With the same seed it gives the same samples as
+``CacheDataset(data, get_train_transforms(...))``: labels identical, images equal to the old images rounded to
+float16. Random states are those of MONAI: the transforms live in ``self.transform`` (a ``Compose``), which
+``monai.data.DataLoader`` seeds per worker (``worker_init_fn`` / ``set_rnd``).
+
+:class:`CachedVolumeDataset` streams whole preprocessed volumes for validation, one at a time from the memory map.
+
+:func:`make_train_dataset` / :func:`make_val_dataset` choose the data path from the bundle config's ``cache``:
+``"mmap"`` (this module), ``"memory"`` (MONAI ``CacheDataset``, fastest for the small demo), ``"persistent"``
+(MONAI ``PersistentDataset``) or ``"none"`` (plain ``Dataset``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import Dataset, MetaTensor
+from monai.config import KeysCollection
+from monai.transforms import Compose, MapTransform, RandomizableTransform, ToMetaTensord
+
+from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
+from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
+from pipofan_monai.preprocessing.slices import stack_neighbour_slices
+from pipofan_monai.training.transforms import RandSlabCropd, SlabToChannelsd
+
+__all__ = [
+    "CACHE_MODES",
+    "RandCachedSlabd",
+    "FastRandFlipd",
+    "CachedSliceDataset",
+    "CachedVolumeDataset",
+    "make_train_dataset",
+    "make_val_dataset",
+]
+
+CACHE_MODES = ("mmap", "memory", "persistent", "none")
+ENTRY_KEY = "cache_entry"
+
+_CACHE_ARGS = ("spatial_size", "hu_window", "intensity", "num_classes", "datasets", "image_mode", "reader",
+               "image_key", "label_key", "dataset_key")
+
+
+class RandCachedSlabd(RandSlabCropd):
+    """:class:`RandSlabCropd` on a cache entry: draws ``(x0, y0, z)`` exactly as ``RandSlabCropd`` does on the
+    whole volume (same random calls, organ slices from the entry's ``meta.json``) and reads only that slab.
+
+    Input: a dict with ``data[entry_key]`` a :class:`~pipofan_monai.preprocessing.cache.CacheEntry`. Output: the
+    dict without ``entry_key``, with ``data[image_key]`` a float32 MetaTensor ``(1, rx, ry, 2*context+1)`` and
+    ``data[label_key]`` the centre label slice ``(1, rx, ry, 1)`` float32 carrying ``meta["labeled_mask"]``
+    ``(K,)`` (the dataset's mask, or all ones with ``partial_labels=False``); both carry the crop's affine and
+    ``meta["slab_index"] = tensor([x0, y0, z])``. Follow with ``SlabToChannelsd(keys, center_only=(False, True))``:
+    the result equals ``RandSlabCropd`` + ``SlabToChannelsd`` of the old path.
+
+    Args:
+        keys: ``(image_key, label_key)``. Default ``("image", "label")``.
+        entry_key: key of the cache entry. Default ``"cache_entry"``.
+        partial_labels: False: all-ones labeled masks (naive baseline). Default True.
+        roi_size, context, pos_ratio, num_samples, mask_key, organ_free: as :class:`RandSlabCropd`.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("image", "label"),
+        entry_key: str = ENTRY_KEY,
+        roi_size: Sequence[int] | int = (224, 224),
+        context: int = 1,
+        pos_ratio: float = 1.0,
+        num_samples: int = 1,
+        mask_key: str = "labeled_mask",
+        organ_free: str = "warn",
+        partial_labels: bool = True,
+    ) -> None:
+        keys = tuple(keys)
+        if len(keys) != 2:
+            raise ValueError(f"keys must be (image_key, label_key), got {keys}.")
+        super().__init__(keys, label_key=keys[1], roi_size=roi_size, context=context, pos_ratio=pos_ratio,
+                         num_samples=num_samples, mask_key=mask_key, organ_free=organ_free)
+        self.entry_key = entry_key
+        self.partial_labels = bool(partial_labels)
+
+    def candidates(self, entry: CacheEntry) -> torch.Tensor:
+        """Organ-centred candidate slices, as ``RandSlabCropd.organ_slices`` would find them in the volume."""
+        mask = entry.labeled_mask if self.partial_labels else np.ones_like(entry.labeled_mask)
+        organs = [c for c, v in enumerate(mask.tolist()) if c > 0 and v > 0]
+        return entry.organ_slices(None if len(organs) == len(mask) - 1 else organs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any] | list[dict[Hashable, Any]]:
+        d = dict(data)
+        entry: CacheEntry = d.pop(self.entry_key)
+        depth, h, w = entry.shape
+        fname = entry.filename
+        n_slab = 2 * self.context + 1
+        if depth < n_slab:
+            raise ValueError(f"{fname}: volume has {depth} slices, thinner than the {n_slab}-slice slab "
+                             f"(shape {(h, w, depth)}).")
+        for r, s in zip(self.roi_size, (h, w)):
+            if r > s:
+                raise ValueError(f"{fname}: in-plane size {(h, w)} is smaller than roi_size {self.roi_size}; resize first.")
+        candidates = self.candidates(entry) if self.pos_ratio > 0 else None
+        mask = entry.labeled_mask if self.partial_labels else np.ones_like(entry.labeled_mask)
+        results = []
+        for _ in range(self.num_samples):
+            x0, y0, z = self._draw((h, w, depth), candidates, fname)
+            out = dict(d)
+            for key, part in zip(self.keys, self._read(entry, x0, y0, z, mask)):
+                out[key], out[f"{key}_meta_dict"] = part["data"], part["meta"]
+            results.append(out)
+        return results[0] if self.num_samples == 1 else results
+
+    def _read(self, entry: CacheEntry, x0: int, y0: int, z: int, mask: np.ndarray) -> tuple[dict, dict]:
+        depth, h, w = entry.shape
+        rx = h if self.roi_size[0] == -1 else self.roi_size[0]
+        ry = w if self.roi_size[1] == -1 else self.roi_size[1]
+        zi = [min(max(k, 0), depth - 1) for k in range(z - self.context, z + self.context + 1)]  # replicated edges
+        src = entry.image
+        rows = src[zi[0] : zi[0] + len(zi)] if zi == list(range(zi[0], zi[0] + len(zi))) else src[zi]
+        # the only reads from the memory maps; torch converts float16 -> float32 ~7x faster than numpy here
+        slab = torch.from_numpy(np.ascontiguousarray(rows[:, x0 : x0 + rx, y0 : y0 + ry])).float()
+        lab = torch.from_numpy(np.ascontiguousarray(entry.label[z, x0 : x0 + rx, y0 : y0 + ry])).float()
+        shift = torch.eye(4, dtype=torch.float64)
+        shift[:3, 3] = torch.tensor([x0, y0, z], dtype=torch.float64)
+        affine = entry.affine @ shift  # the centre slice's affine, as after RandSlabCropd + SlabToChannelsd
+        # few metadata keys: each one costs collation time in the workers (the mask is what the loss needs)
+        index = torch.tensor([x0, y0, z], dtype=torch.long)
+        image = {"data": slab.permute(1, 2, 0)[None],
+                 "meta": {"filename_or_obj": entry.filename, "affine": affine, "slab_index": index}}
+        label = {"data": lab[None, :, :, None],
+                 "meta": {"filename_or_obj": entry.label_filename, "affine": affine.clone(), "slab_index": index,
+                          self.mask_key: torch.from_numpy(mask.astype(np.float32))}}
+        return image, label
+
+
+class FastRandFlipd(RandomizableTransform, MapTransform):
+    """``monai.transforms.RandFlipd`` for plain tensors whose metadata travel in ``data["<key>_meta_dict"]``.
+
+    Same draw as ``RandFlipd`` (one ``R.rand() < prob`` per call, so a ``Compose`` seeds it identically), same
+    result (``torch.flip`` of the spatial axis, the affine updated as MONAI's ``Flip`` does: the axis reversed
+    about its last index), without MetaTensor tracking: ``RandFlipd`` costs ~5 ms per 224² sample on a CPU core
+    in that bookkeeping alone, the whole per-sample budget of the real-size data path. Use
+    ``ToMetaTensord`` afterwards.
+
+    Args:
+        keys: keys of ``(C, H, W[, D])`` tensors.
+        prob: flip probability. Default 0.5.
+        spatial_axis: spatial axis to flip (0 = H). Default 0.
+        allow_missing_keys: don't raise if a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, spatial_axis: int = 0,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.spatial_axis = int(spatial_axis)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        ax = self.spatial_axis
+        for key in self.key_iterator(d):
+            t = d[key]
+            d[key] = torch.flip(t, dims=(ax + 1,))
+            meta = d.get(f"{key}_meta_dict")
+            if meta is not None and "affine" in meta:
+                flip = torch.eye(4, dtype=torch.float64)
+                flip[ax, ax], flip[ax, 3] = -1.0, float(t.shape[ax + 1] - 1)
+                d[f"{key}_meta_dict"] = {**meta, "affine": meta["affine"] @ flip}
+        return d
+
+
+class CachedSliceDataset(Dataset):
+    """Training Dataset of 2.5D samples read from the memory-mapped preprocessed cache.
+
+    Each index gives one sample (or ``num_samples``, as a list): image ``(2*context+1, rx, ry)`` float32 (slices
+    z-1, z, z+1 as channels), label ``(1, rx, ry)`` float32 global class ids with ``label.meta["labeled_mask"]``
+    ``(K,)``, other item keys passed through; the samples of ``CacheDataset(data, get_train_transforms(...))``
+    for the same random state, images rounded to float16. Use it with any sampler (e.g. ``PartialLabelSampler``)
+    and ``monai.data.DataLoader`` workers (seeded per worker as MONAI does). Memory does not grow with the volumes:
+    workers share the OS page cache of the memory-mapped files.
+
+    Args:
+        data: datalist items with image and label file paths and a ``dataset`` name.
+        cache_dir: the preprocessed cache folder (filled at construction where entries are missing or stale).
+        spatial_size, hu_window, intensity, num_classes, datasets, image_mode, reader: the deterministic
+            preprocessing (see :class:`~pipofan_monai.preprocessing.cache.PreprocessedCache`).
+        roi_size, context, pos_ratio, num_samples, flip_prob, organ_free, partial_labels: the random part, as
+            :func:`~pipofan_monai.training.transforms.get_train_transforms`.
+        image_key, label_key, dataset_key: item keys.
+        num_workers: processes filling the cache (not the DataLoader's). Default 0.
+        progress: progress bar while filling. Default True.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        cache_dir: str | os.PathLike,
+        spatial_size: int | None = 256,
+        roi_size: int | Sequence[int] = 224,
+        context: int = 1,
+        pos_ratio: float = 1.0,
+        num_samples: int = 1,
+        flip_prob: float = 0.5,
+        organ_free: str = "warn",
+        partial_labels: bool = True,
+        hu_window: Sequence[float] = (-200.0, 200.0),
+        intensity: str = "scale",
+        num_classes: int = len(CLASS_NAMES),
+        datasets: Mapping[str, Any] | None = None,
+        image_mode: str = "trilinear",
+        reader: Any = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        dataset_key: str = "dataset",
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        keys = [image_key, label_key]
+        transform = Compose([
+            RandCachedSlabd(keys, ENTRY_KEY, roi_size=roi_size, context=context, pos_ratio=pos_ratio,
+                            num_samples=num_samples, organ_free=organ_free, partial_labels=partial_labels),
+            SlabToChannelsd(keys, center_only=(False, True)),
+            FastRandFlipd(keys, prob=flip_prob, spatial_axis=0),
+            FastRandFlipd(keys, prob=flip_prob, spatial_axis=1),
+            ToMetaTensord(keys),
+        ])
+        # ``data`` then ``transform`` first in __dict__: MONAI's set_rnd seeds ``transform`` as it does for
+        # CacheDataset, which is what makes the samples equal to the old path's
+        super().__init__(list(data), transform)
+        self.cache = PreprocessedCache(cache_dir, spatial_size, hu_window, intensity, num_classes, datasets,
+                                       image_mode, reader, image_key, label_key, dataset_key)
+        self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
+
+    def _transform(self, index: int) -> Any:
+        from monai.transforms import apply_transform
+
+        d = dict(self.data[index])
+        d[ENTRY_KEY] = self.entries[index]
+        return apply_transform(self.transform, d)
+
+
+class CachedVolumeDataset(Dataset):
+    """Validation Dataset streaming whole preprocessed volumes from the cache, one per index.
+
+    Each index gives image ``(1, S, S, D)`` float32 (or ``(2*context+1, S, S, D)`` with ``context``) and label
+    ``(1, S, S, D)`` float32 global ids with ``meta["labeled_mask"]`` (the dataset's true mask), on the grid and
+    with the affine of :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms`' output; only the volume
+    being evaluated is in memory.
+
+    Args:
+        data: datalist items (image, label, dataset).
+        cache_dir: the preprocessed cache folder.
+        context: if not None, stack neighbour slices as channels here (otherwise the 2.5D inferer does it).
+        transform: optional extra transform applied to each volume dict.
+        num_workers, progress: cache filling, as :class:`CachedSliceDataset`.
+        other arguments: the deterministic preprocessing, as :class:`CachedSliceDataset`.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        cache_dir: str | os.PathLike,
+        spatial_size: int | None = 256,
+        hu_window: Sequence[float] = (-200.0, 200.0),
+        intensity: str = "scale",
+        num_classes: int = len(CLASS_NAMES),
+        datasets: Mapping[str, Any] | None = None,
+        image_mode: str = "trilinear",
+        reader: Any = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        dataset_key: str = "dataset",
+        context: int | None = None,
+        transform: Any = None,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(list(data), transform)
+        self.image_key, self.label_key = image_key, label_key
+        self.context = context
+        self.cache = PreprocessedCache(cache_dir, spatial_size, hu_window, intensity, num_classes, datasets,
+                                       image_mode, reader, image_key, label_key, dataset_key)
+        self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
+
+    def _transform(self, index: int) -> Any:
+        from monai.transforms import apply_transform
+
+        entry = self.entries[index]
+        depth, h, w = entry.shape
+        common = {"filename_or_obj": entry.filename, "space": "RAS",
+                  "spatial_shape": np.asarray(entry.meta.get("original_shape") or (h, w, depth))}
+        if entry.meta.get("original_affine") is not None:
+            common["original_affine"] = np.asarray(entry.meta["original_affine"], dtype=np.float64)
+        image = np.empty((h, w, depth), dtype=np.float32)
+        image[...] = np.moveaxis(entry.image, 0, -1)  # one pass over the memory map: (D, H, W) -> (H, W, D)
+        label = np.empty((h, w, depth), dtype=np.float32)
+        label[...] = np.moveaxis(entry.label, 0, -1)
+        img = MetaTensor(torch.from_numpy(image)[None], affine=entry.affine, meta=dict(common))
+        if self.context is not None:
+            img = stack_neighbour_slices(img, int(self.context))
+        lab_meta = {**common, "filename_or_obj": entry.meta.get("label_filename", entry.filename),
+                    "labeled_mask": torch.from_numpy(entry.labeled_mask)}
+        d = dict(self.data[index])
+        d[self.image_key] = img
+        d[self.label_key] = MetaTensor(torch.from_numpy(label)[None], affine=entry.affine, meta=lab_meta)
+        return apply_transform(self.transform, d) if self.transform is not None else d
+
+
+def _check_mode(cache: str, cache_rate: float, cache_dir: Any) -> str:
+    mode = str(cache).lower()
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
+    if mode != "memory" and float(cache_rate) != 1.0:
+        raise ValueError(f"cache_rate={cache_rate} applies to cache='memory' (MONAI CacheDataset) only; with "
+                         f"cache={mode!r} every volume is read from disk. Use cache='mmap' to bound memory.")
+    if mode in ("mmap", "persistent") and cache_dir in (None, ""):
+        raise ValueError(f"cache={mode!r} needs a cache_dir.")
+    return mode
+
+
+def make_train_dataset(
+    data: Sequence[Mapping[str, Any]],
+    cache: str = "mmap",
+    cache_dir: str | os.PathLike | None = None,
+    cache_rate: float = 1.0,
+    copy_cache: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+    transform: Any = None,
+    **kwargs: Any,
+) -> Dataset:
+    """The training Dataset of the bundle for ``cache`` mode.
+
+    Args:
+        data: training items.
+        cache: ``"mmap"`` (default: :class:`CachedSliceDataset`, the real-size path), ``"memory"``
+            (``CacheDataset`` of ``get_train_transforms``: whole float32 volumes in RAM, fastest for the demo),
+            ``"persistent"`` (``PersistentDataset`` under ``cache_dir/persistent``: whole volumes reloaded per
+            sample, slow at real size) or ``"none"`` (everything recomputed per sample).
+        cache_dir: folder of the ``"mmap"`` / ``"persistent"`` caches.
+        cache_rate: fraction cached in RAM, ``"memory"`` only (a clear error otherwise).
+        copy_cache: ``CacheDataset``'s deep copy per sample (``"memory"``). Default True (MONAI's default).
+        num_workers: processes (threads for ``CacheDataset``) filling the cache.
+        progress: progress bar while filling.
+        transform: the whole training transform for the other modes (the bundle's ``train#preprocessing``);
+            None: ``get_train_transforms(**kwargs)``. Not used by ``"mmap"``, which reads ``kwargs``.
+        kwargs: :func:`~pipofan_monai.training.transforms.get_train_transforms` arguments (spatial_size,
+            roi_size, context, pos_ratio, hu_window, intensity, num_classes, datasets, partial_labels, ...).
+    """
+    mode = _check_mode(cache, cache_rate, cache_dir)
+    if mode == "mmap":
+        return CachedSliceDataset(data, cache_dir, num_workers=num_workers, progress=progress, **kwargs)  # type: ignore[arg-type]
+    from monai.data import CacheDataset, PersistentDataset
+
+    from pipofan_monai.training.transforms import get_train_transforms
+
+    transform = transform if transform is not None else get_train_transforms(**kwargs)
+    if mode == "memory":
+        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
+                            progress=progress, copy_cache=copy_cache)
+    if mode == "persistent":
+        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))  # type: ignore[arg-type]
+    return Dataset(data, transform)
+
+
+def make_val_dataset(
+    data: Sequence[Mapping[str, Any]],
+    cache: str = "mmap",
+    cache_dir: str | os.PathLike | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+    progress: bool = True,
+    transform: Any = None,
+    **kwargs: Any,
+) -> Dataset:
+    """The validation Dataset for ``cache`` mode (see :func:`make_train_dataset`; ``transform``: the bundle's
+    ``validate#preprocessing`` for the other modes); ``kwargs`` are
+    :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: the deterministic
+    preprocessing ones and ``context``; ``allow_missing_label`` must stay False there)."""
+    mode = _check_mode(cache, cache_rate, cache_dir)
+    if mode == "mmap":
+        if kwargs.pop("allow_missing_label", False):
+            raise ValueError("cache='mmap' validation needs a label for every item (allow_missing_label=False).")
+        kwargs.pop("partial_labels", None)  # validation always uses the true masks
+        return CachedVolumeDataset(data, cache_dir, num_workers=num_workers, progress=progress, **kwargs)  # type: ignore[arg-type]
+    from monai.data import CacheDataset, PersistentDataset
+
+    from pipofan_monai.preprocessing.pipelines import get_val_transforms
+
+    transform = transform if transform is not None else get_val_transforms(**kwargs)
+    if mode == "memory":
+        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
+                            progress=progress)
+    if mode == "persistent":
+        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))  # type: ignore[arg-type]
+    return Dataset(data, transform)

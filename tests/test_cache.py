@@ -1,0 +1,371 @@
+# Copyright (c) pipofan-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The memory-mapped preprocessed cache (issue 14): samples equal to the old CacheDataset path, reuse and
+invalidation, corrupt entries, concurrent fills, read-only folders, the CLI, and one real-size volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader, PersistentDataset
+from monai.data.utils import set_rnd
+
+from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+from pipofan_monai.preprocessing import get_val_transforms
+from pipofan_monai.training import PartialLabelSampler, get_train_transforms
+from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
+from pipofan_monai.training.cached_data import (
+    CachedSliceDataset,
+    CachedVolumeDataset,
+    make_train_dataset,
+    make_val_dataset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (48, 48, 20)
+KW = {"spatial_size": 40, "roi_size": 32}
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """Four demo volumes, one per source dataset (LiTS, KiTS19, MSD Spleen, BTCV), in their own conventions."""
+    root = tmp_path_factory.mktemp("demo")
+    return load_datalist(generate_demo_dataset(root / "demo", num_cases_per_source=1, num_test=1, shape=SHAPE,
+                                               seed=0))["training"]
+
+
+def _entry_files(entry: CacheEntry) -> dict:
+    return {n: os.stat(entry.path / n).st_ino for n in ("image.npy", "label.npy", "meta.json")}
+
+
+def _assert_same_sample(old: dict, new: dict) -> None:
+    """Labels identical, image equal to the old float32 image rounded to float16, same mask, crop and affine."""
+    assert torch.equal(old["label"].as_tensor(), new["label"].as_tensor())
+    assert torch.equal(old["image"].as_tensor().half().float(), new["image"].as_tensor())
+    assert new["image"].dtype == old["image"].dtype == torch.float32
+    assert new["label"].dtype == old["label"].dtype
+    assert torch.equal(old["label"].meta["labeled_mask"], new["label"].meta["labeled_mask"])
+    assert torch.equal(old["image"].meta["slab_index"], new["image"].meta["slab_index"])
+    for k in ("image", "label"):
+        np.testing.assert_allclose(np.asarray(old[k].affine), np.asarray(new[k].affine), atol=1e-6)
+    assert old["dataset"] == new["dataset"]
+
+
+@pytest.mark.parametrize("pos_ratio,partial_labels", [(1.0, True), (0.5, True), (0.7, False)])
+def test_samples_equal_cache_dataset_path(items, tmp_path, pos_ratio, partial_labels):
+    kw = {**KW, "pos_ratio": pos_ratio, "partial_labels": partial_labels}
+    old = CacheDataset(items, get_train_transforms(**kw), progress=False)
+    new = CachedSliceDataset(items, tmp_path / "cache", progress=False, **kw)
+    set_rnd(old, 7)
+    set_rnd(new, 7)
+    flips = set()
+    for i in [0, 1, 2, 3, 3, 2, 1, 0] * 4:
+        a, b = old[i], new[i]
+        _assert_same_sample(a, b)
+        flips.add(tuple(b["image"].affine.diagonal()[:2].sign().tolist()))
+    assert len(flips) > 1  # the flips really happened (and matched)
+    if not partial_labels:
+        assert torch.equal(new[0]["label"].meta["labeled_mask"], torch.ones(4))
+
+
+def test_dataloader_workers_and_sampler_give_the_old_batches(items, tmp_path):
+    """Same torch seed -> the same batches from 2 DataLoader workers with PartialLabelSampler (MONAI's per-worker
+    seeding reaches the new transforms exactly as the old ones)."""
+    old = CacheDataset(items, get_train_transforms(**KW), progress=False)
+    new = CachedSliceDataset(items, tmp_path / "cache", progress=False, **KW)
+    batches = []
+    for ds in (old, new):
+        sampler = PartialLabelSampler([d["dataset"] for d in items], mode="round_robin", samples_per_epoch=6, seed=3)
+        sampler.set_epoch(2)
+        torch.manual_seed(11)
+        batches.append(list(DataLoader(ds, batch_size=3, sampler=sampler, num_workers=2)))
+    assert len(batches[0]) == len(batches[1]) == 2
+    for a, b in zip(*batches):
+        assert b["image"].shape == (3, 3, 32, 32) and b["label"].shape == (3, 1, 32, 32)
+        assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+        assert torch.equal(a["image"].as_tensor().half().float(), b["image"].as_tensor())
+        assert torch.equal(a["label"].meta["labeled_mask"], b["label"].meta["labeled_mask"])
+        assert b["label"].meta["labeled_mask"].shape == (3, 4)
+        assert a["dataset"] == b["dataset"] and len(set(b["dataset"])) == 1  # round robin: one dataset per epoch
+
+
+def test_validation_volumes_equal_old_path(items, tmp_path):
+    old = CacheDataset(items, get_val_transforms(spatial_size=40, allow_missing_label=False), progress=False)
+    new = CachedVolumeDataset(items, tmp_path / "cache", spatial_size=40, progress=False)
+    for i in range(len(items)):
+        a, b = old[i], new[i]
+        assert b["image"].shape == a["image"].shape == (1, 40, 40, SHAPE[2])
+        assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+        assert torch.equal(a["image"].as_tensor().half().float(), b["image"].as_tensor())
+        assert torch.equal(a["label"].meta["labeled_mask"], b["label"].meta["labeled_mask"])
+        np.testing.assert_allclose(np.asarray(a["image"].affine), np.asarray(b["image"].affine), atol=1e-6)
+    ctx = CachedVolumeDataset(items[:1], tmp_path / "cache", spatial_size=40, context=1, progress=False)
+    assert ctx[0]["image"].shape == (3, 40, 40, SHAPE[2])
+
+
+def test_entries_are_memory_mapped_slice_major_with_organ_slices(items, tmp_path):
+    ds = CachedSliceDataset(items, tmp_path / "cache", progress=False, **KW)
+    ds[0]
+    for entry in ds.entries:
+        assert isinstance(entry.image, np.memmap) and entry.image.mode == "r"
+        assert isinstance(entry.label, np.memmap)
+        assert entry.image.dtype == np.float16 and entry.label.dtype == np.uint8
+        assert entry.image.shape == entry.label.shape == (SHAPE[2], 40, 40)  # (D, H, W): a slice is contiguous
+        assert entry.image.flags.c_contiguous
+        meta = json.loads((entry.path / "meta.json").read_text())
+        lab = np.asarray(entry.label)
+        for c in range(1, 4):
+            assert meta["organ_slices"][str(c)] == np.flatnonzero((lab == c).any(axis=(1, 2))).tolist()
+        assert meta["sources"]["image"]["size"] == os.path.getsize(meta["sources"]["image"]["path"])
+        assert len(meta["affine"]) == 4 and len(meta["labeled_mask"]) == 4
+    # organ-centred (pos_ratio 1): the centre label slice holds an organ the dataset annotates
+    set_rnd(ds, 0)
+    for i in range(len(items)):
+        s = ds[i]
+        organs = [c for c, v in enumerate(s["label"].meta["labeled_mask"].tolist()) if c and v]
+        z = int(s["image"].meta["slab_index"][2])
+        assert np.isin(np.asarray(ds.entries[i].label[z]), organs).any()
+    # pickling an entry (to a spawned worker) sends no array data
+    import pickle
+
+    assert len(pickle.dumps(ds.entries[0])) < 20_000
+
+
+def test_reuse_and_invalidation(items, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    first = cache.fill(items, progress=False)
+    files = [_entry_files(e) for e in first]
+    again = cache.fill(items, progress=False)
+    assert [_entry_files(e) for e in again] == files  # reused, nothing rewritten
+    # a changed setting: new entries beside the old ones, which stay valid for their own setting
+    other = PreprocessedCache(tmp_path / "cache", spatial_size=40, hu_window=(-100, 300)).fill(items, progress=False)
+    assert {e.path for e in other}.isdisjoint({e.path for e in first})
+    assert not np.array_equal(np.asarray(other[0].image), np.asarray(first[0].image))
+    assert [_entry_files(e) for e in cache.fill(items, progress=False)] == files
+    # a changed source file (mtime): only that entry is rebuilt, in place
+    st = os.stat(items[1]["label"])
+    os.utime(items[1]["label"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    rebuilt = cache.fill(items, progress=False)
+    after = [_entry_files(e) for e in rebuilt]
+    assert after[1] != files[1] and rebuilt[1].path == first[1].path
+    assert [a for i, a in enumerate(after) if i != 1] == [f for i, f in enumerate(files) if i != 1]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp / trash left
+
+
+@pytest.mark.parametrize("damage", ["truncate_image", "garbage_meta", "missing_label", "wrong_shape"])
+def test_corrupt_entry_is_rebuilt(items, tmp_path, damage):
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    entry = cache.fill(items[:2], progress=False)[0]
+    want = np.array(entry.image)
+    if damage == "truncate_image":
+        with open(entry.path / "image.npy", "r+b") as f:
+            f.truncate(os.path.getsize(entry.path / "image.npy") - 100)
+    elif damage == "garbage_meta":
+        (entry.path / "meta.json").write_text('{"format": 1, "key": "')
+    elif damage == "missing_label":
+        os.remove(entry.path / "label.npy")
+    else:
+        np.save(entry.path / "label.npy", np.zeros((3, 40, 40), np.uint8))
+    assert cache.lookup(items[0])[0] is None
+    fixed = cache.fill(items[:2], progress=False)[0]
+    assert fixed.path == entry.path
+    np.testing.assert_array_equal(np.asarray(fixed.image), want)
+    assert cache.lookup(items[0])[0] is not None
+
+
+_FILL = """
+import sys
+from pipofan_monai.dataset_conversion import load_datalist
+from pipofan_monai.preprocessing.cache import PreprocessedCache
+items = load_datalist(sys.argv[1])["training"]
+entries = PreprocessedCache(sys.argv[2], spatial_size=40).fill(items, num_workers=int(sys.argv[3]), progress=False)
+print(len(entries))
+"""
+
+
+def test_concurrent_fill_by_two_processes(items, tmp_path):
+    datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
+    cache_dir = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(datalist), str(cache_dir), str(w)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.strip().splitlines()[-1] == str(len(items))
+    cache = PreprocessedCache(cache_dir, spatial_size=40)
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert names == sorted(cache.entry_path(it).name for it in items)  # one entry each, no temp folder left
+    ref = PreprocessedCache(tmp_path / "ref", spatial_size=40).fill(items, progress=False)
+    for it, r in zip(items, ref):
+        e, reason = cache.lookup(it)
+        assert e is not None, reason
+        np.testing.assert_array_equal(np.asarray(e.image), np.asarray(r.image))
+        np.testing.assert_array_equal(np.asarray(e.label), np.asarray(r.label))
+
+
+def test_parallel_fill_equals_sequential_and_failures_name_the_file(items, tmp_path):
+    seq = PreprocessedCache(tmp_path / "a", spatial_size=40).fill(items, num_workers=0, progress=False)
+    par = PreprocessedCache(tmp_path / "b", spatial_size=40).fill(items, num_workers=2, progress=False)
+    for a, b in zip(seq, par):
+        np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert a.meta["organ_slices"] == b.meta["organ_slices"]
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    broken = [dict(items[0]), {**items[1], "image": str(bad)}]
+    cache = PreprocessedCache(tmp_path / "c", spatial_size=40)
+    with pytest.raises(RuntimeError, match="bad.nii.gz"):
+        cache.fill(broken, progress=False)
+    assert cache.lookup(items[0])[0] is not None  # the good volume was kept
+
+
+def test_interrupted_fill_keeps_finished_entries(items, tmp_path, monkeypatch):
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    real_build = PreprocessedCache.build
+    calls = []
+
+    def build(self, item):
+        calls.append(item["image"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_build(self, item)
+
+    monkeypatch.setattr(PreprocessedCache, "build", build)
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill(items, progress=False)
+    monkeypatch.setattr(PreprocessedCache, "build", real_build)
+    assert cache.lookup(items[0])[0] is not None and cache.lookup(items[1])[0] is None
+    # a temporary folder left by a killed process (dead pid) is removed by the next fill
+    import socket
+
+    leftover = tmp_path / "cache" / f".tmp-x-{socket.gethostname()}-999999999-0123abcd"
+    leftover.mkdir()
+    (leftover / "image.npy").write_bytes(b"half")
+    done = cache.fill(items, progress=False)
+    assert len(done) == len(items) and not leftover.exists()
+
+
+def test_read_only_cache_folder(items, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    PreprocessedCache(cache_dir, spatial_size=40).fill(items[:1], progress=False)
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if str(self).startswith(str(cache_dir)) and self != cache_dir:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)  # as root, chmod would not stop us: refuse the writes
+    cache = PreprocessedCache(cache_dir, spatial_size=40)
+    assert len(cache.fill(items[:1], progress=False)) == 1  # complete entries are read from a read-only folder
+    with pytest.raises(PermissionError, match=f"cache folder '{cache_dir}' is not writable"):
+        cache.fill(items[:2], progress=False)
+
+
+def test_dataset_factories(items, tmp_path):
+    assert isinstance(make_train_dataset(items, "mmap", tmp_path / "c", progress=False, **KW), CachedSliceDataset)
+    mem = make_train_dataset(items, "memory", None, cache_rate=0.5, copy_cache=False, progress=False, **KW)
+    assert isinstance(mem, CacheDataset) and mem.copy_cache is False and mem.cache_num == 2
+    per = make_train_dataset(items, "persistent", tmp_path / "c", **KW)
+    assert isinstance(per, PersistentDataset) and per[0]["image"].shape == (3, 32, 32)
+    assert isinstance(make_val_dataset(items, "mmap", tmp_path / "c", spatial_size=40, progress=False),
+                      CachedVolumeDataset)
+    with pytest.raises(ValueError, match="cache_rate=0.5 applies to cache='memory'"):
+        make_train_dataset(items, "mmap", tmp_path / "c", cache_rate=0.5, **KW)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        make_train_dataset(items, "disk", tmp_path / "c", **KW)
+    with pytest.raises(ValueError, match="needs a cache_dir"):
+        make_train_dataset(items, "mmap", None, **KW)
+
+
+def test_preprocess_command_fills_what_training_reads(items, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    helped = subprocess.run([sys.executable, "-m", "pipofan_monai", "preprocess", "--help"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    text = helped.stdout + helped.stderr
+    assert helped.returncode == 0 and "--num_workers" in text and "preprocess" in text
+    assert "ready in" not in text  # printed the help, did not run
+    datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
+    cache_dir = tmp_path / "pre"
+    run = subprocess.run([sys.executable, "-m", "pipofan_monai", "preprocess", "--datalist", str(datalist),
+                          "--cache_dir", str(cache_dir), "--num_workers", "2", "--spatial_size", "40"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"{len(items)} volumes" in run.stdout
+    files = [_entry_files(e) for e in PreprocessedCache(cache_dir, spatial_size=40).fill(items, progress=False)]
+    ds = CachedSliceDataset(items, cache_dir, progress=False, **KW)  # bundle defaults + spatial_size: same keys
+    assert [_entry_files(e) for e in ds.entries] == files
+
+
+@pytest.mark.slow
+def test_real_size_volume(tmp_path):
+    """One 512x512x450 int16 NIfTI: cached as (450, 256, 256) float16 + uint8 (~28 MiB + 28 MiB on disk), samples
+    read 3 slices; memory stays far below CI's 24 GB (one volume's preprocessing peaks at ~3 GB)."""
+    from pipofan_monai.benchmark import write_synthetic_ct
+
+    img, lab = tmp_path / "ct.nii", tmp_path / "seg.nii"
+    write_synthetic_ct(img, lab, (512, 512, 450), "kits19", seed=1)
+    item = [{"image": str(img), "label": str(lab), "dataset": "kits19"}]
+    ds = CachedSliceDataset(item, tmp_path / "cache", progress=False)
+    e = ds.entries[0]
+    assert e.shape == (450, 256, 256)
+    assert os.path.getsize(e.path / "image.npy") == 128 + 450 * 256 * 256 * 2
+    assert os.path.getsize(e.path / "label.npy") == 128 + 450 * 256 * 256
+    assert e.organ_slices([2]).tolist() == list(range(int(0.45 * 450), int(0.75 * 450)))  # kidney block slices
+    set_rnd(ds, 0)
+    for _ in range(50):
+        s = ds[0]
+        assert s["image"].shape == (3, 224, 224) and s["label"].shape == (1, 224, 224)
+        assert (s["label"] == 2).any()  # organ-centred, KiTS19 annotates the kidney only
+    assert CachedSliceDataset(item, tmp_path / "cache", progress=False).entries[0].path == e.path
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def test_release_workflow_stops_persistent_workers():
+    """A finished fold's persistent DataLoader workers are stopped (they leaked per fold before)."""
+    import time
+    from types import SimpleNamespace
+
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.training.crossval import release_workflow
+
+    before = _children()
+    parser = ConfigParser({
+        "ds": {"_target_": "monai.data.Dataset", "data": [1, 2, 3, 4]},
+        "train": {"dataloader": {"_target_": "DataLoader", "dataset": "@ds", "batch_size": 2, "num_workers": 2,
+                                 "persistent_workers": True}},
+    })
+    loader = parser.get_parsed_content("train#dataloader")
+    assert [b.tolist() for b in loader] == [[1, 2], [3, 4]]
+    assert len(_children() - before) == 2  # persistent: still alive after the epoch
+    assert release_workflow(SimpleNamespace(parser=parser)) == 1
+    for _ in range(50):
+        if not _children() - before:
+            break
+        time.sleep(0.1)
+    assert not _children() - before
+    assert release_workflow(SimpleNamespace(parser=parser)) == 0  # idempotent
