@@ -15,7 +15,7 @@ Commands:
     download   fetch a public dataset (MSD spleen / pancreas / liver, KiTS19) into the layout datalist scans, checked;
                for BTCV and LiTS (behind a login) print where to get them and the layout
     verify     check a dataset archive or folder you supply (case count, file names, checksums where published)
-    datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV folders and write a datalist with five folds
+    datalist   scan LiTS / KiTS19 / MSD Spleen / BTCV / MSD Pancreas / MSD Liver folders, write a 5-fold datalist
     demo       write the built-in synthetic demo dataset
     crossval   train one model per fold with the bundle and write the Table-V style report
     study      run a study of the paper (datasets / loss / architecture) and write its table
@@ -127,7 +127,32 @@ def _commands() -> dict:
 
     return {"download": download_command, "verify": verify_command, "datalist": datalist_command,
             "demo": demo_command, "crossval": crossval, "study": study, "convert": convert, "benchmark": benchmark,
-            "preprocess": preprocess}
+            "preprocess": preprocess, "classes": classes, "organs": organs}
+
+
+def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, dataset_table=None):
+    """Write ``--class_names "['background','liver','kidney','spleen','pancreas']"`` into a bundle folder's
+    configs and metadata.json (MONAI Label's label list); without ``--class_names`` check that they agree."""
+    from pipofan_monai.bundle_vocabulary import classes_command
+
+    return classes_command(bundle_dir, class_names, organ_table, dataset_table)
+
+
+def organs():
+    """The organ table (components kept, SNOMED CT code) and which built-in datasets annotate each organ."""
+    from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS
+    from pipofan_monai.organs import ORGANS
+
+    lines = [f"{'organ':<22} {'components':>10}  {'code':<10} datasets (label values)"]
+    for name, o in ORGANS.items():
+        ds = []
+        for spec in BUILTIN_DATASETS.values():
+            label_map, labeled = spec.resolve(["background", name])  # the organ as a vocabulary of its own
+            if labeled:
+                ds.append(f"{spec.name} ({','.join(str(v) for v, c in label_map.items() if c == 1)})")
+        comp = "all" if o.num_components is None else str(o.num_components)
+        lines.append(f"{name:<22} {comp:>10}  {(o.code[0] if o.code else '-'):<10} {', '.join(ds) or '-'}")
+    print("\n".join(lines))
 
 
 def command_help(name: str, fn) -> str:

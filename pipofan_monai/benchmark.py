@@ -356,7 +356,8 @@ def benchmark_training(
     gen = torch.Generator().manual_seed(seed)
     host_x = _host_batch((batch, 3, size, size), device, gen)
     host_y = torch.randint(0, len(CLASS_NAMES), (batch, 1, size, size), generator=gen).float()
-    masks = [spec.labeled_mask(len(CLASS_NAMES)) for spec in BUILTIN_DATASETS.values()]
+    paper_mix = ("lits", "kits19", "msd_spleen", "btcv")
+    masks = [BUILTIN_DATASETS[n].labeled_mask(len(CLASS_NAMES)) for n in paper_mix]
     host_m = torch.as_tensor(np.stack([masks[i % len(masks)] for i in range(batch)]))
     if device.type == "cuda":
         host_y, host_m = host_y.pin_memory(), host_m.pin_memory()

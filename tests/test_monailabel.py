@@ -124,10 +124,16 @@ def _assert_no_network(env: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _make_bundle(dst: Path, inputs: list[Path]) -> Path:
+def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = None) -> Path:
     """Copy ``bundle/configs`` to ``dst/configs``, shrink it, and save a fixed-seed checkpoint whose label map is
-    not trivial: random weights with BatchNorm statistics calibrated on ``inputs`` (all four classes appear)."""
+    not trivial: random weights with BatchNorm statistics calibrated on ``inputs`` (all four classes appear).
+    ``class_names``: give the copy another vocabulary with ``python -m pipofan_monai classes`` (as a user would)."""
     shutil.copytree(BUNDLE / "configs", dst / "configs")
+    if class_names is not None:
+        cmd = [sys.executable, "-m", "pipofan_monai", "classes", "--bundle_dir", str(dst), "--class_names",
+               repr(class_names)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     for name, edits in (("inference.json", TINY_INFERENCE), ("train.json", TINY_TRAIN)):
         path = dst / "configs" / name
         config = json.loads(path.read_text())
@@ -141,8 +147,9 @@ def _make_bundle(dst: Path, inputs: list[Path]) -> Path:
     from pipofan_monai.preprocessing import get_inference_transforms
 
     torch.manual_seed(0)
-    net = PIPOFAN(channels=TINY_COMMON["network_channels"])
-    plans = make_plans(net, DEFAULT_CLASS_NAMES, {**DEFAULT_PREPROCESSING, "spatial_size": TINY_COMMON["spatial_size"]})
+    names = list(class_names) if class_names is not None else list(DEFAULT_CLASS_NAMES)
+    net = PIPOFAN(out_channels=len(names), channels=TINY_COMMON["network_channels"])
+    plans = make_plans(net, names, {**DEFAULT_PREPROCESSING, "spatial_size": TINY_COMMON["spatial_size"]})
     pre = get_inference_transforms(plans["preprocessing"])
     context = plans["preprocessing"]["context"]
     slices = []
@@ -186,9 +193,9 @@ def _task_network(task: BundleInferTask) -> torch.nn.Module:
     return task._get_network("cpu", {"device": "cpu", "model_filename": task._config.get("model_filename")})
 
 
-def _infer(task: BundleInferTask, image: Path) -> nib.Nifti1Image:
+def _infer(task: BundleInferTask, image: Path, labels: dict | None = None) -> nib.Nifti1Image:
     label_file, result = task({"image": str(image), "device": "cpu", "logging": "WARNING"})
-    assert result["label_names"] == {"liver": 1, "kidney": 2, "spleen": 3}
+    assert result["label_names"] == (labels or {"liver": 1, "kidney": 2, "spleen": 3})
     img = nib.load(label_file)
     img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)  # into memory: MONAI Label's temp file goes away
     os.remove(label_file)
@@ -456,4 +463,21 @@ def test_server_infer_and_train(bundle, demo, inputs, runner_labels, tmp_path, n
     _assert_same_label_map(after, _infer(local, inputs[0]), inputs[0])
     assert (np.asarray(after.dataobj) != np.asarray(before[inputs[0]].dataobj)).any(), (
         "the server still segments with the weights it had before training")
+    _assert_no_network(net_guard)
+
+
+# ------------------------------------------------------------------------------------ another vocabulary
+def test_five_class_bundle_lists_five_organs(inputs, tmp_path, net_guard):
+    """A bundle copy given five classes (``python -m pipofan_monai classes``) lists them in MONAI Label, and its
+    label maps hold the fifth class id."""
+    five = ["background", "liver", "kidney", "spleen", "pancreas"]
+    bundle5 = _make_bundle(tmp_path / MODEL_NAME, inputs, class_names=five)
+    task = BundleInferTask(str(bundle5), {"preload": "false"})
+    assert task.is_valid()
+    expected = {"liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
+    assert task.labels == expected and task.info()["labels"] == expected
+    _assert_network_holds(_task_network(task), bundle5 / "models" / "model.pt")
+    got = _infer(task, inputs[0], labels=expected)
+    values = set(np.unique(np.asarray(got.dataobj)).tolist())
+    assert values <= {0, 1, 2, 3, 4} and len(values) >= 3, values
     _assert_no_network(net_guard)

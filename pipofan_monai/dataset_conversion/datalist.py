@@ -11,7 +11,8 @@
 
 """Datalists for the paper's public datasets in their native download layouts (PIPOFAN.md §4).
 
-:func:`make_datalist` scans any subset of LiTS, KiTS19, MSD Task09 Spleen and BTCV, pairs images with labels,
+:func:`make_datalist` scans any subset of LiTS, KiTS19, MSD Task09 Spleen, BTCV, MSD Task07 Pancreas and MSD
+Task03 Liver, pairs images with labels,
 assigns five seeded, per-dataset balanced cross-validation folds, records the paper's BTCV split (cases
 0032-0040 validation) and writes one JSON file::
 
@@ -72,7 +73,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCE_DATASETS: tuple[str, ...] = ("lits", "kits19", "msd_spleen", "btcv")
+SOURCE_DATASETS: tuple[str, ...] = ("lits", "kits19", "msd_spleen", "btcv", "msd_pancreas", "msd_liver")
 """Datasets :func:`make_datalist` can scan, in output order."""
 
 BTCV_PAPER_VALIDATION: tuple[str, ...] = tuple(f"{i:04d}" for i in range(32, 41))
@@ -171,24 +172,26 @@ def _msd_stem(p: Path) -> str:
     return re.sub(rf"{_NII}$", "", p.name)
 
 
-def _scan_msd_spleen(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+def _scan_msd(root: Path, problems: list[str], title: str) -> tuple[list[_Case], list[_Case]]:
+    """A Medical Segmentation Decathlon task (``dataset.json``, ``imagesTr/``, ``labelsTr/``, ``imagesTs/``);
+    ``title`` (e.g. "MSD Spleen") names it in the problem messages."""
     img_dir, lab_dir, ts_dir = root / "imagesTr", root / "labelsTr", root / "imagesTs"
     nii = re.compile(rf"^[^.].*{_NII}$")
     images = {p.name: p for p in sorted(img_dir.glob("*")) if nii.match(p.name)} if img_dir.is_dir() else {}
     labels = {p.name: p for p in sorted(lab_dir.glob("*")) if nii.match(p.name)} if lab_dir.is_dir() else {}
     for d in (img_dir, lab_dir):
         if not d.is_dir():
-            problems.append(f"MSD Spleen folder missing: {d}")
+            problems.append(f"{title} folder missing: {d}")
     meta_file = root / "dataset.json"
     cases, test = [], []
     if meta_file.is_file():
         try:
             meta = json.loads(meta_file.read_text())
         except (OSError, ValueError) as e:
-            problems.append(f"MSD Spleen dataset.json unreadable: {meta_file} ({e})")
+            problems.append(f"{title} dataset.json unreadable: {meta_file} ({e})")
             meta = None
     else:
-        problems.append(f"MSD Spleen dataset.json missing: {meta_file} (pairing imagesTr/labelsTr by file name)")
+        problems.append(f"{title} dataset.json missing: {meta_file} (pairing imagesTr/labelsTr by file name)")
         meta = None
     if meta is not None and isinstance(meta.get("training"), list):
         listed = set()
@@ -197,33 +200,45 @@ def _scan_msd_spleen(root: Path, problems: list[str]) -> tuple[list[_Case], list
             listed.add(img.name)
             missing = [str(p) for p in (img, lab) if not p.is_file()]
             if missing:
-                problems.append(f"MSD Spleen dataset.json lists missing file(s): {', '.join(missing)}")
+                problems.append(f"{title} dataset.json lists missing file(s): {', '.join(missing)}")
                 continue
             cases.append(_Case(_msd_stem(img), img, lab))
         unlisted = sorted(set(images) - listed)
         if unlisted:
             listing = ", ".join(str(images[n]) for n in unlisted)
-            problems.append(f"MSD Spleen images not listed in {meta_file}: {listing}")
+            problems.append(f"{title} images not listed in {meta_file}: {listing}")
         for entry in meta.get("test", []) or []:
             p = root / (entry["image"] if isinstance(entry, Mapping) else entry)
             if p.is_file():
                 test.append(_Case(_msd_stem(p), p, None))
             else:
-                problems.append(f"MSD Spleen dataset.json lists a missing test file: {p}")
+                problems.append(f"{title} dataset.json lists a missing test file: {p}")
     else:
         if meta is not None:
-            problems.append(f"MSD Spleen {meta_file} has no 'training' list")
+            problems.append(f"{title} {meta_file} has no 'training' list")
         for name in sorted(set(images) | set(labels), key=_natural_key):
             if name not in labels:
-                problems.append(f"MSD Spleen image without label: {images[name]}")
+                problems.append(f"{title} image without label: {images[name]}")
             elif name not in images:
-                problems.append(f"MSD Spleen label without image: {labels[name]}")
+                problems.append(f"{title} label without image: {labels[name]}")
             else:
                 cases.append(_Case(_msd_stem(images[name]), images[name], labels[name]))
         if ts_dir.is_dir():
             test = [_Case(_msd_stem(p), p, None) for p in sorted(ts_dir.glob("*")) if nii.match(p.name)]
     cases.sort(key=lambda c: _natural_key(c.case_id))
     return cases, test
+
+
+def _scan_msd_spleen(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    return _scan_msd(root, problems, "MSD Spleen")
+
+
+def _scan_msd_pancreas(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    return _scan_msd(root, problems, "MSD Pancreas")
+
+
+def _scan_msd_liver(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
+    return _scan_msd(root, problems, "MSD Liver")
 
 
 def _scan_btcv(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
@@ -244,7 +259,8 @@ def _scan_btcv(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case
     return cases, test
 
 
-_SCANNERS = {"lits": _scan_lits, "kits19": _scan_kits19, "msd_spleen": _scan_msd_spleen, "btcv": _scan_btcv}
+_SCANNERS = {"lits": _scan_lits, "kits19": _scan_kits19, "msd_spleen": _scan_msd_spleen, "btcv": _scan_btcv,
+             "msd_pancreas": _scan_msd_pancreas, "msd_liver": _scan_msd_liver}
 
 
 def _check_headers(name: str, cases: list[_Case], problems: list[str]) -> list[_Case]:
@@ -316,6 +332,8 @@ def make_datalist(
     relative_to: str | os.PathLike | None = None,
     strict: bool = True,
     check_headers: bool = True,
+    msd_pancreas: str | os.PathLike | None = None,
+    msd_liver: str | os.PathLike | None = None,
     btcv_validation: Sequence[str] | None = None,
     name: str = "pipofan_monai datalist",
     description: str | None = None,
@@ -339,6 +357,8 @@ def make_datalist(
         strict: raise ``ValueError`` listing every problem (default), or log warnings and leave the affected
             cases out.
         check_headers: compare image/label NIfTI header shapes and affines (reads headers only). Default True.
+        msd_pancreas: MSD Task07 Pancreas root (layout as ``msd_spleen``; labels 1 pancreas, 2 tumour).
+        msd_liver: MSD Task03 Liver root (layout as ``msd_spleen``; labels 1 liver, 2 tumour).
         btcv_validation: BTCV case ids of the ``btcv_paper`` split's validation set; default 0032-0040.
             Missing ones are reported as a warning (a user may hold a subset of BTCV).
         name: datalist name.
@@ -350,10 +370,12 @@ def make_datalist(
     Raises:
         ValueError: no dataset given, bad ``num_folds``, or (``strict``) any problem in the trees.
     """
-    roots = {"lits": lits, "kits19": kits19, "msd_spleen": msd_spleen, "btcv": btcv}
+    roots = {"lits": lits, "kits19": kits19, "msd_spleen": msd_spleen, "btcv": btcv, "msd_pancreas": msd_pancreas,
+             "msd_liver": msd_liver}
     roots = {k: Path(v).expanduser() for k, v in roots.items() if v not in (None, "")}
     if not roots:
-        raise ValueError("give at least one dataset root (lits=, kits19=, msd_spleen=, btcv=).")
+        raise ValueError("give at least one dataset root (lits=, kits19=, msd_spleen=, btcv=, msd_pancreas=, "
+                         "msd_liver=).")
     if int(num_folds) < 1:
         raise ValueError(f"num_folds must be >= 1, got {num_folds}.")
     out_path = Path(output).expanduser() if output not in (None, "") else None
@@ -711,6 +733,8 @@ def datalist_command(
     seed: int = 0,
     relative_to: str | None = None,
     strict: bool = True,
+    msd_pancreas: str | None = None,
+    msd_liver: str | None = None,
 ) -> str:
     """CLI entry (``python -m pipofan_monai datalist --btcv /data/BTCV/RawData/Training --lits /data/LiTS ...``):
     scan the datasets, write the datalist JSON and print a summary. Arguments as in :func:`make_datalist`.
@@ -721,6 +745,7 @@ def datalist_command(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dl = make_datalist(output, lits=lits, kits19=kits19, msd_spleen=msd_spleen, btcv=btcv, num_folds=num_folds,
-                       seed=seed, relative_to=relative_to, strict=strict)
+                       seed=seed, relative_to=relative_to, strict=strict, msd_pancreas=msd_pancreas,
+                       msd_liver=msd_liver)
     counts = ", ".join(f"{k}: {v['num_cases']} labeled + {v['num_test']} test" for k, v in dl["datasets"].items())
     return f"wrote {output} ({counts}; {dl['num_folds']} folds, seed {dl['seed']})"

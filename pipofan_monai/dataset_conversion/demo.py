@@ -40,10 +40,19 @@ kits19        ``kits19/case_NNNNN/imaging.nii.gz`` (slice  1 kidney, 2 kidney tu
 msd_spleen    ``msd_spleen/imagesTr``, ``labelsTr``,       1 spleen
               ``dataset.json`` (LPS-like storage)
 test          ``test/imagesTs``, ``test/labelsTs``        global classes: 1 liver, 2 kidney, 3 spleen
+                                                          (+ 4 pancreas with ``pancreas=True``)
+msd_pancreas  ``msd_pancreas/imagesTr``, ``labelsTr``,     1 pancreas (only with ``pancreas=True``)
+              ``dataset.json`` (MSD Task07 layout)
 ============  ==========================================  ===============================================
 
-The datalist (``datalist.json``, same format as :func:`pipofan_monai.dataset_conversion.datalist.make_datalist`) has five
-folds per source, a ``btcv_paper`` split analogue (the last third of the btcv cases validate) and a ``test``
+``pancreas=True`` adds a fifth organ: a pancreas (~+100 HU, anterior to the left kidney and the aorta, from
+the duodenum to the splenic hilum) is painted into every phantom, labeled by the ``msd_pancreas`` source and by
+btcv (value 11, as in BTCV), and the test labels and the datalist's ``class_names`` use the five-class
+vocabulary ``background, liver, kidney, spleen, pancreas`` -- a K = 5 run end to end. Without it the output is
+byte-identical to the four-source dataset.
+
+The datalist (``datalist.json``, same format as :func:`pipofan_monai.dataset_conversion.datalist.make_datalist`) has
+five folds per source, a ``btcv_paper`` split analogue (the last third of the btcv cases validate) and a ``test``
 list of fully labeled held-out cases in the global convention (no ``dataset`` key).
 """
 
@@ -69,6 +78,8 @@ __all__ = [
     "DEMO_VERSION",
     "DEFAULT_DEMO_SHAPE",
     "DEFAULT_NUM_CASES",
+    "PANCREAS_SOURCE",
+    "PANCREAS_CLASS_NAMES",
     "synthesize_case",
     "generate_demo_dataset",
     "ensure_demo_dataset",
@@ -87,21 +98,27 @@ DEFAULT_DEMO_SHAPE: tuple[int, int, int] = (128, 128, 40)
 MANIFEST = "demo_manifest.json"
 
 # internal organ ids of the phantom
-_LIVER, _SPLEEN, _RKID, _LKID, _GB, _STOMACH, _AORTA, _IVC, _LTUM, _KTUM = range(1, 11)
+_LIVER, _SPLEEN, _RKID, _LKID, _GB, _STOMACH, _AORTA, _IVC, _LTUM, _KTUM, _PANC = range(1, 12)
 _ORGAN_NAMES = {_LIVER: "liver", _SPLEEN: "spleen", _RKID: "right kidney", _LKID: "left kidney", _GB: "gallbladder",
                 _STOMACH: "stomach", _AORTA: "aorta", _IVC: "inferior vena cava", _LTUM: "liver tumour",
-                _KTUM: "kidney tumour"}
+                _KTUM: "kidney tumour", _PANC: "pancreas"}
+#: the optional fifth-organ source (``pancreas=True``) and the five-class vocabulary of its datalist
+PANCREAS_SOURCE = "msd_pancreas"
+PANCREAS_CLASS_NAMES: tuple[str, ...] = ("background", "liver", "kidney", "spleen", "pancreas")
+# seed stream index per source ([seed, index, case]); fixed so that adding a source changes no other case
+_SOURCE_INDEX = {"btcv": 0, "lits": 1, "kits19": 2, "msd_spleen": 3, "test": 4, PANCREAS_SOURCE: 5}
 # internal id -> label value, per source convention
 _CONVENTIONS: dict[str, dict[int, int]] = {
-    "btcv": {_SPLEEN: 1, _RKID: 2, _LKID: 3, _GB: 4, _LIVER: 6, _STOMACH: 7, _AORTA: 8, _IVC: 9, _LTUM: 6},
+    "btcv": {_SPLEEN: 1, _RKID: 2, _LKID: 3, _GB: 4, _LIVER: 6, _STOMACH: 7, _AORTA: 8, _IVC: 9, _LTUM: 6, _PANC: 11},
     "lits": {_LIVER: 1, _LTUM: 2},
     "kits19": {_RKID: 1, _LKID: 1, _KTUM: 2},
     "msd_spleen": {_SPLEEN: 1},
-    "test": {_LIVER: 1, _LTUM: 1, _RKID: 2, _LKID: 2, _KTUM: 2, _SPLEEN: 3},
+    "test": {_LIVER: 1, _LTUM: 1, _RKID: 2, _LKID: 2, _KTUM: 2, _SPLEEN: 3, _PANC: 4},
+    PANCREAS_SOURCE: {_PANC: 1},
 }
 # storage orientation per source (arrays are generated in RAS)
 _AXCODES = {"btcv": ("R", "A", "S"), "lits": ("R", "A", "S"), "kits19": ("I", "P", "L"),
-            "msd_spleen": ("L", "P", "S"), "test": ("R", "A", "S")}
+            "msd_spleen": ("L", "P", "S"), "test": ("R", "A", "S"), PANCREAS_SOURCE: ("L", "P", "S")}
 _TUMOURS = {"lits": "liver", "kits19": "kidney"}
 
 _README = """SYNTHETIC DEMO DATA -- pipofan_monai built-in demo dataset
@@ -211,7 +228,7 @@ class _Phantom:
             view[inner] = shell[1]
         return sl, mask
 
-    def build(self, tumour: str | None = None) -> None:
+    def build(self, tumour: str | None = None, pancreas: bool = False) -> None:
         g, rng = self.grid, self.rng
         x, y, z = g.axes
         X, Y, Z = x[:, None, None], y[None, :, None], z[None, None, :]
@@ -292,6 +309,13 @@ class _Phantom:
             kid[organ] = (kc, semi)
             hc = (kc[0] - side * 0.45 * semi[0], kc[1] + 0.25 * semi[1], kc[2])
             self.paint(hc, (semi[0] * 0.35, semi[1] * 0.35, semi[2] * 0.4), -60.0, within=self.lab == organ)
+        # --- pancreas (optional fifth organ): head by the duodenum right of the midline, body anterior to the aorta
+        # and the left kidney, tail rising posteriorly toward the splenic hilum; fills only unlabeled cavity
+        if pancreas:
+            pc = (-0.12 * a0 + self.u(-6, 6), -0.02 * b0 + self.u(-4, 4), self.u(-8, 8))
+            self.paint(pc, (0.32 * a0 * self.u(0.9, 1.1), self.u(11, 14), self.u(15, 20)),
+                       (80.0 + 30.0 * self.phase) + self.u(-8, 8), _PANC, angle=self.u(0.2, 0.4),
+                       within=cav & (self.lab == 0), deform=self.deform(0.2))
         # --- tumours (only for the LiTS-like and KiTS-like sources)
         if tumour == "liver":
             idx = np.argwhere(self.lab == _LIVER)
@@ -363,7 +387,7 @@ class _Phantom:
 
 
 def synthesize_case(seed: int | Sequence[int], shape: Sequence[int] = DEFAULT_DEMO_SHAPE,
-                    tumour: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    tumour: str | None = None, pancreas: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic abdominal CT phantom in RAS.
 
     Args:
@@ -371,18 +395,19 @@ def synthesize_case(seed: int | Sequence[int], shape: Sequence[int] = DEFAULT_DE
         shape: ``(X, Y, Z)`` voxels (x toward patient right, y anterior, z superior). The field of view fits the
             body in-plane and covers 200 mm along z (5 mm slices for Z = 40).
         tumour: ``None``, ``"liver"`` (1-3 hypodense liver lesions) or ``"kidney"`` (one exophytic renal mass).
+        pancreas: also paint a pancreas (internal id 11). Default False (the arrays are then unchanged).
 
     Returns:
         ``(image, organs, affine)``: int16 HU ``(X, Y, Z)``, uint8 internal organ ids ``(X, Y, Z)`` (1 liver,
         2 spleen, 3 right kidney, 4 left kidney, 5 gallbladder, 6 stomach, 7 aorta, 8 IVC, 9 liver tumour,
-        10 kidney tumour) and the 4x4 RAS affine (mm).
+        10 kidney tumour, 11 pancreas) and the 4x4 RAS affine (mm).
     """
     if len(shape) != 3 or min(int(s) for s in shape) < 8:
         raise ValueError(f"shape must be 3 sizes >= 8, got {shape}.")
     if tumour not in (None, "liver", "kidney"):
         raise ValueError(f"tumour must be None, 'liver' or 'kidney', got {tumour!r}.")
     ph = _Phantom(np.random.default_rng(seed), [int(s) for s in shape])
-    ph.build(tumour)
+    ph.build(tumour, bool(pancreas))
     img = np.clip(np.rint(ph.img), -1024, 3071).astype(np.int16)
     return img, ph.lab, ph.grid.affine
 
@@ -420,33 +445,42 @@ def _case_paths(root: Path, source: str, i: int) -> tuple[Path, Path]:
     if source == "msd_spleen":
         return (root / "msd_spleen" / "imagesTr" / f"spleen_{i + 1}.nii.gz",
                 root / "msd_spleen" / "labelsTr" / f"spleen_{i + 1}.nii.gz")
+    if source == PANCREAS_SOURCE:
+        return (root / PANCREAS_SOURCE / "imagesTr" / f"pancreas_{i + 1:03d}.nii.gz",
+                root / PANCREAS_SOURCE / "labelsTr" / f"pancreas_{i + 1:03d}.nii.gz")
     name = f"demo_{i + 1:03d}.nii.gz"
     return root / "test" / "imagesTs" / name, root / "test" / "labelsTs" / name
 
 
-def _num_cases(num_cases_per_source: int | Sequence[int] | Mapping[str, int] | None) -> dict[str, int]:
+def _num_cases(num_cases_per_source: int | Sequence[int] | Mapping[str, int] | None,
+               pancreas: bool = False) -> dict[str, int]:
+    sources = DEMO_SOURCES + ((PANCREAS_SOURCE,) if pancreas else ())
     if num_cases_per_source is None:
-        out = dict(DEFAULT_NUM_CASES)
+        out = {s: DEFAULT_NUM_CASES.get(s, 8) for s in sources}
     elif isinstance(num_cases_per_source, Mapping):
-        unknown = set(num_cases_per_source) - set(DEMO_SOURCES)
+        unknown = set(num_cases_per_source) - set(sources)
         if unknown:
-            raise ValueError(f"unknown demo sources {sorted(unknown)}; known: {DEMO_SOURCES}.")
-        out = {s: int(num_cases_per_source.get(s, 0)) for s in DEMO_SOURCES}
+            hint = f" ({PANCREAS_SOURCE} needs pancreas=True)" if PANCREAS_SOURCE in unknown else ""
+            raise ValueError(f"unknown demo sources {sorted(unknown)}; known: {sources}{hint}.")
+        out = {s: int(num_cases_per_source.get(s, 0)) for s in sources}
     elif isinstance(num_cases_per_source, (int, np.integer)):
-        out = {s: int(num_cases_per_source) for s in DEMO_SOURCES}
+        out = {s: int(num_cases_per_source) for s in sources}
     else:
         vals = list(num_cases_per_source)
-        if len(vals) != len(DEMO_SOURCES):
-            raise ValueError(f"num_cases_per_source needs {len(DEMO_SOURCES)} values {DEMO_SOURCES}, got {vals}.")
-        out = dict(zip(DEMO_SOURCES, (int(v) for v in vals)))
+        if len(vals) != len(sources):
+            raise ValueError(f"num_cases_per_source needs {len(sources)} values {sources}, got {vals}.")
+        out = dict(zip(sources, (int(v) for v in vals)))
     if any(v < 0 for v in out.values()) or not any(out.values()):
         raise ValueError(f"case counts must be >= 0 with at least one case, got {out}.")
     return out
 
 
-def _params(counts: Mapping[str, int], num_test: int, shape: Sequence[int], seed: int) -> dict:
-    return {"version": DEMO_VERSION, "num_cases_per_source": dict(counts), "num_test": int(num_test),
-            "shape": [int(s) for s in shape], "seed": int(seed)}
+def _params(counts: Mapping[str, int], num_test: int, shape: Sequence[int], seed: int, pancreas: bool = False) -> dict:
+    params = {"version": DEMO_VERSION, "num_cases_per_source": dict(counts), "num_test": int(num_test),
+              "shape": [int(s) for s in shape], "seed": int(seed)}
+    if pancreas:  # recorded only when set, so existing four-source datasets stay valid caches
+        params["pancreas"] = True
+    return params
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -460,10 +494,12 @@ def _read_manifest(root: Path) -> dict | None:
 def _write_tree(root: Path, params: dict) -> None:
     """Generate every case of the dataset described by ``params`` into ``root`` (must be empty)."""
     counts, shape, seed = params["num_cases_per_source"], params["shape"], params["seed"]
-    for si, source in enumerate(list(DEMO_SOURCES) + ["test"]):
+    pancreas = bool(params.get("pancreas", False))
+    for source in list(DEMO_SOURCES) + ["test"] + ([PANCREAS_SOURCE] if pancreas else []):
         n = params["num_test"] if source == "test" else counts[source]
         for i in range(n):
-            img, organs, affine = synthesize_case([seed, si, i], shape, tumour=_TUMOURS.get(source))
+            img, organs, affine = synthesize_case([seed, _SOURCE_INDEX[source], i], shape,
+                                                  tumour=_TUMOURS.get(source), pancreas=pancreas)
             ip, lp = _case_paths(root, source, i)
             _save(img, affine, _AXCODES[source], ip)
             _save(_convert(organs, source), affine, _AXCODES[source], lp)
@@ -475,12 +511,22 @@ def _write_tree(root: Path, params: dict) -> None:
             "training": [{"image": f"./imagesTr/spleen_{i + 1}.nii.gz", "label": f"./labelsTr/spleen_{i + 1}.nii.gz"}
                          for i in range(counts["msd_spleen"])],
         })
-    roots = {s: (root / s if counts[s] else None) for s in DEMO_SOURCES}
+    if counts.get(PANCREAS_SOURCE):
+        n = counts[PANCREAS_SOURCE]
+        atomic_write_json(root / PANCREAS_SOURCE / "dataset.json", {
+            "name": "Pancreas (synthetic demo)", "description": "SYNTHETIC phantom, MSD Task07 layout",
+            "labels": {"0": "background", "1": "pancreas", "2": "cancer"}, "modality": {"0": "CT"},
+            "numTraining": n, "numTest": 0, "test": [],
+            "training": [{"image": f"./imagesTr/pancreas_{i + 1:03d}.nii.gz",
+                          "label": f"./labelsTr/pancreas_{i + 1:03d}.nii.gz"} for i in range(n)],
+        })
+    roots = {s: (root / s if counts.get(s) else None) for s in list(DEMO_SOURCES) + [PANCREAS_SOURCE]}
     nb = counts["btcv"]
     btcv_val = [f"{i + 1:04d}" for i in range(nb - (nb // 3), nb)] if nb else []
     dl = make_datalist(
         root / "datalist.json", lits=roots["lits"], kits19=roots["kits19"], msd_spleen=roots["msd_spleen"],
-        btcv=roots["btcv"], num_folds=5, seed=seed, strict=True, btcv_validation=btcv_val,
+        btcv=roots["btcv"], msd_pancreas=roots[PANCREAS_SOURCE], num_folds=5, seed=seed, strict=True,
+        btcv_validation=btcv_val,
         name="pipofan_monai synthetic demo",
         description=("SYNTHETIC abdominal CT phantoms for smoke tests and demos only -- not for accuracy claims. "
                      "Four partially labeled sources in the label conventions of BTCV, LiTS, KiTS19 and MSD Spleen; "
@@ -490,6 +536,10 @@ def _write_tree(root: Path, params: dict) -> None:
     dl["test"] = [{"image": _case_paths(Path("."), "test", i)[0].as_posix(),
                    "label": _case_paths(Path("."), "test", i)[1].as_posix(), "case_id": f"demo_{i + 1:03d}"}
                   for i in range(params["num_test"])]
+    if pancreas:
+        dl["class_names"] = list(PANCREAS_CLASS_NAMES)
+        dl["description"] += (" With a fifth organ, the pancreas (msd_pancreas source and btcv label 11); "
+                              "test labels in the five-class vocabulary " + ", ".join(PANCREAS_CLASS_NAMES) + ".")
     dl["synthetic"] = True
     atomic_write_json(root / "datalist.json", dl)
     (root / "README.txt").write_text(_README.format(version=DEMO_VERSION, seed=seed))
@@ -504,6 +554,7 @@ def generate_demo_dataset(
     shape: Sequence[int] = DEFAULT_DEMO_SHAPE,
     seed: int = 0,
     overwrite: bool = False,
+    pancreas: bool = False,
 ) -> Path:
     """Generate the synthetic demo dataset into ``root`` and return the path of its ``datalist.json``.
 
@@ -519,15 +570,17 @@ def generate_demo_dataset(
         shape: ``(X, Y, Z)`` voxels per volume (RAS). Default (128, 128, 40): about 2.7 mm in-plane, 5 mm slices.
         seed: random seed; the same parameters give byte-identical arrays.
         overwrite: replace an existing demo dataset in ``root``.
+        pancreas: add the fifth organ (see the module doc): a pancreas in every phantom and an ``msd_pancreas``
+            source (its case count from ``num_cases_per_source``: a 5-sequence, a mapping key, or the int).
 
     Raises:
         ValueError: bad parameters, or ``root`` holds other files / an existing dataset without ``overwrite``.
     """
     root = Path(root).expanduser()
-    counts = _num_cases(num_cases_per_source)
+    counts = _num_cases(num_cases_per_source, pancreas)
     if int(num_test) < 0:
         raise ValueError(f"num_test must be >= 0, got {num_test}.")
-    params = _params(counts, num_test, shape, seed)
+    params = _params(counts, num_test, shape, seed, pancreas)
     if len(shape) != 3 or min(int(s) for s in shape) < 8:
         raise ValueError(f"shape must be 3 sizes >= 8, got {shape}.")
     if root.exists():
@@ -576,6 +629,7 @@ def ensure_demo_dataset(
     num_test: int = 4,
     shape: Sequence[int] = DEFAULT_DEMO_SHAPE,
     seed: int = 0,
+    pancreas: bool = False,
 ) -> Path:
     """Return the demo ``datalist.json``, generating the dataset on first use.
 
@@ -586,14 +640,15 @@ def ensure_demo_dataset(
     Args:
         root: dataset folder; default :func:`default_demo_dir` (``$PIPOFAN_DEMO_DIR`` or
             ``~/.cache/pipofan_monai/demo``).
-        num_cases_per_source, num_test, shape, seed: as in :func:`generate_demo_dataset`.
+        num_cases_per_source, num_test, shape, seed, pancreas: as in :func:`generate_demo_dataset`.
     """
     root = Path(root).expanduser() if root not in (None, "") else default_demo_dir()
-    params = _params(_num_cases(num_cases_per_source), num_test, shape, seed)
+    params = _params(_num_cases(num_cases_per_source, pancreas), num_test, shape, seed, pancreas)
     m = _read_manifest(root)
     if m is not None and m.get("complete") and m.get("params") == params and (root / "datalist.json").is_file():
         return root / "datalist.json"
-    return generate_demo_dataset(root, num_cases_per_source, num_test, shape, seed, overwrite=m is not None)
+    return generate_demo_dataset(root, num_cases_per_source, num_test, shape, seed, overwrite=m is not None,
+                                 pancreas=pancreas)
 
 
 def demo_command(
@@ -603,10 +658,13 @@ def demo_command(
     shape: Sequence[int] = DEFAULT_DEMO_SHAPE,
     seed: int = 0,
     overwrite: bool = False,
+    pancreas: bool = False,
 ) -> str:
     """CLI entry (``python -m pipofan_monai demo --root /tmp/demo``): generate (or reuse) the synthetic demo
-    dataset and return the path of its datalist. ``overwrite`` forces regeneration of an existing demo folder."""
+    dataset and return the path of its datalist. ``overwrite`` forces regeneration of an existing demo folder;
+    ``--pancreas`` adds the fifth organ (an ``msd_pancreas`` source; five-class test labels)."""
     if overwrite:
         root_path = Path(root).expanduser() if root else default_demo_dir()
-        return str(generate_demo_dataset(root_path, num_cases, num_test, tuple(shape), seed, overwrite=True))
-    return str(ensure_demo_dataset(root, num_cases, num_test, tuple(shape), seed))
+        return str(generate_demo_dataset(root_path, num_cases, num_test, tuple(shape), seed, overwrite=True,
+                                         pancreas=pancreas))
+    return str(ensure_demo_dataset(root, num_cases, num_test, tuple(shape), seed, pancreas=pancreas))

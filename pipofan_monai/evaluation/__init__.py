@@ -21,6 +21,7 @@ from pipofan_monai.evaluation.metrics import (
     mean_std,
     organ_metrics,
     partial_dice,
+    per_class_dice_metrics,
     summarize,
     write_reports,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "mean_std",
     "organ_metrics",
     "partial_dice",
+    "per_class_dice_metrics",
     "summarize",
     "write_reports",
 ]

@@ -74,6 +74,7 @@ __all__ = [
     "format_table",
     "partial_dice",
     "PartialDiceMetric",
+    "per_class_dice_metrics",
 ]
 
 #: per-organ metrics reported per case, in table order.
@@ -221,8 +222,8 @@ def evaluate_case(
         raise ValueError(f"pred and label shapes differ: {p.shape} vs {g.shape}.")
     sp = _resolve_spacing(spacing, pred, label, p.ndim)
     n_cls = len(class_names)
-    if isinstance(labeled_classes, str):
-        labeled = set(get_dataset_spec(labeled_classes).labeled_classes)
+    if isinstance(labeled_classes, str):  # a dataset name: its annotated organs in this vocabulary
+        labeled = set(get_dataset_spec(labeled_classes).resolve(class_names)[1])
     elif labeled_classes is None:
         labeled = set(range(1, n_cls))
     else:
@@ -571,3 +572,33 @@ class PartialDiceMetric(CumulativeIterationMetric):
         out = {str(n): float(v) for n, v in zip(names, per_cls)}
         out["mean"] = float(torch.nanmean(per_cls))
         return out
+
+
+def per_class_dice_metrics(class_names: Sequence[str], output_transform: Any = None) -> dict[str, Any]:
+    """One ignite metric handler per organ of a vocabulary, for a MONAI evaluator's ``additional_metrics``:
+    ``{"val_dice_liver": IgniteMetricHandler(PartialDiceMetric(class_index=1)), ...}`` (keys from
+    :py:func:`pipofan_monai.organs.metric_name`), so the validation Dice per organ follows ``class_names``.
+
+    Args:
+        class_names: the vocabulary, background first.
+        output_transform: engine output -> ``(y_pred, y)``; default ``from_engine(["pred", "label"])``.
+
+    Example (bundle config)::
+
+        "additional_metrics": "$pipofan_monai.evaluation.per_class_dice_metrics(@class_names)"
+    """
+    from monai.handlers import IgniteMetricHandler, from_engine
+
+    from pipofan_monai.organs import metric_name
+
+    if output_transform is None:
+        output_transform = from_engine(["pred", "label"])
+    names = [str(n) for n in class_names]
+    out: dict[str, Any] = {}
+    for cid in range(1, len(names)):
+        key = metric_name(names[cid])
+        if key in out:
+            raise ValueError(f"class_names {names} give the metric name {key!r} twice.")
+        out[key] = IgniteMetricHandler(PartialDiceMetric(class_index=cid, class_names=names),
+                                       output_transform=output_transform)
+    return out

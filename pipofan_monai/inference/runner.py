@@ -44,6 +44,7 @@ from pipofan_monai.inference.writers import output_is_complete, remove_stale_tem
 from pipofan_monai.partial_labels import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
 from pipofan_monai.preprocessing.io import check_dicom_folder
+from pipofan_monai.organs import validate_class_names
 from pipofan_monai.utils import as_bool
 
 __all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]
@@ -109,6 +110,7 @@ class SegmentationRunner:
         image_key: key of the image. Default ``"image"``.
         plans: the plans the network and preprocessing were built from (:func:`pipofan_monai.plans.resolve_plans`);
             each checkpoint that carries plans must match them (clear error naming both otherwise).
+        organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class SegmentationRunner:
         pred_key: str = "pred",
         image_key: str = "image",
         plans: Mapping[str, Any] | None = None,
+        organs: Mapping[str, Any] | None = None,
     ) -> None:
         self.network = network
         self.preprocessing = preprocessing if isinstance(preprocessing, Compose) else Compose(preprocessing)
@@ -140,6 +143,7 @@ class SegmentationRunner:
         self.evaluate = as_bool(evaluate, "evaluate")
         self.report_dir = report_dir
         self.class_names = list(class_names)
+        self.organs = dict(organs) if organs else None
         self.datasets = datasets
         self.hu_window = tuple(float(v) for v in hu_window)
         self.fail_on_error = as_bool(fail_on_error, "fail_on_error")
@@ -160,6 +164,14 @@ class SegmentationRunner:
             self.output_dir = str(self.seg_writers[0].output_dir if self.seg_writers else (report_dir or "."))
 
     # ------------------------------------------------------------------ helpers
+    def _label_names(self) -> list[str] | None:
+        """The vocabulary for mapping labels by organ name, or None when the names are not organs of the table
+        (e.g. ``class1`` placeholders of a checkpoint without plans): labels are then mapped by class id."""
+        try:
+            return list(validate_class_names(self.class_names, self.organs))
+        except ValueError:
+            return None
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -212,7 +224,9 @@ class SegmentationRunner:
         from pipofan_monai.preprocessing import LoadCTd, MapDatasetLabelsd
 
         d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
-        d = MapDatasetLabelsd("label", num_classes=self.num_classes, datasets=self.datasets)(d)
+        names = self._label_names()
+        d = MapDatasetLabelsd("label", num_classes=None if names else self.num_classes, datasets=self.datasets,
+                              class_names=names, organs=self.organs)(d)
         label = d["label"]
         mask = get_labeled_mask(label).reshape(-1).tolist()
         labeled = [c for c in range(1, self.num_classes) if mask[c] > 0]
@@ -367,6 +381,7 @@ class SegmentationRunner:
             logger.info(f"{case['name']}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None))
         if self.save_overlay:
             from pipofan_monai.visualize import save_overlay_png
+            from pipofan_monai.visualize.overlay import class_colors
 
             original = self.pipeline.pre[0]({self.image_key: item[self.image_key]})[self.image_key]  # the loader
             if pair is not None:
@@ -377,6 +392,7 @@ class SegmentationRunner:
                 label, pred_on = None, pred
             save_overlay_png(original, pred_on, self.overlay_path(item[self.image_key]),
                              class_names=self.class_names, ground_truth=label, window=self.hu_window,
+                             colors=class_colors(self.class_names, self.organs),
                              title=case["name"] + ("  (top: prediction, bottom: ground truth)" if label is not None
                                                    else ""))
 

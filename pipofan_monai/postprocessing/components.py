@@ -23,6 +23,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
+from pipofan_monai.organs import DEFAULT_CLASS_NAMES, num_components_for
+
 __all__ = [
     "DEFAULT_NUM_COMPONENTS",
     "keep_largest_components",
@@ -30,8 +32,10 @@ __all__ = [
     "KeepLargestOrganComponentsd",
 ]
 
-#: global class id -> number of components to keep: 1 liver, 2 kidney (left + right), 3 spleen.
-DEFAULT_NUM_COMPONENTS: dict[int, int] = {1: 1, 2: 2, 3: 1}
+#: global class id -> number of components to keep in the default vocabulary: 1 liver, 2 kidney (left + right),
+#: 3 spleen -- ``{1: 1, 2: 2, 3: 1}``, from the organ table. Another vocabulary's rules:
+#: :py:func:`pipofan_monai.organs.num_components_for` (``"num_components"`` of inference.json).
+DEFAULT_NUM_COMPONENTS: dict[int, int] = num_components_for(DEFAULT_CLASS_NAMES)
 
 
 def _normalise_num_components(num_components: Mapping | None) -> dict[int, int]:

@@ -39,13 +39,15 @@ def get_preprocessing_transforms(
     spatial_size: int | None = 256,
     hu_window: Sequence[float] = (-200.0, 200.0),
     intensity: str = "scale",
-    num_classes: int = len(CLASS_NAMES),
+    num_classes: int | None = None,
     datasets: Mapping[str, Any] | None = None,
     dataset_key: str = "dataset",
     image_mode: str = "trilinear",
     reader: Any = None,
     allow_missing_label: bool = False,
     partial_labels: bool = True,
+    class_names: Sequence[str] | None = None,
+    organs: Mapping[str, Any] | None = None,
 ) -> list:
     """Deterministic part shared by training and validation.
 
@@ -56,7 +58,7 @@ def get_preprocessing_transforms(
         spatial_size: in-plane size after resizing; None keeps the original size. Default 256.
         hu_window: HU clip range. Default (-200, 200).
         intensity: ``"scale"`` (window -> [-1, 1], code) or ``"zscore"`` (paper). Default "scale".
-        num_classes: K global classes. Default 4.
+        num_classes: K global classes. Default ``len(class_names)`` (4 without class names).
         datasets: extra dataset table for :class:`MapDatasetLabelsd`.
         dataset_key: item key naming the source dataset. Default "dataset".
         image_mode: interpolation for the image ("trilinear" — equal to 2x2 averaging for 512->256 —, "area",
@@ -66,6 +68,9 @@ def get_preprocessing_transforms(
         partial_labels: attach each dataset's true labeled-class mask (default). False: all-ones masks, the
             naive baseline treating unannotated organs as background; use it for training pipelines only, so
             that validation Dice still skips the organs a volume does not annotate.
+        class_names: the global vocabulary, background first (default the paper's four classes); each
+            dataset's labels are mapped into it by organ name.
+        organs: optional config-level ``organ_table``.
 
     Returns:
         list of transforms.
@@ -75,7 +80,7 @@ def get_preprocessing_transforms(
     if label_key:
         xforms.append(MapDatasetLabelsd(label_key, dataset_key=dataset_key, num_classes=num_classes,
                                         datasets=datasets, allow_missing_keys=allow_missing_label,
-                                        partial_labels=partial_labels))
+                                        partial_labels=partial_labels, class_names=class_names, organs=organs))
     xforms.append(HUWindowd(image_key, window=hu_window, mode=intensity))
     if spatial_size is not None:
         modes = [image_mode] + (["nearest"] if label_key else [])

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from pipofan_monai import bundle_dir
 from pipofan_monai.evaluation.metrics import mean_std
+from pipofan_monai.organs import DEFAULT_CLASS_NAMES, metric_name
 
 __all__ = ["run_crossval", "crossval_report", "best_epoch_row", "best_validation_dice", "release_workflow"]
 
@@ -44,7 +45,7 @@ def best_validation_dice(metrics_path: str | os.PathLike, class_names: Sequence[
     training run's \`\`metrics.json\`\` (values None when the file or a validation is missing)."""
     path = Path(metrics_path)
     best = best_epoch_row(json.loads(path.read_text()) if path.exists() else [])
-    dice = {o: (best.get(f"val_dice_{o}") if best else None) for o in class_names[1:]}
+    dice = {o: (best.get(metric_name(o)) if best else None) for o in class_names[1:]}
     dice["mean"] = best.get("val_mean_dice") if best else None
     return (best.get("epoch") if best else None), dice
 
@@ -164,7 +165,7 @@ def run_crossval(
     if bad:
         raise ValueError(f"folds {bad} are outside 0..{int(num_folds) - 1}.")
     results = []
-    class_names: Sequence[str] = ("background", "liver", "kidney", "spleen")
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES
     from monai.bundle import ConfigParser
 
     probe = ConfigParser()

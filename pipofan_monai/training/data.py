@@ -53,6 +53,9 @@ def split_training_data(
     datasets: Sequence[str] | None = None,
     max_val: int | None = None,
     min_slices: int = 1,
+    class_names: Sequence[str] | None = None,
+    dataset_table: Mapping[str, Any] | None = None,
+    organ_table: Mapping[str, Any] | None = None,
 ) -> tuple[list, list]:
     """(train, validation) items: cross-validation fold ``fold`` of ``num_folds``, or a named split such as
     the paper's ``"btcv_paper"`` (then ``fold`` is ignored).
@@ -65,6 +68,8 @@ def split_training_data(
         datasets: keep only these source datasets (None: all); every id must be one of the datalist's.
         max_val: keep at most this many validation volumes (spread over the datasets), None for all.
         min_slices: training volumes need at least this many slices (``2 * context + 1``); checked on the headers.
+        class_names, dataset_table, organ_table: the vocabulary and the config's tables; when given, an organ
+            that none of the training datasets annotates is reported (warning: it would never be learned).
 
     Raises:
         ValueError: unknown dataset ids in ``datasets`` (the message lists the datalist's and the known ones),
@@ -100,6 +105,18 @@ def split_training_data(
                 if items and len(picked) < max_val:
                     picked.append(items.pop(0))
         val = picked
+    if class_names is not None:
+        from pipofan_monai.dataset_conversion.datasets import datasets_annotating
+
+        ann = datasets_annotating([it.get("dataset") for it in train], class_names, dataset_table, organ_table)
+        for organ, sources in ann.items():
+            if sources:
+                logger.info(f"class {organ!r} is annotated by {', '.join(sources)}")
+            else:
+                present = sorted({str(it.get('dataset')) for it in train})
+                logger.warning(f"class {organ!r} is annotated by none of the training datasets {present}: the "
+                               "network will never learn it (add a dataset that labels it, or drop it from "
+                               "class_names).")
     logger.info(
         f"training on {len(train)} volumes, validating on {len(val)} "
         + (f"(split {split})" if split else f"(fold {fold} of {num_folds})")

@@ -24,7 +24,7 @@ the same way; without an affine the arrays must already be RAS. Pixel aspect rat
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -39,15 +39,31 @@ from monai.utils import convert_to_numpy  # noqa: E402
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES  # noqa: E402
 from pipofan_monai.utils import atomic_write  # noqa: E402
+from pipofan_monai.organs import DEFAULT_CLASS_NAMES, canonical_organ_name, colors_for, organ_table  # noqa: E402
 
-__all__ = ["DEFAULT_COLORS", "save_overlay_png", "to_radiological_axial", "to_radiological_coronal"]
+__all__ = ["DEFAULT_COLORS", "class_colors", "save_overlay_png", "to_radiological_axial", "to_radiological_coronal"]
 
-#: RGB colours (0..1) per class id; class 0 (background) is never drawn.
-DEFAULT_COLORS: dict[int, tuple[float, float, float]] = {
-    1: (0.90, 0.33, 0.05),  # liver: orange-red
-    2: (0.19, 0.80, 0.33),  # kidney: green
-    3: (0.20, 0.50, 1.00),  # spleen: blue
-}
+#: RGB colours (0..1) per class id of the default vocabulary (liver orange-red, kidney green, spleen blue), from
+#: the organ table; class 0 (background) is never drawn.
+DEFAULT_COLORS: dict[int, tuple[float, float, float]] = colors_for(DEFAULT_CLASS_NAMES)
+
+
+def class_colors(class_names: Sequence[str], organs: Mapping | None = None) -> dict[int, tuple[float, float, float]]:
+    """``{class id: (r, g, b)}`` of a vocabulary: each organ's colour from the organ table
+    (:py:data:`pipofan_monai.organs.ORGANS`, or ``organs``); names that are not organs of the table get no entry
+    (drawn in tab10 colours)."""
+    table = organ_table(organs)
+    out = {}
+    for cid, name in enumerate(class_names):
+        if cid == 0:
+            continue
+        try:
+            key = canonical_organ_name(str(name))
+        except ValueError:
+            continue
+        if key in table:
+            out[cid] = tuple(float(c) for c in table[key].color)
+    return out  # type: ignore[return-value]
 
 
 def _color(cid: int, colors: dict | None) -> tuple[float, float, float]:
@@ -170,7 +186,8 @@ def save_overlay_png(
         axial_slices: explicit axial slice indices (RAS z), overriding the automatic choice.
         coronal_slice: explicit coronal slice index (RAS y).
         alpha: opacity of the organ colours (0..1).
-        colors: ``{class id: (r, g, b)}`` in 0..1; default :py:data:`DEFAULT_COLORS` (tab10 for other ids).
+        colors: ``{class id: (r, g, b)}`` in 0..1; default the organ colours of ``class_names``
+            (:py:func:`class_colors`; tab10 for ids without one).
         title: figure title.
         panel_size: panel size in inches.
         dpi: resolution.
@@ -204,6 +221,8 @@ def save_overlay_png(
             raise ValueError(f"spacing must be three positive values, got {spacing}.")
     lab = lab.astype(np.int64, copy=False)
     gt = None if gt is None else gt.astype(np.int64, copy=False)
+    if colors is None:
+        colors = class_colors(class_names)
     gray = _window(img, window)
     depth = img.shape[2]
 
