@@ -45,7 +45,6 @@ pytest.importorskip(
 )
 
 import nibabel as nib  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402

@@ -23,7 +23,6 @@ from typing import Any, Mapping, Sequence
 
 from monai.transforms import Compose, Orientationd, Resized
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
 
 from .intensity import HUWindowd
 from .io import CheckCTIntensityd, load_ct_transforms
