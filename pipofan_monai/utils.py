@@ -141,3 +141,29 @@ def refuse_help(help: Any = False, workflow: str = "training") -> None:
     if help not in (False, None, "", "False", "false", 0):
         print(BUNDLE_HELP.get(workflow, BUNDLE_HELP["training"]), flush=True)
         raise SystemExit(0)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder, so that a rename into it survives a power loss; a no-op where folders cannot be opened
+    (Windows, some network file systems): the rename itself is atomic anyway."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.fspath(folder), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one owned by another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True

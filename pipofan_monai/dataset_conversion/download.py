@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipofan_monai.utils import as_bool
+from pipofan_monai.utils import as_bool, fsync_dir
 
 __all__ = [
     "DatasetSource",
@@ -252,19 +252,6 @@ def _write(f, data: bytes) -> None:
     f.write(data)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # not possible on some platforms (Windows): the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _disk_full(folder: Path, needed: int | None, what: str) -> DiskFullError:
     try:
         free = shutil.disk_usage(str(folder)).free
@@ -421,7 +408,7 @@ def fetch_file(
                             "run the command again to download afresh (if it fails again, the server's copy "
                             "differs from the published one).") from None
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -566,7 +553,7 @@ def unpack_archive(archive: str | os.PathLike, dest_parent: str | os.PathLike, t
                     out.flush()
                     os.fsync(out.fileno())
         os.replace(tmp / top, final)
-        _fsync_dir(dest_parent)
+        fsync_dir(dest_parent)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise DownloadError(f"cannot unpack {archive}: {type(e).__name__}: {e}") from e
     except ValueError as e:  # safe_extract_member

@@ -44,6 +44,7 @@ from typing import Any, Hashable, Iterable, Iterator, Mapping
 import numpy as np
 from monai.data import NibabelWriter
 from monai.transforms import SaveImaged
+from pipofan_monai.utils import fsync_dir, pid_alive
 
 __all__ = [
     "AtomicNiftiWriter",
@@ -65,15 +66,6 @@ def _extension(name: str) -> str:
         if low.endswith(ext):
             return name[-len(ext):]
     return os.path.splitext(name)[1]
-
-
-def _fsync_dir(folder: str) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (e.g. some network file systems)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -105,21 +97,7 @@ def atomic_output_path(path: str | os.PathLike, file_mode: int = 0o644) -> Itera
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
+    fsync_dir(folder)
 
 
 def remove_stale_temp_files(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -147,7 +125,7 @@ def remove_stale_temp_files(paths: Iterable[str | os.PathLike]) -> list[str]:
             continue
         for entry in entries:
             m = _TMP_RE.match(entry)
-            if m is None or m.group("final") not in names or _pid_alive(int(m.group("pid"))):
+            if m is None or m.group("final") not in names or pid_alive(int(m.group("pid"))):
                 continue
             full = os.path.join(folder, entry)
             with contextlib.suppress(FileNotFoundError):

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.utils import fsync_dir, pid_alive
 
 __all__ = ["CACHE_FORMAT", "CacheEntry", "PreprocessedCache", "source_fingerprint", "preprocessed_cache_from_config"]
 
@@ -414,7 +415,7 @@ class PreprocessedCache:
                 json.dump(meta, f)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             self._publish(tmp, final, key)
         finally:
             if tmp.exists():
@@ -428,7 +429,7 @@ class PreprocessedCache:
         for _ in range(3):
             try:
                 os.rename(tmp, final)  # atomic; fails if ``final`` exists (a non-empty folder)
-                _fsync_dir(self.cache_dir)
+                fsync_dir(self.cache_dir)
                 return
             except OSError:
                 if not final.exists():
@@ -455,7 +456,7 @@ class PreprocessedCache:
             stale = p.name.startswith(_TRASH_PREFIX)
             m = re.match(rf"{re.escape(_TMP_PREFIX)}.*-(.+)-(\d+)-[0-9a-f]{{8}}$", p.name)
             if m and m.group(1) == host:
-                stale = stale or not _pid_alive(int(m.group(2)))
+                stale = stale or not pid_alive(int(m.group(2)))
             try:
                 stale = stale or time.time() - p.stat().st_mtime > max_age_s
             except FileNotFoundError:
@@ -545,31 +546,6 @@ def _build_one(cache: PreprocessedCache, item: dict) -> CacheEntry:
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 #: config keys of the bundle that define the cached preprocessing, and the cache's argument names
