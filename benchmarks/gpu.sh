@@ -20,12 +20,19 @@ if [ -d .whl ] && ! python3 -c "import monai" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=python3
+TIMEV=""; [ -x /usr/bin/time ] && TIMEV="/usr/bin/time -v"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
 $PY - <<'PY' | tee "$OUT/device.txt"
 import torch, platform
 print("torch", torch.__version__, "| cuda", torch.version.cuda, "| device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu")
 PY
-if [ "$QUICK" = 1 ]; then EPOCHS=2; VOLS=2; SHAPE="[96,96,20]"; BENCH_Q="--quick True"; else EPOCHS=60; VOLS=5; SHAPE="[512,512,200]"; BENCH_Q=""; fi
+if [ "$QUICK" = 1 ]; then
+  EPOCHS=2; VOLS=2; SHAPE="[96,96,20]"; BENCH_Q="--quick True"
+  FULL="--network_channels [8,16,32,64,64] --spatial_size 64 --roi_size 48 --samples_per_epoch 16 --batch_size 4 --num_workers 0"
+else
+  EPOCHS=60; VOLS=5; SHAPE="[512,512,200]"; BENCH_Q=""
+  FULL="--samples_per_epoch 2048 --batch_size 32 --num_workers 6"
+fi
 
 # 1. a trained checkpoint (the quick start, short), unless given
 if [ -z "${CKPT:-}" ]; then
@@ -56,15 +63,15 @@ for i in range(n):
     img, _, affine = synthesize_case(100 + i, shape=shape)
     nib.save(nib.Nifti1Image(img.astype("int16"), affine), os.path.join(out, f"ct{i}.nii.gz"))
 PY
-/usr/bin/time -v $PY -m monai.bundle run inference --config_file bundle/configs/inference.json --ckpt_path "$CKPT" \
+$TIMEV $PY -m monai.bundle run inference --config_file bundle/configs/inference.json --ckpt_path "$CKPT" \
     --dataset_dir "$OUT/cts" --output_dir "$OUT/seg" --save_overlay False --device "\$torch.device('$DEVICE')" \
     > "$OUT/bundle_inference.log" 2>&1
 
 # 4. training in the bundle's SupervisedTrainer loop on the memory-mapped cache (real-size volumes)
 log "bundle training loop, mmap cache, full width"
 $PY -m monai.bundle run training --config_file bundle/configs/train.json --datalist "$OUT/demo/datalist.json" \
-    --device "\$torch.device('$DEVICE')" --max_epochs 2 --dps_epochs 1 --val_interval 2 --samples_per_epoch 2048 \
-    --batch_size 32 --num_workers 6 --max_val_volumes 1 --progress_bar False \
+    --device "\$torch.device('$DEVICE')" --max_epochs 2 --dps_epochs 1 --val_interval 2 $FULL \
+    --max_val_volumes 1 --progress_bar False \
     --ckpt_dir "$OUT/models_full" --output_dir "$OUT/runs_full" > "$OUT/train_full.log" 2>&1 || log "full training FAILED (see train_full.log)"
 
 # 5. DDP overlay with NCCL, world size 1
