@@ -14,12 +14,12 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_results}"; mkdir -p "$OUT"
 DEVICE="${DEVICE:-cuda}"; QUICK="${QUICK:-0}"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ] && ! python3 -c "import monai" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if [ -d .whl ] && ! "${PY:-python3}" -c "import monai" 2>/dev/null; then
+  "${PY:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=python3
+PY="${PY:-python3}"
 TIMEV=""; [ -x /usr/bin/time ] && TIMEV="/usr/bin/time -v"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
 $PY - <<'PY' | tee "$OUT/device.txt"
