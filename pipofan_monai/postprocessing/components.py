@@ -9,8 +9,14 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Per-organ connected-component filtering of label maps (PIPOFAN.md §5): keep the largest 3D component of the
-liver and of the spleen and the two largest of the kidney class (left and right kidney share one class)."""
+"""Per-organ connected-component filtering of label maps (the paper's post-processing): keep the largest 3D
+component of the liver and of the spleen and the two largest of the kidney class (left and right kidney share one
+class); the counts per organ come from the organ table.
+
+MONAI's ``KeepLargestConnectedComponent`` (one per component count) gives the same label maps
+(tests/test_ensembling.py) and is as fast here on a 512x512x450 map; it is not used because on the CPU it needs
+scikit-image, a dependency the project does not otherwise have (cuCIM on the GPU).
+"""
 
 from __future__ import annotations
 
