@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ from pipofan_monai import bundle_dir
 from pipofan_monai.plans import load_network_weights, network_from_plans, resolve_plans
 
 from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
-from pipofan_monai.utils import as_bool
+from pipofan_monai.utils import as_bool, atomic_write_json
 
 __all__ = [
     "ExecutionPath",
@@ -1080,9 +1079,7 @@ def run_benchmark(
     report["elapsed_s"] = time.perf_counter() - t_all
     report["table"] = format_report(report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+        atomic_write_json(output, report, default=str)
         log(f"wrote {output}")
     return report
 

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from pipofan_monai.utils import atomic_path  # noqa: E402
 
 __all__ = ["load_metrics_rows", "plot_training_curves", "crossval_table", "plot_crossval"]
 
@@ -169,8 +170,8 @@ def plot_training_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic_path(path) as tmp:  # the format comes from the extension, which the temporary name keeps
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return os.fspath(path)
 
@@ -263,7 +264,7 @@ def plot_crossval(report: str | os.PathLike | Mapping, path: str | os.PathLike, 
     ax.legend(fontsize=7, ncol=min(n_f + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic_path(path) as tmp:  # the format comes from the extension, which the temporary name keeps
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return os.fspath(path)
