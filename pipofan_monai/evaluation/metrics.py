@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Evaluation metrics for multi-organ segmentation from partially labeled data (PIPOFAN.md §5, issue 5).
+"""Evaluation metrics for multi-organ segmentation from partially labeled data (the paper's
+per-organ Dice, plus surface metrics; issue 5).
 
 Two layers:
 
