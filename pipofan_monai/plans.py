@@ -241,7 +241,7 @@ def read_plans(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def _class_names_difference(have: Sequence[str], given: Sequence[str]) -> str | None:
     """None when two vocabularies name the same organs in the same order, else ``class_names: checkpoint ...,
-    given ...`` with the class counts.
+    given ... (K=.. vs ..)``.
 
     Names are compared as organs (:func:`pipofan_monai.organs.canonical_organ_name`: case, spaces, hyphens and
     aliases do not matter), the rule the dataset label mapping uses: ``Liver`` and ``liver`` are one organ. When
@@ -256,7 +256,7 @@ def _class_names_difference(have: Sequence[str], given: Sequence[str]) -> str | 
         logger.warning(f"class_names {given} differ from the checkpoint's {have} only in spelling (case, spaces, "
                        "aliases): the same organs; using the checkpoint's names.")
         return None
-    return f"class_names: checkpoint {have!r} (K={len(have)}), given {given!r} (K={len(given)})"
+    return f"class_names: checkpoint {have!r}, given {given!r} (K={len(have)} vs {len(given)})"
 
 
 def _differences(plans: Mapping[str, Any], explicit: Mapping[str, Any]) -> list[str]:
