@@ -259,9 +259,9 @@ def test_bundle_classes_tool(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     assert check_bundle_classes(repo / "bundle") == []  # the shipped bundle is consistent
     shutil.copytree(repo / "bundle" / "configs", tmp_path / "b" / "configs")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir() if p.is_file()}
     set_bundle_classes(tmp_path / "b", PAPER)  # the shipped vocabulary: every file byte-identical
-    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir() if p.is_file()} == before
     five = ["background", "liver", "kidney", "spleen", "pancreas"]
     msg = classes_command(str(tmp_path / "b"), five)
     assert "pancreas" in msg
@@ -286,10 +286,10 @@ def test_bundle_classes_tool(tmp_path):
     with pytest.raises(ValueError, match="inference.json: class_names"):
         classes_command(str(tmp_path / "b"))
     # invalid names write nothing
-    snapshot = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()}
+    snapshot = {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir() if p.is_file()}
     with pytest.raises(ValueError, match="unknown organs"):
         set_bundle_classes(tmp_path / "b", ["background", "livers"])
-    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir()} == snapshot
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "configs").iterdir() if p.is_file()} == snapshot
 
 
 def test_checkpoint_with_other_vocabulary_is_refused(tmp_path):
