@@ -574,7 +574,7 @@ MEMORY_SLOPE_CHANNELS = (8, 16, 32, 64, 64)
 
 #: settings of the memory section with ``quick``: short 512x512 volumes, a 64² network input, all cases in one
 #: worker process (a smoke run: freed memory the allocator keeps between cases makes its slopes indicative only)
-QUICK_MEMORY_SETTINGS: dict[str, Any] = {"depths": (8, 24), "floor_depth": 8, "floor_batches": (8,),
+QUICK_MEMORY_SETTINGS: dict[str, Any] = {"depths": (8, 16), "floor_depth": 8, "floor_batches": (8,),
                                          "floor_channels": MEMORY_SLOPE_CHANNELS, "in_plane": 512, "spatial_size": 64,
                                          "slope_batch": 8, "one_process": True}
 
@@ -774,8 +774,14 @@ def benchmark_inference_memory(
             rise_slope, _ = _fit_line(depths, [c["rise_mib"] for c in cases])
             peak_stage = [max(c["stages"], key=lambda s: c["stages"][s]["peak_mib"]) if c["stages"] else None
                           for c in cases]
+            # the stage holding the peak changes with D (the network's fixed workspace at small D, the data at large
+            # D): the slope of each stage's own peak gives the growth at any D, the largest of them the asymptote
+            stage_slopes = {st: _fit_line(depths, [c["stages"][st]["peak_mib"] for c in cases])[0]
+                            for st in cases[0]["stages"] if all(st in c["stages"] for c in cases)}
             out["paths"][p] = {"cases": cases, "mib_per_slice": slope, "intercept_mib": intercept,
-                               "rise_mib_per_slice": rise_slope, "peak_stage": peak_stage}
+                               "rise_mib_per_slice": rise_slope, "peak_stage": peak_stage,
+                               "stage_mib_per_slice": stage_slopes,
+                               "max_stage_mib_per_slice": max(stage_slopes.values(), default=float("nan"))}
         streamed_slope = out["paths"].get("streamed", next(iter(out["paths"].values()), {})).get("mib_per_slice", 0.0)
         for b in floor_batches:
             r = by_label[f"floor b={b}"]
@@ -794,14 +800,16 @@ def format_memory_report(mem: Mapping[str, Any]) -> list[str]:
              f"{s['spatial_size']}, narrow network {s['slope_channels']}, sw_batch_size {s['slope_batch']}), "
              f"{s['threads']} threads / {s['cpu_count']} CPUs; peak RSS MiB",
              f"  {'path':<10}" + "".join(f"{'D=' + str(d):>9}" for d in s["depths"])
-             + f"{'MiB/slice':>11}{'at D=0':>9}  peak stage (largest D)"]
+             + f"{'MiB/slice':>11}{'at D=0':>9}{'worst stage MiB/slice':>23}  peak stage (largest D)"]
     for p, r in mem["paths"].items():
+        worst = max(r["stage_mib_per_slice"], key=r["stage_mib_per_slice"].get) if r["stage_mib_per_slice"] else "-"
         lines.append(f"  {p:<10}" + "".join(f"{c['peak_mib']:>9.0f}" for c in r["cases"])
-                     + f"{r['mib_per_slice']:>11.2f}{r['intercept_mib']:>9.0f}  {r['peak_stage'][-1]}")
+                     + f"{r['mib_per_slice']:>11.2f}{r['intercept_mib']:>9.0f}"
+                     + f"{r['max_stage_mib_per_slice']:>10.2f} ({worst:<11})  {r['peak_stage'][-1]}")
     lines.append(f"  target: <= {mem['target_mib_per_slice']:.1f} MiB/slice (the {len(CLASS_NAMES)}-class float32 "
                  f"probabilities of one {s['in_plane']}² slice)")
     if mem.get("floor"):
-        lines.append(f"  floor, full network {s['floor_channels']} on {s['floor_depth']} slices (streamed): "
+        lines.append(f"  floor, network {s['floor_channels']} on {s['floor_depth']} slices (streamed): "
                      + ", ".join(f"sw_batch_size {b}: {f['floor_mib']:.0f} MiB (network +{f['network_rise_mib']:.0f})"
                                  for b, f in mem["floor"].items()))
     return lines

@@ -221,13 +221,13 @@ print("RESULT " + json.dumps(_inference_memory_cases(json.loads(sys.argv[1]))))
 
 @pytest.mark.slow
 def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
-    """A 512x512x60 int16 CT through the bundle (in-plane 64, tiny network) in a fresh process: the peak RSS
+    """A 512x512x40 int16 CT through the bundle (in-plane 64, tiny network) in a fresh process: the peak RSS
     rise of the case over the RSS before it stays under the 4 MiB/slice target (the 4-class float32
     probabilities at 512²) times the slices plus a fixed allowance, where the whole-volume path needs more than
     that (both measured here, each in its own process)."""
     from pipofan_monai.benchmark import write_synthetic_ct
 
-    depth = 60
+    depth = 40
     img = tmp_path / "ct.nii.gz"
     write_synthetic_ct(img, tmp_path / "seg.nii.gz", (512, 512, depth))
     ckpt = _ckpt(tmp_path / "m.pt", 0)
@@ -245,7 +245,7 @@ def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
         res = json.loads(line[7:])[0]
         assert res["output_shape"] == [512, 512, depth]
         rises[path] = res["rise_mib"]
-    target = 512 * 512 * 4 * 4 / 2**20 * depth  # 240 MiB
+    target = 512 * 512 * 4 * 4 / 2**20 * depth  # 160 MiB
     allowance = 100.0  # MiB: one slab of 16 full-resolution slices (64 MiB), argmax slab, allocator slack
     assert rises["streamed"] <= target + allowance, rises
     assert rises["plain"] > target + allowance, rises  # the bound does separate the two paths

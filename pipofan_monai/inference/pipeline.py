@@ -22,7 +22,7 @@ With several checkpoints, the postprocessing chain is split at its first ``AsDis
 
 Memory at real size (``stream_slices``, default on): the inversion and the argmax run slab by slab
 (:class:`~pipofan_monai.inference.streaming.SlabInverter`), so the full-resolution probability volume (4 MiB per
-512² slice for 4 classes, about 9 MiB per slice with the copies of the whole-volume path) is never built; the
+512² slice for 4 classes, 8.3 MiB per slice measured with the copies of the whole-volume path) is never built; the
 label maps are ``uint8``; the vote is counted slab by slab; the mean ensemble averages the probabilities at the
 network's resolution before inverting (resizing is linear: the same mean up to float rounding, so the argmax can
 differ only where two classes tie within about 1e-6). Where streaming does not apply (``save_probabilities``,

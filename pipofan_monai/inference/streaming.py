@@ -16,8 +16,8 @@ The bundle's postprocessing inverts the network output, ``(K, S, S, D)`` probabi
 size ``S`` (256), to the original grid with MONAI's ``Invertd`` (undo the in-plane ``Resized``, then the
 ``Orientationd``) and then takes the argmax. Done on the whole volume, as ``Invertd`` does, this materialises the
 ``K``-class float32 probabilities at the original size (4 MiB per 512² slice, plus a copy per inverted transform
-and the argmax's int64 / float32 label maps: about 9 MiB per slice measured, 11 GiB for a 1,000-slice case with
-the network). :class:`SlabInverter` gives the same label map holding only ``K x S x S x 4`` bytes per slice:
+and the argmax's int64 / float32 label maps: 8.3 MiB per slice measured, README "Inference memory at real size").
+:class:`SlabInverter` gives the same label map holding only ``K x S x S x 4`` bytes per slice:
 
 1. the activation (``Activationsd``, the transforms before ``Invertd``) runs on the whole low-resolution output,
    as in the bundle (one call: a softmax computed slab by slab can differ in the last bit where the vectorised
