@@ -38,12 +38,14 @@ def _logging() -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
 
-def crossval(config_file="bundle/configs/train.json", num_folds: int = 5, folds=None, ckpt_dir=None, output_dir=None, **override):
-    """Train every fold (or ``--folds "[0,1]"``) and write <output_dir>/crossval.{json,csv,png}."""
+def crossval(config_file=None, num_folds: int = 5, folds=None, ckpt_dir=None, output_dir=None, **override):
+    """Alias of `python -m monai.bundle run crossval`: train every fold (or --folds "[0,1]"; --resume True keeps
+    finished folds) and write <output_dir>/crossval/crossval.{json,csv,png} (default output_dir: the bundle's runs)."""
     _logging()
     from pipofan_monai.training.crossval import run_crossval
+    from pipofan_monai.training.workflow import DEFAULT_CONFIG
 
-    report = run_crossval(config_file, num_folds, folds, ckpt_dir, output_dir, **override)
+    report = run_crossval(config_file or DEFAULT_CONFIG, num_folds, folds, ckpt_dir, output_dir, **override)
     return {k: v for k, v in report["summary"].items()}
 
 

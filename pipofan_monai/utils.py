@@ -108,6 +108,7 @@ BUNDLE_HELP = {
     "training": """PIPO-FAN training workflow (bundle/configs/train.json).
 
 usage: python -m monai.bundle run training --config_file bundle/configs/train.json [--KEY VALUE ...]
+       python -m monai.bundle run crossval --config_file bundle/configs/train.json [--folds "[0,1]"] [--KEY VALUE ...]
 
 Every top-level key of the config can be overridden with --KEY VALUE, for example:
   --datalist PATH         datalist JSON (python -m pipofan_monai datalist ...); none: the SYNTHETIC demo data
@@ -116,7 +117,9 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
   --max_epochs N --dps_epochs N --val_interval N --batch_size N --learning_rate LR
   --ckpt_dir DIR          best checkpoint models/model.pt
   --output_dir DIR        last.pt (resume state), metrics.{json,csv}, TensorBoard files; one run at a time
-  --resume True           continue the run in --output_dir from its last.pt
+  --resume True           continue the run in --output_dir from its last.pt (crossval: keep finished folds,
+                          continue an interrupted one)
+  --folds "[0,1]"         crossval: the folds to train (default all); runs in <output_dir>/crossval/fold{k}/
   --device cuda:0 --amp True --num_workers N --seed S
 A new run into an --output_dir that holds an earlier run moves that run to <output_dir>/previous_runs/<date>/.
 See bundle/docs/README.md for all keys. Nothing was run.""",

@@ -188,15 +188,17 @@ def test_crossval_one_fold_report(demo, tmp_path):
     )
     assert (tmp_path / "models" / "fold1" / "model.pt").exists()
     assert [f["fold"] for f in report["folds"]] == [1]
-    rows = json.loads((tmp_path / "cv" / "fold1" / "metrics.json").read_text())
+    rows = json.loads((tmp_path / "cv" / "crossval" / "fold1" / "metrics.json").read_text())
     best = max(rows, key=lambda r: r["val_mean_dice"])
     assert report["folds"][0]["dice"]["liver"] == pytest.approx(best["val_dice_liver"])
     assert report["summary"]["liver"]["num_folds"] == 1 and report["summary"]["liver"]["std"] == 0.0
     for name in ("crossval.json", "crossval.csv", "crossval.png"):
-        assert (tmp_path / "cv" / name).stat().st_size > 0
-    csv_text = (tmp_path / "cv" / "crossval.csv").read_text().splitlines()
-    assert csv_text[0] == "fold,best_epoch,liver,kidney,spleen,mean" and csv_text[-2].startswith("mean")
-    with pytest.raises(ValueError, match="outside"):
+        assert (tmp_path / "cv" / "crossval" / name).stat().st_size > 0
+    assert (tmp_path / "cv" / "cache").is_dir()  # the training default, <output_dir>/cache
+    csv_text = (tmp_path / "cv" / "crossval" / "crossval.csv").read_text().splitlines()
+    assert csv_text[0] == "fold,dice_liver,dice_kidney,dice_spleen,dice_mean,best_epoch"
+    assert csv_text[1].startswith("1,") and csv_text[-2].startswith("mean,") and csv_text[-1].startswith("std,")
+    with pytest.raises(ValueError, match=r"0\.\.4"):
         run_crossval(TRAIN, num_folds=5, folds=[5])
 
 

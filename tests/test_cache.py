@@ -351,7 +351,7 @@ def test_release_workflow_stops_persistent_workers():
 
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.training.crossval import release_workflow
+    from pipofan_monai.training.workflow import release_workflow
 
     before = _children()
     parser = ConfigParser({

@@ -330,8 +330,9 @@ def test_second_training_into_a_folder_in_use_is_refused(demo, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock = _write_lock(tmp_path / "runs", holder.pid)
+        wf = _workflow(tmp_path, demo, max_epochs=1)
         with pytest.raises(RuntimeError) as err:
-            _workflow(tmp_path, demo, max_epochs=1)
+            wf.run()  # its first step takes the lock, before anything is built
         cause = err.value
         while cause is not None and type(cause).__name__ != "RunFolderInUseError":
             cause = cause.__cause__  # MONAI wraps errors of config expressions; the traceback shows both
@@ -352,6 +353,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(demo, tmp_path, caplog):
     lock = _write_lock(tmp_path / "runs", dead.pid)
     caplog.set_level("WARNING")
     wf = _workflow(tmp_path, demo, max_epochs=1)
+    wf.parser.get_parsed_content("run#0")  # the run's first step: prepare the output folder
     assert f"taking over the stale training lock {lock}" in caplog.text
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     wf.finalize()
@@ -384,6 +386,7 @@ def test_no_datalist_says_synthetic_demo_first(tmp_path, caplog):
                         ckpt_dir=str(tmp_path / "models"), logging_file=False)
     caplog.clear()  # MONAI's own line about the logging file; the workflow's first line comes next
     wf.initialize()
+    wf.parser.get_parsed_content("run#0")  # the run's first step (the demo would train next)
     wf.finalize()
     assert caplog.records, "nothing was logged"
     first = caplog.records[0]

@@ -327,6 +327,8 @@ def _json_safe(obj: Any) -> Any:
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     return obj
 
 

@@ -15,6 +15,7 @@ bundle's training workflow, the learning-rate schedule, cross-validation and the
 from __future__ import annotations
 
 from .cached_data import CachedSliceDataset, CachedVolumeDataset, make_train_dataset, make_val_dataset
+from .crossval import run_crossval, run_crossval_workflow
 from .data import SeededItemDataset, load_training_data, split_training_data
 from .handlers import (
     BestModelCheckpoint,
@@ -30,6 +31,7 @@ from .lr_scheduler import AuthorsLRLambda
 from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
+from .workflow import run_training
 
 __all__ = [
     "CachedSliceDataset",
@@ -54,4 +56,7 @@ __all__ = [
     "RandSlabCropd",
     "SlabToChannelsd",
     "get_train_transforms",
+    "run_crossval",
+    "run_crossval_workflow",
+    "run_training",
 ]

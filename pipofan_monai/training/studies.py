@@ -24,32 +24,33 @@ Studies (``python -m pipofan_monai study <name>``):
 Every row's Dice is that of the best validation epoch (the epoch whose weights the workflow keeps as
 ``model.pt``), per organ and averaged, on the split's validation volumes.
 
-Without a datalist a study runs on a dedicated synthetic demo dataset at demo scale (:data:`DEMO_SETTINGS`:
-small widths, short schedule, CPU); with ``datalist`` it runs the full recipe of ``bundle/configs/train.json``
-(GPU). ``quick=True`` shrinks everything further for tests (:data:`QUICK_SETTINGS`).
+Every row is one :func:`~pipofan_monai.training.run_training` of the bundle's ``train.json`` with overlays: without a
+datalist a study runs on a dedicated synthetic demo dataset at demo scale (the overlay
+``bundle/configs/studies/demo.json``: small widths, short schedule, CPU); with ``datalist`` it runs the full recipe
+of ``train.json`` (GPU). ``quick=True`` adds ``bundle/configs/studies/quick.json`` (tiny widths and schedule, for
+tests).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import logging
-import math
 import os
 import platform
 import re
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.training.crossval import DEFAULT_CONFIG, _cell, best_validation_dice, release_workflow
+from pipofan_monai import bundle_dir
+from pipofan_monai.evaluation.tables import write_dice_table
+from pipofan_monai.training.workflow import DEFAULT_CONFIG, run_training
+from pipofan_monai.utils import atomic_write_json
 
 __all__ = [
     "STUDIES",
     "PAPER_CHANNELS",
-    "DEMO_SETTINGS",
-    "QUICK_SETTINGS",
+    "DEMO_OVERLAY",
+    "QUICK_OVERLAY",
     "DEMO_DATA",
     "QUICK_DATA",
     "study_rows",
@@ -68,39 +69,11 @@ PAPER_CHANNELS = (64, 128, 256, 512, 512)
 
 ALL_SOURCES = ("btcv", "lits", "kits19", "msd_spleen")
 
-#: demo-scale overrides of train.json (2-core CPU): 96^2 slices, 80^2 crops, widths 16..128, 100 epochs x 32 samples.
-DEMO_SETTINGS: dict[str, Any] = {
-    "max_epochs": 100,
-    "dps_epochs": 50,
-    "val_interval": 2,
-    "samples_per_epoch": 32,
-    "batch_size": 8,
-    "learning_rate": 0.0005,
-    "lr_decay_epochs": 20,
-    "sampling": "mixed",
-    "spatial_size": 96,
-    "roi_size": 80,
-    "network_channels": [16, 32, 64, 128, 128],
-    "sw_batch_size": 16,
-    "num_workers": 0,
-    "max_val_volumes": None,
-    "progress_bar": False,
-    "seed": 0,
-}
+#: demo-scale overlay of train.json (2-core CPU): 96^2 slices, 80^2 crops, widths 16..128, 100 epochs x 32 samples.
+DEMO_OVERLAY = str(bundle_dir() / "configs" / "studies" / "demo.json")
 
-#: test-scale overrides: a few seconds per row.
-QUICK_SETTINGS: dict[str, Any] = {
-    **DEMO_SETTINGS,
-    "max_epochs": 2,
-    "dps_epochs": 1,
-    "val_interval": 1,
-    "samples_per_epoch": 4,
-    "batch_size": 2,
-    "spatial_size": 32,
-    "roi_size": 32,
-    "network_channels": [2, 4, 4, 8, 8],
-    "sw_batch_size": 8,
-}
+#: test-scale overlay, on top of the demo one: a few seconds per row.
+QUICK_OVERLAY = str(bundle_dir() / "configs" / "studies" / "quick.json")
 
 #: the study's synthetic dataset: few fully labeled (BTCV-like) volumes, more partially labeled ones, so that
 #: the partial sources carry most of the supervision (and, trained naively, most of the false "background").
@@ -225,7 +198,8 @@ def _machine() -> dict:
 def study_report(
     name: str, rows: Sequence[Mapping], output_dir: str | os.PathLike, settings: Mapping | None = None
 ) -> dict:
-    """Write ``<output_dir>/<name>.json``, ``.csv`` and ``.png`` and log the table.
+    """Write ``<output_dir>/<name>.json``, ``.csv`` and ``.png`` (the one Dice-table writer,
+    :func:`~pipofan_monai.evaluation.tables.write_dice_table`) and print the table.
 
     Args:
         name: study name (file stem and title).
@@ -237,63 +211,14 @@ def study_report(
     Returns:
         the report dict (as written to JSON).
     """
-    organs = [k for k in (rows[0]["dice"] if rows else {}) if k != "mean"] + ["mean"]
-    extra = [k for k in ("params_study", "params_paper", "best_epoch", "seconds") if any(k in r for r in rows)]
-    report = {"study": name, "metric": "Dice of the best validation epoch (model.pt) on the split's validation volumes",
-              "columns": organs + extra, "rows": [dict(r) for r in rows], "settings": dict(settings or {})}
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row"] + [f"dice_{o}" for o in organs] + extra)
-        for r in rows:
-            w.writerow([r["name"]] + [_cell(r["dice"].get(o)) for o in organs] + [r.get(k, "") for k in extra])
-    try:
-        _plot(name, rows, organs, out / f"{name}.png")
-    except Exception as e:  # the numbers matter more than the picture
-        logger.warning(f"could not draw the {name} study plot: {e}")
-    width = max([len(r["name"]) for r in rows] + [4])
-    lines = [f"{'row':<{width}} " + " ".join(f"{o:>8}" for o in organs) + "".join(f" {k:>12}" for k in extra)]
-    for r in rows:
-        cells = " ".join(f"{_pct(r['dice'].get(o)):>8}" for o in organs)
-        lines.append(f"{r['name']:<{width}} {cells}" + "".join(f" {str(r.get(k, '')):>12}" for k in extra))
-    table = "\n".join(lines)
-    report["table"] = table
-    report["files"] = [str(out / f"{name}.{ext}") for ext in ("json", "csv", "png")]
-    print(f"\nstudy '{name}' -- Dice (%) of the best validation epoch\n{table}\n", flush=True)
+    report = write_dice_table(
+        name, rows, output_dir, label="row", extra_columns=("params_study", "params_paper", "best_epoch", "seconds"),
+        title=f"{name} study: Dice of the best validation epoch",
+        report={"study": name, "settings": dict(settings or {}),
+                "metric": "Dice of the best validation epoch (model.pt) on the split's validation volumes"},
+    )
+    print(f"\nstudy '{name}' -- Dice (%) of the best validation epoch\n{report['table']}\n", flush=True)
     return report
-
-
-def _pct(v: Any) -> str:
-    return f"{100 * v:.1f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
-
-
-def _plot(name: str, rows: Sequence[Mapping], organs: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n_r, n_o = len(rows), len(organs)
-    width = 0.8 / max(n_r, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + n_o * n_r * 0.35), 4.5 + 0.2 * ((n_r + 1) // 2)))
-    x = np.arange(n_o)
-    cmap = plt.get_cmap("tab10")
-    for i, r in enumerate(rows):
-        vals = [r["dice"].get(o) for o in organs]
-        h = [100 * v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals]
-        ax.bar(x + (i - (n_r - 1) / 2) * width, h, width, label=r["name"], color=cmap(i % 10))
-    ax.set_xticks(x)
-    ax.set_xticklabels(organs)
-    ax.set_ylabel("Dice (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{name} study: Dice of the best validation epoch")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _slug(s: str) -> str:
@@ -321,10 +246,10 @@ def run_study(
     Args:
         name: ``"datasets"``, ``"loss"`` or ``"architecture"``.
         datalist: datalist JSON of the real datasets (full recipe); None runs on the synthetic demo dataset at demo
-            scale (:data:`DEMO_SETTINGS`, data :data:`DEMO_DATA`).
+            scale (overlay :data:`DEMO_OVERLAY`, data :data:`DEMO_DATA`).
         output_dir: folder for everything (default ``outputs/studies/<name>``).
         max_epochs: override the schedule length (``dps_epochs`` follows at half unless given).
-        quick: tiny widths and schedule (:data:`QUICK_SETTINGS`; with the demo data also :data:`QUICK_DATA`) for
+        quick: tiny widths and schedule (overlay :data:`QUICK_OVERLAY`; with the demo data also :data:`QUICK_DATA`) for
             tests and smoke runs.
         config_file: training config(s), default ``bundle/configs/train.json``.
         dataset_dir: folder the datalist's relative paths are resolved against.
@@ -339,7 +264,6 @@ def run_study(
     Raises:
         ValueError: unknown study or row names.
     """
-    from monai.bundle import ConfigWorkflow
     from monai.utils import set_determinism
 
     from pipofan_monai.dataset_conversion import ensure_demo_dataset, load_datalist
@@ -355,66 +279,49 @@ def run_study(
     out = Path(output_dir) if output_dir else Path("outputs") / "studies" / name
     out.mkdir(parents=True, exist_ok=True)
     files = [str(config_file)] if isinstance(config_file, (str, os.PathLike)) else [str(c) for c in config_file]
-    settings: dict[str, Any] = {}
-    if quick:
-        settings.update(QUICK_SETTINGS)
     if datalist in (None, ""):
         data_cfg = QUICK_DATA if quick else DEMO_DATA
-        if not quick:
-            settings.update(DEMO_SETTINGS)
+        files.append(DEMO_OVERLAY)
         path = ensure_demo_dataset(demo_dir or out / "data", **data_cfg)
         data_desc = {"kind": "synthetic demo", "path": str(path), **{k: data_cfg[k] for k in data_cfg}}
     else:
         path = Path(datalist)
         data_desc = {"kind": "datalist", "path": str(path)}
-    settings.update(override)
+    if quick:
+        files.append(QUICK_OVERLAY)
+    settings: dict[str, Any] = dict(override)
     if max_epochs is not None:
         settings["max_epochs"] = int(max_epochs)
         if "dps_epochs" not in override:
             settings["dps_epochs"] = int(max_epochs) // 2
     settings["split"] = split
     base = load_datalist(path, dataset_dir=dataset_dir)
-    seed = int(settings.get("seed", 0))
-    channels = settings.get("network_channels")
     results = []
     effective: dict[str, Any] = {}
     for r in spec_rows:
         run_dir = out / _slug(r["name"])
         run_dir.mkdir(parents=True, exist_ok=True)
         dl_path = run_dir / "datalist.json"
-        dl_path.write_text(json.dumps(subset_datalist(base, split, r["sources"]), indent=1))
+        atomic_write_json(dl_path, subset_datalist(base, split, r["sources"]))
         ov = {"cache_dir": str(out / "cache"),  # one preprocessed cache shared by the rows
               **settings, **r["overrides"], "datalist": str(dl_path), "dataset_dir": None, "datasets": None,
               "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir)}
         if (run_dir / "metrics.json").exists():
             (run_dir / "metrics.json").unlink()  # a fresh table, never rows of an earlier run
         logger.info(f"study {name}: row '{r['name']}' (sources {list(r['sources'])}) -> {run_dir}")
-        set_determinism(seed=seed)
-        t0 = time.perf_counter()
-        wf = ConfigWorkflow(config_file=files, workflow_type="train", **ov)
-        wf.initialize()
-        class_names = wf.parser.get_parsed_content("class_names")
-        used_channels = list(wf.parser.get_parsed_content("network_channels"))
-        effective = {k: wf.parser.get_parsed_content(k) for k in _RECORDED}
-        wf.run()
-        wf.finalize()
-        release_workflow(wf)
-        del wf
-        seconds = round(time.perf_counter() - t0, 1)
+        result = run_training(files, record=_RECORDED + ("seed", "network_channels"), **ov)
         set_determinism(seed=None)
-        best_epoch, dice = best_validation_dice(run_dir / "metrics.json", class_names)
-        row = {"name": r["name"], "sources": list(r["sources"]), "dice": dice,
-               "best_epoch": best_epoch, "seconds": seconds,
-               "dps_epochs": effective["dps_epochs"],
-               "checkpoint": str(run_dir / "models" / "model.pt"), "run_dir": str(run_dir)}
+        effective = result["settings"]
+        row = {"name": r["name"], "sources": list(r["sources"]), "dice": result["dice"],
+               "best_epoch": result["best_epoch"], "seconds": result["seconds"],
+               "dps_epochs": effective["dps_epochs"], "checkpoint": result["checkpoint"], "run_dir": str(run_dir)}
         if "partial_labels" in r["overrides"]:
             row["partial_labels"] = r["overrides"]["partial_labels"]
         if "arch" in r:
             row["arch"] = r["arch"]
-            row["params_study"] = count_parameters(used_channels, **r["arch"])
+            row["params_study"] = count_parameters(effective["network_channels"], **r["arch"])
             row["params_paper"] = count_parameters(PAPER_CHANNELS, **r["arch"])
         results.append(row)
-        channels = used_channels
-    settings = {**settings, **effective, "network_channels": channels, "data": data_desc, "config_file": files,
-                "machine": _machine(), "seed": seed}
+    settings = {**settings, **effective, "network_channels": list(effective.get("network_channels", [])),
+                "data": data_desc, "config_file": files, "machine": _machine()}
     return study_report(name, results, out, settings)

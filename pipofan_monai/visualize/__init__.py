@@ -13,7 +13,13 @@
 
 from __future__ import annotations
 
-from pipofan_monai.visualize.curves import crossval_table, load_metrics_rows, plot_crossval, plot_training_curves
+from pipofan_monai.visualize.curves import (
+    crossval_table,
+    load_metrics_rows,
+    plot_crossval,
+    plot_dice_bars,
+    plot_training_curves,
+)
 from pipofan_monai.visualize.overlay import (
     DEFAULT_COLORS,
     save_overlay_png,
@@ -26,6 +32,7 @@ __all__ = [
     "crossval_table",
     "load_metrics_rows",
     "plot_crossval",
+    "plot_dice_bars",
     "plot_training_curves",
     "save_overlay_png",
     "to_radiological_axial",

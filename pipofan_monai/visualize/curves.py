@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["load_metrics_rows", "plot_training_curves", "crossval_table", "plot_crossval"]
+__all__ = ["load_metrics_rows", "plot_training_curves", "crossval_table", "plot_crossval", "plot_dice_bars"]
 
 
 def _to_float(v: Any) -> float:
@@ -235,35 +235,65 @@ def plot_crossval(report: str | os.PathLike | Mapping, path: str | os.PathLike, 
         ValueError: the report holds no Dice values.
     """
     folds, organs, arr = crossval_table(report)
+    return plot_dice_bars(folds, organs, arr, path, title or "Cross-validation Dice", with_mean=True)
+
+
+def plot_dice_bars(
+    labels: Sequence[str],
+    organs: Sequence[str],
+    dice: np.ndarray,
+    path: str | os.PathLike,
+    title: str,
+    with_mean: bool = False,
+) -> str:
+    """Grouped bar chart of Dice (%): one group per organ, one bar per row (fold, study row), optionally a
+    mean ± std bar per organ. The one chart of the cross-validation and study reports.
+
+    Args:
+        labels: row names, ``len(labels) == dice.shape[0]``.
+        organs: organ (column) names, ``len(organs) == dice.shape[1]``.
+        dice: ``(rows, organs)`` Dice in [0, 1]; NaN where missing.
+        path: output PNG path (written atomically).
+        title: figure title.
+        with_mean: add a mean ± std bar per organ (and the values under the organ names).
+
+    Raises:
+        ValueError: no finite value, or shapes that do not match.
+    """
+    from pipofan_monai.utils import atomic_write
+
+    arr = np.asarray(dice, dtype=np.float64).reshape(len(labels), len(organs))
     if arr.size == 0 or not np.isfinite(arr).any():
-        raise ValueError("the cross-validation report holds no Dice values.")
+        raise ValueError("the report holds no Dice values.")
     n_f, n_o = arr.shape
-    width = 0.8 / (n_f + 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + n_o * (n_f + 1) * 0.45), 4.2))
+    slots = n_f + int(with_mean)
+    width = 0.8 / slots
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + n_o * slots * 0.45), 4.2 + 0.2 * ((n_f + 1) // 2)))
     x = np.arange(n_o)
     cmap = plt.get_cmap("tab10")
     for f in range(n_f):
         heights = np.nan_to_num(arr[f] * 100, nan=0.0)
-        ax.bar(x + (f - n_f / 2) * width, heights, width, label=folds[f], color=cmap(f % 10))
-    with np.errstate(all="ignore"):
+        ax.bar(x + (f - (slots - 1) / 2) * width, heights, width, label=labels[f], color=cmap(f % 10))
+    ticks = list(organs)
+    if with_mean:
         counts = np.isfinite(arr).sum(0)
-        mean = np.where(counts > 0, np.nanmean(np.where(np.isfinite(arr), arr, np.nan), axis=0), np.nan)
+        mean = np.array([np.nanmean(arr[:, o]) if counts[o] else np.nan for o in range(n_o)])
         std = np.array([np.nanstd(arr[:, o], ddof=1) if counts[o] > 1 else 0.0 for o in range(n_o)])
-    xm = x + (n_f / 2) * width
-    ax.bar(xm, np.nan_to_num(mean * 100), width, yerr=std * 100, capsize=3, color="0.3", label="mean ± std")
+        xm = x + (n_f - (slots - 1) / 2) * width
+        ax.bar(xm, np.nan_to_num(mean * 100), width, yerr=std * 100, capsize=3, color="0.3", label="mean ± std")
+        ticks = [f"{o}\n{mean[i] * 100:.1f} ± {std[i] * 100:.1f}" if np.isfinite(mean[i]) else o
+                 for i, o in enumerate(organs)]
     finite = arr[np.isfinite(arr)] * 100
     low = max(0.0, math.floor((finite.min() - 10) / 10) * 10) if finite.size else 0.0
     ax.set_ylim(low, 101)
     ax.set_xticks(x)
-    ax.set_xticklabels(
-        [f"{o}\n{mean[i] * 100:.1f} ± {std[i] * 100:.1f}" if np.isfinite(mean[i]) else o for i, o in enumerate(organs)]
-    )
+    ax.set_xticklabels(ticks)
     ax.set_ylabel("Dice (%)")
-    ax.set_title(title or "Cross-validation Dice")
-    ax.legend(fontsize=7, ncol=min(n_f + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(slots, 3), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return os.fspath(path)
