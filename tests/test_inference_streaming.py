@@ -17,7 +17,6 @@ argmax ties, MONAI's geometry and metadata, and never holds the full-resolution 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -249,3 +248,19 @@ def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
     allowance = 100.0  # MiB: one slab of 16 full-resolution slices (64 MiB), argmax slab, allocator slack
     assert rises["streamed"] <= target + allowance, rises
     assert rises["plain"] > target + allowance, rises  # the bound does separate the two paths
+
+
+def test_hu_window_scales_in_place_with_the_same_values():
+    """HUWindowd's in-place scaling (one temporary volume fewer at 512²) gives bitwise the out-of-place formula's
+    values and leaves its input untouched."""
+    from pipofan_monai.preprocessing import HUWindowd
+
+    g = torch.Generator().manual_seed(0)
+    img = MetaTensor((torch.randn(1, 37, 29, 11, generator=g) * 400).round(), affine=torch.eye(4))
+    before = img.clone()
+    out = HUWindowd("image", window=(-200, 200))({"image": img})["image"]
+    t = before.as_tensor().clamp(-200, 200)
+    assert torch.equal(out.as_tensor(), (t - -200.0) * (2.0 / 400.0) + -1.0) and torch.equal(img, before)
+    z = HUWindowd("image", window=(-200, 200), mode="zscore")({"image": img})["image"]
+    assert torch.equal(z.as_tensor(), (t - t.mean()) / t.std()) and torch.equal(img, before)
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32

@@ -130,7 +130,8 @@ class SlabInverter:
             resize_op = ops.pop()
             orig = tuple(int(s) for s in resize_op[TraceKeys.ORIG_SIZE])
             if len(orig) != 3 or orig[-1] != int(image.shape[-1]) or resize_op[TraceKeys.EXTRA_INFO].get("new_dim"):
-                return None, [], f"the resize changed the slice count or dimensions ({orig} -> {tuple(image.shape[1:])})"
+                return None, [], (f"the resize changed the slice count or dimensions ({orig} -> "
+                                  f"{tuple(image.shape[1:])})")
         for op in ops:
             if op.get(TraceKeys.CLASS_NAME) not in REORIENTING_OPS or op.get(TraceKeys.LAZY):
                 return None, [], f"applied operation {op.get(TraceKeys.CLASS_NAME)} is not a reorientation"
