@@ -50,7 +50,7 @@ from pipofan_monai import bundle_dir
 from pipofan_monai.plans import load_network_weights, network_from_plans, resolve_plans
 
 from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
-from pipofan_monai.utils import as_bool
+from pipofan_monai.utils import as_bool, atomic_write_json
 
 __all__ = [
     "ExecutionPath",
@@ -1354,9 +1354,7 @@ def run_benchmark(
     report["elapsed_s"] = time.perf_counter() - t_all
     report["table"] = format_report(report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+        atomic_write_json(output, report, default=str)
         log(f"wrote {output}")
     return report
 
@@ -1398,6 +1396,18 @@ def _progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _section_rows(section: Mapping[str, Any], title: str, rate: str, memory_note: str = "") -> list[str]:
+    """Table rows of one timed section: baseline vs optimized ``rate``, each candidate, peak memory."""
+    base = section["baseline"]
+    rows = [f"{title:<34}{base[rate]:>24.1f}{section['optimized'][rate]:>16.1f}{section['ratio']:>8.2f}  "
+            f"{section['optimized_path']}"]
+    rows += [f"{'  candidate ' + name:<58}{m[rate]:>16.1f}{m[rate] / base[rate]:>8.2f}"
+             for name, m in section["candidates"].items()]
+    rows.append(f"{'  peak memory MB':<34}{base['memory']['peak_mb']:>24.0f}"
+                f"{section['optimized']['memory']['peak_mb']:>16.0f}{memory_note}")
+    return rows
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """A plain-text table of a :func:`run_benchmark` report."""
     dev = report["device"]
@@ -1407,24 +1417,11 @@ def format_report(report: Mapping[str, Any]) -> str:
              f"{'section':<34}{'baseline (fp32 eager)':>24}{'optimized':>16}{'ratio':>8}  optimized path"]
     inf = report.get("inference")
     if inf:
-        lines.append(f"{'inference slices/s @' + str(s['size']) + '², b' + str(s['batch']):<34}"
-                     f"{inf['baseline']['slices_per_s']:>24.1f}{inf['optimized']['slices_per_s']:>16.1f}"
-                     f"{inf['ratio']:>8.2f}  {inf['optimized_path']}")
-        for name, m in inf["candidates"].items():
-            lines.append(f"{'  candidate ' + name:<58}{m['slices_per_s']:>16.1f}"
-                         f"{m['slices_per_s'] / inf['baseline']['slices_per_s']:>8.2f}")
-        lines.append(f"{'  peak memory MB':<34}{inf['baseline']['memory']['peak_mb']:>24.0f}"
-                     f"{inf['optimized']['memory']['peak_mb']:>16.0f}  ({inf['baseline']['memory']['kind']})")
+        lines += _section_rows(inf, f"inference slices/s @{s['size']}², b{s['batch']}", "slices_per_s",
+                               f"  ({inf['baseline']['memory']['kind']})")
     tr = report.get("training")
     if tr:
-        lines.append(f"{'training samples/s @' + str(s['train_size']) + '², b' + str(s['train_batch']):<34}"
-                     f"{tr['baseline']['samples_per_s']:>24.1f}{tr['optimized']['samples_per_s']:>16.1f}"
-                     f"{tr['ratio']:>8.2f}  {tr['optimized_path']}")
-        for name, m in tr["candidates"].items():
-            lines.append(f"{'  candidate ' + name:<58}{m['samples_per_s']:>16.1f}"
-                         f"{m['samples_per_s'] / tr['baseline']['samples_per_s']:>8.2f}")
-        lines.append(f"{'  peak memory MB':<34}{tr['baseline']['memory']['peak_mb']:>24.0f}"
-                     f"{tr['optimized']['memory']['peak_mb']:>16.0f}")
+        lines += _section_rows(tr, f"training samples/s @{s['train_size']}², b{s['train_batch']}", "samples_per_s")
     for name, acc in (report.get("accuracy") or {}).items():
         lines.append(f"accuracy {name}: Dice vs fp32 " + ", ".join(f"{k} {v:.4f}" for k, v in acc["dice"].items())
                      + f" -> {'pass' if acc['passed'] else 'FAIL'} (>= {acc['threshold']})")

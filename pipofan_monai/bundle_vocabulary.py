@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipofan_monai.organs import DEFAULT_CLASS_NAMES, channel_def, organ_table, validate_class_names
-from pipofan_monai.utils import atomic_write
+from pipofan_monai.utils import atomic_write_json
 
 __all__ = ["set_bundle_classes", "check_bundle_classes", "metadata_for_classes", "classes_command"]
 
@@ -75,8 +75,7 @@ def metadata_for_classes(
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """JSON with indent 4 and a trailing newline (the bundle's own layout), replaced atomically."""
-    with atomic_write(path, "w") as f:
-        f.write(json.dumps(obj, indent=4) + "\n")
+    atomic_write_json(path, obj, indent=4)
 
 
 def _configs_dir(bundle_dir: str | os.PathLike) -> Path:

@@ -41,7 +41,6 @@ __all__ = [
     "canonical_organ_name",
     "get_organ",
     "organ_table",
-    "check_class_names",
     "validate_class_names",
     "num_components_for",
     "colors_for",
@@ -230,31 +229,6 @@ def validate_class_names(class_names: Sequence[str], organs: Mapping[str, Any] |
             "Define new ones in the config's organ_table."
         )
     return names
-
-
-def check_class_names(ckpt_names: Sequence[str] | None, config_names: Sequence[str], ckpt_path: Any = None) -> None:
-    """Refuse a checkpoint trained with another vocabulary than the config's.
-
-    Args:
-        ckpt_names: class names saved with the checkpoint (its ``plans["class_names"]``); None (an old checkpoint
-            without them) is accepted: only the channel count can be checked then, when the weights load.
-        config_names: the config's ``class_names``.
-        ckpt_path: the checkpoint file, for the message.
-
-    Raises:
-        ValueError: the two vocabularies differ (names or order), naming both and the file.
-    """
-    if ckpt_names is None:
-        return
-    a = [canonical_organ_name(str(n)) for n in ckpt_names]
-    b = [canonical_organ_name(str(n)) for n in config_names]
-    if a != b:
-        where = f" {ckpt_path}" if ckpt_path is not None else ""
-        raise ValueError(
-            f"checkpoint{where} was trained with class_names {a} (K={len(a)}) but the config has class_names {b} "
-            f"(K={len(b)}). Set class_names to the checkpoint's list (inference.json / --class_names), or use a "
-            "checkpoint trained with this vocabulary."
-        )
 
 
 def num_components_for(

@@ -239,6 +239,26 @@ def read_plans(path: str | os.PathLike) -> dict[str, Any] | None:
     return dict(plans)
 
 
+def _class_names_difference(have: Sequence[str], given: Sequence[str]) -> str | None:
+    """None when two vocabularies name the same organs in the same order, else ``class_names: checkpoint ...,
+    given ... (K=.. vs ..)``.
+
+    Names are compared as organs (:func:`pipofan_monai.organs.canonical_organ_name`: case, spaces, hyphens and
+    aliases do not matter), the rule the dataset label mapping uses: ``Liver`` and ``liver`` are one organ. When
+    the two lists differ only in such spelling, a warning names both and the checkpoint's names are used.
+    """
+    from pipofan_monai.organs import canonical_organ_name
+
+    have, given = [str(n) for n in have], [str(n) for n in given]
+    if have == given:
+        return None
+    if [canonical_organ_name(n) for n in have] == [canonical_organ_name(n) for n in given]:
+        logger.warning(f"class_names {given} differ from the checkpoint's {have} only in spelling (case, spaces, "
+                       "aliases): the same organs; using the checkpoint's names.")
+        return None
+    return f"class_names: checkpoint {have!r}, given {given!r} (K={len(have)} vs {len(given)})"
+
+
 def _differences(plans: Mapping[str, Any], explicit: Mapping[str, Any]) -> list[str]:
     """Human-readable ``name: checkpoint X, given Y`` for every explicit (non-None) setting that differs."""
     out = []
@@ -246,11 +266,12 @@ def _differences(plans: Mapping[str, Any], explicit: Mapping[str, Any]) -> list[
         if value is None:
             continue
         value = _plain(value)
+        if name == "class_names":
+            diff = _class_names_difference(plans["class_names"], value)
+            out += [diff] if diff else []
+            continue
         if name == "network_channels":
             have = plans["network"].get("channels")
-        elif name == "class_names":
-            have = plans["class_names"]
-            value = [str(v) for v in value]
         elif name == "num_classes":
             have = len(plans["class_names"])
         else:

@@ -11,25 +11,43 @@
 
 """Small helpers every stage uses: atomic file writes, option parsing and file names for messages.
 
-One atomic-write mechanism serves every file a user keeps (checkpoints, metrics, reports, datalists, label maps):
-:func:`atomic_write` opens a temporary file in the destination's folder, the caller writes to it, and only after
-``flush`` + ``fsync`` is it renamed over the destination with ``os.replace``. A kill or a full disk at any moment
-leaves the previous file intact (or no file), never a truncated one under the final name.
+One atomic-write mechanism serves every file a user keeps (checkpoints, metrics, reports, datalists, label maps,
+DICOM SEG, figures): :func:`atomic_path` hands out a temporary file name in the destination's folder
+(``.<name>.<pid>.<random>.tmp<ext>``, keeping the extension because nibabel, ITK and matplotlib choose the format
+from it); when the block succeeds the file is fsynced, renamed over the destination with ``os.replace`` and the
+folder is fsynced, so that the rename survives a power loss. A kill or a full disk at any moment leaves the previous
+file intact (or no file), never a truncated one under the final name. :func:`atomic_write` (a file object),
+:func:`atomic_write_json` and :func:`atomic_torch_save` are built on it.
+
+The writer's process id in the temporary name lets :func:`remove_stale_temporaries` tell the leftover of a killed
+write (its process no longer runs on this machine) from a write in progress (kept); training (its output folders)
+and inference (the outputs of each case) clean up with it.
+
+Not on it, on purpose: the preprocessed cache publishes whole entry FOLDERS (``preprocessing/cache.py``: temporary
+folder, fsync, rename), downloads keep a resumable ``.part`` file, and unpacking renames a whole folder
+(``dataset_conversion/download.py``); each fsyncs its files and the folder as this module does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Collection, Iterable, Iterator, Mapping
 
 __all__ = [
+    "atomic_path",
     "atomic_write",
     "atomic_torch_save",
     "atomic_write_json",
+    "temporary_name_of",
+    "remove_stale_temporaries",
+    "fsync_dir",
+    "pid_alive",
     "as_bool",
     "filename_of",
     "refuse_help",
@@ -37,36 +55,92 @@ __all__ = [
     "TMP_SUFFIX",
 ]
 
-#: suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``)
+logger = logging.getLogger(__name__)
+
+#: marks the temporary files of :func:`atomic_path` (``.<name>.<pid>.<random>.tmp<ext>``)
 TMP_SUFFIX = ".tmp"
+
+#: a temporary file of :func:`atomic_path`: final name, writer pid, 8 hex digits, ``.tmp``, the final extension
+_TMP_RE = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9.]+)?$")
+#: extensions of more than one suffix that writers recognise as a whole
+_DOUBLE_EXTENSIONS = (".nii.gz", ".tar.gz", ".seg.nrrd")
+
+
+def _extension(name: str) -> str:
+    low = name.lower()
+    for ext in _DOUBLE_EXTENSIONS:
+        if low.endswith(ext):
+            return name[-len(ext):]
+    return os.path.splitext(name)[1]
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder, so that a rename into it survives a power loss; a no-op where folders cannot be opened
+    (Windows, some network file systems): the rename itself is atomic anyway."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.fspath(folder), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", file_mode: int = 0o644) -> Iterator[IO]:
-    """Context manager yielding a file object whose content replaces ``path`` only when the block succeeds.
+def atomic_path(path: str | os.PathLike, file_mode: int = 0o644) -> Iterator[str]:
+    """Context manager yielding a temporary file NAME whose file replaces ``path`` only when the block succeeds.
+
+    For writers that take a file name (``nib.save``, ``ds.save_as``, ``fig.savefig``): the temporary file
+    ``.<name>.<pid>.<random>.tmp<ext>`` lives in the destination folder (so ``os.replace`` is atomic) and keeps
+    the extension (``.nii.gz``, ``.png``, ...). After the block the file is fsynced, given ``file_mode`` and
+    renamed over ``path``, then the folder is fsynced. When the block raises (e.g. ``OSError(ENOSPC)``), the
+    temporary file is removed, the error propagates and ``path`` is untouched.
 
     Args:
-        path: destination; its parent folders are created.
-        mode: ``"wb"`` (default) or ``"w"``.
+        path: the destination; its parent folders are created.
         file_mode: permission bits of the final file (default 0o644, like files written with ``open``).
 
-    The temporary file lives in the same folder (so ``os.replace`` is atomic), is flushed and fsynced before the
-    rename, and is removed when the block raises (e.g. ``OSError(ENOSPC)``).
+    Yields:
+        the temporary path to write to (absolute).
+
+    Raises:
+        FileNotFoundError: the block did not create the temporary file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    final = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(final)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}{_extension(name)}")
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:  # fsync flushes the file's data whichever descriptor wrote it
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode)
-        os.replace(tmp, path)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+    fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", file_mode: int = 0o644, **open_kwargs: Any
+) -> Iterator[IO]:
+    """Context manager yielding a file object whose content replaces ``path`` only when the block succeeds
+    (:func:`atomic_path` opened with ``open(tmp, mode, **open_kwargs)``).
+
+    Args:
+        path: destination; its parent folders are created.
+        mode: ``"wb"`` (default) or ``"w"`` (text, UTF-8 unless ``encoding`` is given).
+        file_mode: permission bits of the final file (default 0o644).
+        open_kwargs: more arguments of ``open``, e.g. ``newline=""`` for the ``csv`` module.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}.")
+    if mode == "w":
+        open_kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path, file_mode) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -77,11 +151,68 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Mapping | list) -> None:
-    """JSON (indented, trailing newline) through :func:`atomic_write`."""
+def atomic_write_json(path: str | os.PathLike, obj: Mapping | list, indent: int = 2, **dump_kwargs: Any) -> None:
+    """JSON (indented, trailing newline) through :func:`atomic_write`; ``dump_kwargs`` go to ``json.dump``
+    (e.g. ``default=str``)."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=indent, **dump_kwargs)
         f.write("\n")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one owned by another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def temporary_name_of(entry: str) -> tuple[str, int] | None:
+    """``(final name, writer pid)`` when the file name ``entry`` is a temporary file of :func:`atomic_path`
+    (``.<name>.<pid>.<random>.tmp<ext>``), else None."""
+    m = _TMP_RE.match(entry)
+    return None if m is None else (m.group("final"), int(m.group("pid")))
+
+
+def remove_stale_temporaries(folders: Iterable[str | os.PathLike],
+                             finals: Collection[str] | None = None) -> list[Path]:
+    """Remove the temporary files that killed :func:`atomic_path` writes left in ``folders``.
+
+    A temporary file whose writer process no longer runs on this machine is removed (with a warning); one of a
+    running process (another run writing the same file right now) is kept, and so is every file that is not such
+    a temporary file.
+
+    Args:
+        folders: folders to search; missing ones are skipped.
+        finals: only the temporaries of these final file names (e.g. one case's outputs); None: all.
+
+    Returns:
+        the removed files.
+    """
+    removed: list[Path] = []
+    for folder in folders:
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:  # the folder does not exist (yet)
+            continue
+        for entry in entries:
+            parsed = temporary_name_of(entry)
+            if parsed is None or (finals is not None and parsed[0] not in finals) or pid_alive(parsed[1]):
+                continue
+            p = Path(folder) / entry
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                p.unlink()
+                removed.append(p)
+                logger.warning(f"removing {p}: temporary file of an interrupted write of {parsed[0]} "
+                               f"(process {parsed[1]} no longer runs)")
+    return removed
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -145,28 +276,3 @@ def refuse_help(help: Any = False, workflow: str = "training") -> None:
         print(BUNDLE_HELP.get(workflow, BUNDLE_HELP["training"]), flush=True)
         raise SystemExit(0)
 
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """fsync a folder, so that a rename into it survives a power loss; a no-op where folders cannot be opened
-    (Windows, some network file systems): the rename itself is atomic anyway."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.fspath(folder), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (one owned by another user counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True

@@ -209,3 +209,22 @@ def test_devices():
     assert bm.cpu_candidates()[0] == bm.ExecutionPath("fp32 channels_last", None, True)
     bl = bm.BASELINE.inferer_kwargs()
     assert bl == {"amp": False, "amp_dtype": None, "channels_last": False}
+
+
+def test_format_report_rows():
+    """The table: per section baseline vs optimized rate and ratio, each candidate against the baseline, memory."""
+    def sec(rate):
+        return {"baseline": {rate: 10.0, "memory": {"peak_mb": 500.0, "kind": "rss"}},
+                "optimized": {rate: 20.0, "memory": {"peak_mb": 400.0}}, "ratio": 2.0,
+                "optimized_path": "fp32 channels_last", "candidates": {"bf16": {rate: 15.0}}}
+
+    report = {"device": {"name": "cpu", "type": "cpu", "threads": 2, "torch": "2"}, "network": {"parameters": 1234},
+              "settings": {"channels": [8], "size": 256, "batch": 4, "train_size": 224, "train_batch": 2},
+              "inference": sec("slices_per_s"), "training": sec("samples_per_s")}
+    lines = [" ".join(line.split()) for line in bm.format_report(report).splitlines()]
+    assert lines[2:] == [
+        "inference slices/s @256², b4 10.0 20.0 2.00 fp32 channels_last", "candidate bf16 15.0 1.50",
+        "peak memory MB 500 400 (rss)",
+        "training samples/s @224², b2 10.0 20.0 2.00 fp32 channels_last", "candidate bf16 15.0 1.50",
+        "peak memory MB 500 400",
+    ]

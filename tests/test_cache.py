@@ -306,12 +306,13 @@ def test_preprocess_command_fills_what_training_reads(items, tmp_path):
     datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
     cache_dir = tmp_path / "pre"
     run = subprocess.run([sys.executable, "-m", "pipofan_monai", "preprocess", "--datalist", str(datalist),
-                          "--cache_dir", str(cache_dir), "--num_workers", "2", "--spatial_size", "40"],
+                          "--cache_dir", str(cache_dir), "--num_workers", "2", "--spatial_size", "48"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"{len(items)} volumes" in run.stdout
-    files = [_entry_files(e) for e in PreprocessedCache(cache_dir, spatial_size=40).fill(items, progress=False)]
-    ds = CachedSliceDataset(items, cache_dir, progress=False, **KW)  # bundle defaults + spatial_size: same keys
+    files = [_entry_files(e) for e in PreprocessedCache(cache_dir, spatial_size=48).fill(items, progress=False)]
+    # bundle defaults + spatial_size (the plans' check wants a multiple of 16): same keys
+    ds = CachedSliceDataset(items, cache_dir, progress=False, **{**KW, "spatial_size": 48})
     assert [_entry_files(e) for e in ds.entries] == files
 
 
@@ -369,3 +370,48 @@ def test_release_workflow_stops_persistent_workers():
         time.sleep(0.1)
     assert not _children() - before
     assert release_workflow(SimpleNamespace(parser=parser)) == 0  # idempotent
+
+
+def test_one_settings_object(items, tmp_path):
+    """The plans' preprocessing dict (or a CacheSettings) carries the deterministic settings: same entries and
+    samples as the settings given one by one; its context sizes the slab; the bundle passes it whole."""
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.plans import DEFAULT_PREPROCESSING
+    from pipofan_monai.preprocessing.cache import CacheSettings
+
+    prep = {**DEFAULT_PREPROCESSING, "spatial_size": 40, "hu_window": [-100.0, 300.0], "context": 2}
+    loose = CachedSliceDataset(items, tmp_path / "cache", progress=False, spatial_size=40, hu_window=(-100, 300),
+                               context=2, roi_size=32)
+    whole = make_train_dataset(items, "mmap", tmp_path / "cache", progress=False, preprocessing=prep, roi_size=32)
+    assert [e.path for e in whole.entries] == [e.path for e in loose.entries]  # same keys: nothing rebuilt
+    assert whole.cache.config == CacheSettings(spatial_size=40, hu_window=(-100.0, 300.0))
+    set_rnd(loose, 3)
+    set_rnd(whole, 3)
+    for i in range(len(items)):
+        a, b = loose[i], whole[i]
+        assert b["image"].shape == (5, 32, 32)  # 2 * context + 1 slices, context from the dict
+        assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor())
+        assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+    # the validation volumes ignore the dict's context (the 2.5D inferer stacks the slices)
+    val = make_val_dataset(items[:1], "mmap", tmp_path / "cache", progress=False, preprocessing=prep)
+    assert val[0]["image"].shape == (1, 40, 40, SHAPE[2])
+    assert val.entries[0].path == whole.entries[0].path
+    # the other modes build MONAI's pipelines from the same object
+    mem = make_train_dataset(items[:1], "memory", None, progress=False, preprocessing=prep, roi_size=32)
+    assert mem[0]["image"].shape == (5, 32, 32)
+    # an explicit setting overrides the dict's (the older calling style keeps working)
+    assert PreprocessedCache(tmp_path / "c", prep, spatial_size=48).config.spatial_size == 48
+    with pytest.raises(TypeError, match=r"unknown cache settings \['spatial_sise'\]"):
+        PreprocessedCache(tmp_path / "c", spatial_sise=48)
+    with pytest.raises(TypeError, match="plans' preprocessing dict"):
+        PreprocessedCache(tmp_path / "c", 40)  # the old positional spatial_size
+    with pytest.raises(ValueError, match="hu_window"):
+        CacheSettings(hu_window=(300, -100))
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))
+    for block in ("train#dataset", "validate#dataset"):
+        cfg = parser.get(block)
+        assert cfg["preprocessing"] == "@preprocessing_settings", block
+        assert not {"spatial_size", "hu_window", "intensity", "image_mode", "context"} & set(cfg), block

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Tests of deep pyramid supervision and the two training stages (PIPOFAN.md §2.1, §3)."""
+"""Tests of deep pyramid supervision and the two training stages (README section "The loss")."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Tests of the target adaptive loss (PIPOFAN.md §2)."""
+"""Tests of the target adaptive loss (README section "The loss")."""
 
 from __future__ import annotations
 

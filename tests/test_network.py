@@ -29,7 +29,8 @@ def count(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-# [constructor kwargs, legacy count (None = not in the table), clean count]  (PIPOFAN.md §1.6)
+# [constructor kwargs, legacy count (None = not in the table), clean count]  (the counts of the paper's tables
+# and of the authors' code; README section "The network")
 PARAM_CASES = [
     [{"out_channels": 2, "adaptive_fusion": False}, 28_270_986, 27_907_082],
     [{"out_channels": 2}, 28_271_005, 27_907_101],
@@ -221,7 +222,7 @@ def test_onnx_export(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The authors' checkpoint layout (PIPOFAN.md §1.7), built from the key map alone, with an independent functional
+# The authors' checkpoint layout (README section "The authors' checkpoints"), built from the key map alone, with an independent functional
 # forward pass of the authors' model written from §1 (not from our modules).
 
 

@@ -82,6 +82,30 @@ def test_checkpoint_carries_plans_and_overrides_must_agree(tmp_path):
     assert resolve_plans([tmp_path / "missing.pt", path])["source"] == str(path)
 
 
+def test_class_names_compared_as_organs(tmp_path, caplog):
+    """The one class-name check (resolve_plans): names that differ only in case, spacing or alias are the same
+    organs (accepted with a warning naming both, the checkpoint's names used); other names, counts or orders are
+    refused naming both lists, their K and the file."""
+    net, plans = _plans()
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "plans": PlansState(plans).state_dict()}, path)
+    with caplog.at_level("WARNING", logger="pipofan_monai.plans"):
+        got = resolve_plans(path, class_names=["Background", "Liver", "kidney", "spleen"])
+    assert got["class_names"] == ["background", "liver", "kidney", "spleen"]
+    assert "only in spelling" in caplog.text and "'Liver'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipofan_monai.plans"):
+        resolve_plans(path, class_names=["background", "liver", "kidney", "spleen"])
+    assert "only in spelling" not in caplog.text  # identical lists: nothing to say
+    six = ["background", "liver", "kidney", "spleen", "pancreas", "stomach", "gallbladder"]
+    with pytest.raises(PlansMismatchError) as err:
+        resolve_plans(path, class_names=six)
+    msg = str(err.value)
+    assert str(path) in msg and "pancreas" in msg and "(K=4 vs 7)" in msg
+    with pytest.raises(PlansMismatchError, match=r"kidney', 'spleen'\], given .*'spleen', 'kidney'\] \(K=4 vs 4\)"):
+        resolve_plans(path, class_names=["background", "liver", "spleen", "kidney"])  # same K, other order
+
+
 def test_plain_state_dict_uses_explicit_settings(tmp_path):
     net = PIPOFAN(channels=TINY)
     path = tmp_path / "plain.pt"

@@ -295,7 +295,7 @@ def test_sigkill_during_save_then_resume(demo, reference, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-3000:]
     runs = tmp_path / "runs"
-    leftovers = sorted(p.name for p in runs.glob(".last.pt.*.tmp"))
+    leftovers = sorted(p.name for p in runs.glob(".last.pt.*.tmp.pt"))
     assert len(leftovers) == 1, sorted(os.listdir(runs))
     last = runs / "last.pt"
     assert torch.load(last, weights_only=False)["engine"]["epoch"] == 1  # the previous state is whole
@@ -310,7 +310,7 @@ def test_sigkill_during_save_then_resume(demo, reference, tmp_path):
     assert resumed.returncode == 0, log[-5000:]
     assert "taking over the stale training lock" in log and f"process {lock['pid']}" in log
     assert f"removing {runs / leftovers[0]}" in log
-    assert not list(runs.glob(".*.tmp")) and not (runs / ".training.lock").exists()
+    assert not list(runs.glob(".*.tmp*")) and not (runs / ".training.lock").exists()
     got = _state(tmp_path)
     _assert_equal(got["rows"], reference["rows"], "metrics.json")
     for key in ("model", "optimizer", "lr_scheduler", "stage", "engine"):

@@ -28,7 +28,6 @@ from pipofan_monai.dataset_conversion.datasets import datasets_annotating
 from pipofan_monai.organs import (
     ORGANS,
     channel_def,
-    check_class_names,
     colors_for,
     metric_name,
     num_components_for,
@@ -166,17 +165,6 @@ def test_class_names_checks():
     with pytest.raises(ValueError, match="num_components"):
         organ_table({"x": {"num_components": 0}})
     assert num_components_for(["background", "liver_tumour", "pancreas"]) == {2: 1}  # tumours: keep all
-
-
-def test_checkpoint_vocabulary_check():
-    check_class_names(PAPER, ["background", "Liver", "kidney", "spleen"], "m.pt")  # same names: fine
-    check_class_names(None, SIX, "old.pt")  # an old checkpoint without names: left to the weight shapes
-    with pytest.raises(ValueError) as err:
-        check_class_names(PAPER, SIX, "/models/model.pt")
-    msg = str(err.value)
-    assert "/models/model.pt" in msg and str(PAPER) in msg and "pancreas" in msg and "K=4" in msg and "K=7" in msg
-    with pytest.raises(ValueError, match="kidney.*spleen.*spleen.*kidney"):  # same K, other order
-        check_class_names(PAPER, ["background", "liver", "spleen", "kidney"], "m.pt")
 
 
 # ------------------------------------------------------------------ MSD Task07 / Task03 datalists

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Datalists for the paper's public datasets in their native download layouts (PIPOFAN.md §4).
+"""Datalists for the paper's public datasets in their native download layouts (README section "Data").
 
 :func:`make_datalist` scans any subset of LiTS, KiTS19, MSD Task09 Spleen, BTCV, MSD Task07 Pancreas and MSD
 Task03 Liver, pairs images with labels,
@@ -49,7 +49,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,19 +118,44 @@ def _index(files: Sequence[Path], pattern: str, problems: list[str], what: str) 
     return found
 
 
+def _pair(
+    images: Mapping[str, Path],
+    labels: Mapping[str, Path],
+    problems: list[str],
+    title: str,
+    sort_key: Callable[[str], Any] = _natural_key,
+    case_id: Callable[[str], str] = str,
+    hints: tuple[str, str] | None = None,
+    is_test: Callable[[Path], bool] | None = None,
+) -> tuple[list[_Case], list[_Case]]:
+    """Pair images and labels that share a key (case number or file name): ``(cases, test cases)``.
+
+    An image without a label is a test case where ``is_test(image)`` says so, else a problem; a label without an
+    image is a problem. ``hints`` (``(label name, image name)`` formats of ``{k}``) say which file was expected.
+    """
+    cases, test = [], []
+    for k in sorted(set(images) | set(labels), key=sort_key):
+        if k not in labels:
+            if is_test is not None and is_test(images[k]):
+                test.append(_Case(case_id(k), images[k], None))
+            else:
+                problems.append(f"{title} image without label: {images[k]}"
+                                + (f" (expected {hints[0].format(k=k)})" if hints else ""))
+        elif k not in images:
+            problems.append(f"{title} label without image: {labels[k]}"
+                            + (f" (expected {hints[1].format(k=k)})" if hints else ""))
+        else:
+            cases.append(_Case(case_id(k), images[k], labels[k]))
+    return cases, test
+
+
 def _scan_lits(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case]]:
     files = _files(root)
     vols = _index(files, rf"^volume-(\d+){_NII}$", problems, "LiTS volume")
     segs = _index(files, rf"^segmentation-(\d+){_NII}$", problems, "LiTS segmentation")
     tests = _index(files, rf"^test-volume-(\d+){_NII}$", problems, "LiTS test volume")
-    cases = []
-    for k in sorted(set(vols) | set(segs), key=int):
-        if k not in segs:
-            problems.append(f"LiTS image without label: {vols[k]} (expected segmentation-{k}.nii[.gz])")
-        elif k not in vols:
-            problems.append(f"LiTS label without image: {segs[k]} (expected volume-{k}.nii[.gz])")
-        else:
-            cases.append(_Case(str(int(k)), vols[k], segs[k]))
+    cases, _ = _pair(vols, segs, problems, "LiTS", int, lambda k: str(int(k)),
+                     ("segmentation-{k}.nii[.gz]", "volume-{k}.nii[.gz]"))
     test = [_Case(str(int(k)), tests[k], None) for k in sorted(tests, key=int)]
     return cases, test
 
@@ -216,13 +241,7 @@ def _scan_msd(root: Path, problems: list[str], title: str) -> tuple[list[_Case],
     else:
         if meta is not None:
             problems.append(f"{title} {meta_file} has no 'training' list")
-        for name in sorted(set(images) | set(labels), key=_natural_key):
-            if name not in labels:
-                problems.append(f"{title} image without label: {images[name]}")
-            elif name not in images:
-                problems.append(f"{title} label without image: {labels[name]}")
-            else:
-                cases.append(_Case(_msd_stem(images[name]), images[name], labels[name]))
+        cases, _ = _pair(images, labels, problems, title, case_id=lambda name: _msd_stem(images[name]))
         if ts_dir.is_dir():
             test = [_Case(_msd_stem(p), p, None) for p in sorted(ts_dir.glob("*")) if nii.match(p.name)]
     cases.sort(key=lambda c: _natural_key(c.case_id))
@@ -245,18 +264,9 @@ def _scan_btcv(root: Path, problems: list[str]) -> tuple[list[_Case], list[_Case
     files = _files(root)
     imgs = _index(files, rf"^img(\d+){_NII}$", problems, "BTCV image")
     labs = _index(files, rf"^label(\d+){_NII}$", problems, "BTCV label")
-    cases, test = [], []
-    for k in sorted(set(imgs) | set(labs), key=int):
-        if k not in labs:
-            if any("test" in part.lower() for part in imgs[k].relative_to(root).parts[:-1]):
-                test.append(_Case(k, imgs[k], None))
-            else:
-                problems.append(f"BTCV image without label: {imgs[k]} (expected label{k}.nii[.gz])")
-        elif k not in imgs:
-            problems.append(f"BTCV label without image: {labs[k]} (expected img{k}.nii[.gz])")
-        else:
-            cases.append(_Case(k, imgs[k], labs[k]))
-    return cases, test
+    # an unlabeled image in a folder named like "test" (BTCV's Testing/img) is a test case
+    return _pair(imgs, labs, problems, "BTCV", int, hints=("label{k}.nii[.gz]", "img{k}.nii[.gz]"),
+                 is_test=lambda p: any("test" in part.lower() for part in p.relative_to(root).parts[:-1]))
 
 
 _SCANNERS = {"lits": _scan_lits, "kits19": _scan_kits19, "msd_spleen": _scan_msd_spleen, "btcv": _scan_btcv,

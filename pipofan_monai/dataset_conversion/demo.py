@@ -69,7 +69,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pipofan_monai.utils import atomic_write_json
+from pipofan_monai.utils import atomic_write, atomic_write_json
 
 from .datalist import make_datalist
 
@@ -543,7 +543,8 @@ def _write_tree(root: Path, params: dict) -> None:
                               "test labels in the five-class vocabulary " + ", ".join(PANCREAS_CLASS_NAMES) + ".")
     dl["synthetic"] = True
     atomic_write_json(root / "datalist.json", dl)
-    (root / "README.txt").write_text(_README.format(version=DEMO_VERSION, seed=seed))
+    with atomic_write(root / "README.txt", "w") as f:
+        f.write(_README.format(version=DEMO_VERSION, seed=seed))
     atomic_write_json(root / MANIFEST, {"generator": __name__, "complete": True, "params": params,
                                   "synthetic": True, "note": "synthetic demo data; not for accuracy claims"})
 

@@ -74,7 +74,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from pipofan_monai.utils import as_bool, fsync_dir
 
@@ -250,6 +250,27 @@ def _human(n: float | None) -> str:
 def _write(f, data: bytes) -> None:
     """Write one chunk (one place, so tests can make it raise ``ENOSPC``)."""
     f.write(data)
+
+
+def _copy_chunks(read: Callable[[], bytes], f: Any, bar: Any, folder: Path, what: str, needed: int | None) -> int:
+    """Copy ``read()`` chunks into ``f`` until an empty one, counting them on ``bar``; returns the bytes copied.
+
+    A full disk raises :class:`DiskFullError` naming ``folder``, ``what`` was being done and how much of ``needed``
+    (bytes still to write at the start; None: unknown) was still missing. Used by downloads and unpacking.
+    """
+    copied = 0
+    while True:
+        buf = read()
+        if not buf:
+            return copied
+        try:
+            _write(f, buf)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _disk_full(folder, None if needed is None else needed - copied, what) from None
+            raise
+        copied += len(buf)
+        bar.update(len(buf))
 
 
 def _disk_full(folder: Path, needed: int | None, what: str) -> DiskFullError:
@@ -453,25 +474,17 @@ def _fetch_once(url: str, part: Path, offset: int, timeout: float, progress: boo
         part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no empty folder
         _check_space(part.parent, None if length is None else int(length * reserve),
                      f"downloading {part.name[:-5]}" + (" and unpacking it" if reserve > 1 else ""))
-        received = offset
+
+        def read() -> bytes:
+            try:
+                return resp.read(CHUNK)
+            except _NET_ERRORS + (OSError,) as e:
+                raise _Cut(f"{type(e).__name__}: {e}") from None
+
         with open(part, mode) as f, _bar(total, offset, part.name[: -len(".part")], progress) as bar:
             try:
-                while True:
-                    try:
-                        buf = resp.read(CHUNK)
-                    except _NET_ERRORS + (OSError,) as e:
-                        raise _Cut(f"{type(e).__name__}: {e}") from None
-                    if not buf:
-                        break
-                    try:
-                        _write(f, buf)
-                    except OSError as e:
-                        if e.errno == errno.ENOSPC:
-                            raise _disk_full(part.parent, None if total is None else total - received,
-                                             f"downloading {part.name[:-5]}") from None
-                        raise
-                    received += len(buf)
-                    bar.update(len(buf))
+                received = offset + _copy_chunks(read, f, bar, part.parent, f"downloading {part.name[:-5]}",
+                                                 None if total is None else total - offset)
             finally:
                 try:
                     f.flush()
@@ -541,15 +554,8 @@ def unpack_archive(archive: str | os.PathLike, dest_parent: str | os.PathLike, t
                 target = Path(safe_extract_member(_Named(name), str(tmp)))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with opener() as src, open(target, "wb") as out:
-                    for buf in iter(lambda: src.read(CHUNK), b""):
-                        try:
-                            _write(out, buf)
-                        except OSError as e:
-                            if e.errno == errno.ENOSPC:
-                                raise _disk_full(dest_parent, total - done, f"unpacking {archive.name}") from None
-                            raise
-                        done += len(buf)
-                        bar.update(len(buf))
+                    done += _copy_chunks(lambda: src.read(CHUNK), out, bar, dest_parent, f"unpacking {archive.name}",
+                                         total - done)
                     out.flush()
                     os.fsync(out.fileno())
         os.replace(tmp / top, final)
@@ -1089,6 +1095,8 @@ def _logging() -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
+# The CLI wrapper repeats download_dataset's parameters on purpose: fire builds ``--help`` from this signature and
+# this docstring (a ``**kwargs`` pass-through would list no options), and here they are parsed from the command line.
 def download_command(
     dataset: str,
     root: str = "data",

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Evaluation metrics for multi-organ segmentation from partially labeled data (PIPOFAN.md §5, issue 5).
+"""Evaluation metrics for multi-organ segmentation from partially labeled data (the paper's
+per-organ Dice, plus surface metrics; issue 5).
 
 Two layers:
 
@@ -48,7 +49,6 @@ voxels of both surfaces within the tolerance (``compute_surface_dice``).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
@@ -64,6 +64,7 @@ from monai.utils import convert_to_numpy
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.partial_labels import resolve_labeled_mask
+from pipofan_monai.utils import atomic_write, atomic_write_json
 
 __all__ = [
     "METRIC_NAMES",
@@ -366,13 +367,12 @@ def write_reports(
         "cases_csv": os.path.join(output_dir, f"{prefix}_cases.csv"),
         "summary_csv": os.path.join(output_dir, f"{prefix}_summary.csv"),
     }
-    with open(paths["json"], "w") as f:
-        json.dump(_json_safe({"summary": summary, "cases": cases}), f, indent=2)
+    atomic_write_json(paths["json"], _json_safe({"summary": summary, "cases": cases}))
 
     names: list[str] = []
     for case in cases:
         names.extend(n for n in case["organs"] if n not in names)
-    with open(paths["cases_csv"], "w", newline="") as f:
+    with atomic_write(paths["cases_csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["case"] + [f"{m}_{n}" for m in METRIC_NAMES for n in names] + ["notes"])
         for i, case in enumerate(cases):
@@ -389,7 +389,7 @@ def write_reports(
             row.append("; ".join(notes))
             writer.writerow(row)
 
-    with open(paths["summary_csv"], "w", newline="") as f:
+    with atomic_write(paths["summary_csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["organ", *_SUMMARY_COLUMNS])
         for n, entry in summary["organs"].items():

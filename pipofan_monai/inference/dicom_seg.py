@@ -619,14 +619,12 @@ def write_dicom_seg(
 
 
 def _atomic_save(ds: Any, output_path: str | os.PathLike) -> str:
-    """``ds.save_as`` through :func:`pipofan_monai.inference.writers.atomic_output_path` (temp file
-    ``.<name>.<pid>.<random>.tmp.dcm`` in the same folder, fsync, ``os.replace``, as the NIfTI outputs, so the
-    runner also clears what a killed write left): an existing file is replaced only by a complete SEG."""
-    from pipofan_monai.inference.writers import atomic_output_path
+    """``ds.save_as`` through :func:`pipofan_monai.utils.atomic_path` (temp file ``.<name>.<pid>.<random>.tmp.dcm``
+    in the same folder, fsync, ``os.replace``, folder fsync, as the NIfTI outputs, so the runner also clears what a
+    killed write left): an existing file is replaced only by a complete SEG."""
+    from pipofan_monai.utils import atomic_path
 
-    path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_path(path) as tmp:
+    with atomic_path(output_path) as tmp:
         ds.save_as(tmp)
     return os.fspath(output_path)
 

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """2.5D sliding-slice inference: every axial slice of a volume is segmented by a 2D network that sees the
-slice and its neighbours stacked as channels (PIPOFAN.md §5)."""
+slice and its neighbours stacked as channels (``2 * context + 1`` slices; context 1 in the paper)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Whole-volume inference driver of the bundle (``configs/inference.json``, PIPOFAN.md §5), fold ensembles and
-evaluation against labels.
+"""Whole-volume inference driver of the bundle (``configs/inference.json``; every slice segmented with its
+neighbours as channels), fold ensembles and evaluation against labels.
 
 The bundle config defines the MONAI components (``network_def``, ``preprocessing``, ``inferer``,
 ``postprocessing``) exactly as MONAI Label expects them; :class:`SegmentationRunner` drives them case by case,

@@ -12,8 +12,8 @@
 """Output writers of the inference: label maps and probabilities appear under their final name only when complete.
 
 :class:`AtomicNiftiWriter` (a ``monai.data.NibabelWriter``) writes each NIfTI file to a temporary file in the
-destination folder (``.<name>.<pid>.<random>.tmp.nii.gz``), flushes and fsyncs it, then renames it over the
-destination with ``os.replace``: a kill or a full disk at any moment leaves the previous file (or no file), never
+destination folder (``.<name>.<pid>.<random>.tmp.nii.gz``, :func:`pipofan_monai.utils.atomic_path`), fsyncs it,
+renames it over the destination with ``os.replace`` and fsyncs the folder: a kill or a full disk at any moment leaves the previous file (or no file), never
 a truncated one under the final name. :class:`LabelNiftiWriter` adds the label-map shape rule (a one-slice volume
 stays 3D). :class:`AtomicSaveImaged` is ``SaveImaged`` with these writers that reports the writer's real error
 (e.g. ``OSError: [Errno 28] could not write ...: No space left on device``) instead of MONAI's "cannot find a
@@ -30,82 +30,36 @@ every writer exception into a ``RuntimeError`` about missing writer libraries.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import logging
 import os
-import re
-import secrets
 import struct
 import threading
-from typing import Any, Hashable, Iterable, Iterator, Mapping
+from typing import Any, Hashable, Iterable, Mapping
 
 import numpy as np
 from monai.data import NibabelWriter
 from monai.transforms import SaveImaged
-from pipofan_monai.utils import fsync_dir, pid_alive
+from pipofan_monai.utils import atomic_path, remove_stale_temporaries
 
 __all__ = [
     "AtomicNiftiWriter",
     "LabelNiftiWriter",
     "AtomicSaveImaged",
-    "atomic_output_path",
     "output_is_complete",
     "remove_stale_temp_files",
 ]
 
 logger = logging.getLogger("pipofan.inference")
 
-_TMP_RE = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9.]+)?$")
-
-
-def _extension(name: str) -> str:
-    low = name.lower()
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"):
-        if low.endswith(ext):
-            return name[-len(ext):]
-    return os.path.splitext(name)[1]
-
-
-@contextlib.contextmanager
-def atomic_output_path(path: str | os.PathLike, file_mode: int = 0o644) -> Iterator[str]:
-    """Context manager yielding a temporary path for a writer that needs a file NAME (nibabel picks the format
-    from the extension); the file replaces ``path`` only when the block succeeds.
-
-    The temporary file ``.<name>.<pid>.<random>.tmp<ext>`` lives in the destination folder (so ``os.replace``
-    is atomic) and keeps the extension; after the block it is fsynced, given ``file_mode`` and renamed. When the
-    block raises, the temporary file is removed and the error propagates; ``path`` is untouched.
-
-    Args:
-        path: the destination; its folder must exist.
-        file_mode: permission bits of the final file. Default 0o644.
-
-    Yields:
-        the temporary path to write to.
-    """
-    final = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(final))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{_extension(name)}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    fsync_dir(folder)
-
-
 def remove_stale_temp_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Remove the temporary files that killed writes of ``paths`` left behind.
 
-    A temporary file of :func:`atomic_output_path` (``.<name>.<pid>.<random>.tmp<ext>``) whose process is no
-    longer running on this machine is removed; one of a running process (another run writing the same file) is
-    kept. Run it before writing (or skipping) a case.
+    :func:`pipofan_monai.utils.remove_stale_temporaries` restricted to these outputs: a temporary file
+    ``.<name>.<pid>.<random>.tmp<ext>`` of one of ``paths`` whose process no longer runs on this machine is removed;
+    one of a running process (another run writing the same file) is kept, and so are the temporaries of other files
+    in the folder. Run it before writing (or skipping) a case.
 
     Args:
         paths: final output paths (their folders are searched for their temporary files).
@@ -113,26 +67,11 @@ def remove_stale_temp_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     Returns:
         the removed files.
     """
-    removed: list[str] = []
     by_folder: dict[str, set[str]] = {}
     for p in paths:
         folder, name = os.path.split(os.path.abspath(os.fspath(p)))
         by_folder.setdefault(folder, set()).add(name)
-    for folder, names in by_folder.items():
-        try:
-            entries = os.listdir(folder)
-        except OSError:  # the folder does not exist yet
-            continue
-        for entry in entries:
-            m = _TMP_RE.match(entry)
-            if m is None or m.group("final") not in names or pid_alive(int(m.group("pid"))):
-                continue
-            full = os.path.join(folder, entry)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(full)
-                removed.append(full)
-                logger.warning(f"removed {full}: temporary file of an interrupted write of {m.group('final')}")
-    return removed
+    return [str(r) for folder, names in by_folder.items() for r in remove_stale_temporaries([folder], names)]
 
 
 def _nifti_expected_size(header_bytes: bytes) -> int | None:
@@ -242,7 +181,7 @@ class AtomicNiftiWriter(NibabelWriter):
             OSError: the file could not be written (the message names it and the cause, e.g. no space left).
         """
         try:
-            with atomic_output_path(filename) as tmp:
+            with atomic_path(filename) as tmp:
                 super().write(tmp, verbose=verbose, **obj_kwargs)
         except OSError as e:
             cause = e.strerror or str(e)

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Deep pyramid supervision (DPS) of PIPO-FAN's outputs and its two training stages (PIPOFAN.md §2.1, §3)."""
+"""Deep pyramid supervision (DPS) of PIPO-FAN's outputs and its two training stages (first the pyramid outputs,
+then the fused output; README section "The loss")."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Target adaptive loss (TAL) for training one segmentation network on partially labeled datasets
-(Fang & Yan, IEEE TMI 2020, PIPOFAN.md §2)."""
+(Fang & Yan, IEEE TMI 2020; README section "The loss")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ __all__ = ["TargetAdaptiveLoss", "resolve_labeled_mask"]
 
 class TargetAdaptiveLoss(_Loss):
     """Target adaptive loss: cross-entropy in which, for each sample, the background and every organ that the
-    sample's source dataset does NOT annotate are merged into one "non-target" class (PIPOFAN.md §2).
+    sample's source dataset does NOT annotate are merged into one "non-target" class.
 
     For logits ``z`` and a sample ``b`` whose dataset labels the organs ``C_b``, with ``M_b`` = background plus
     the unlabeled organs::

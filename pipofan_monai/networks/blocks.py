@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Building blocks of PIPO-FAN (PIPOFAN.md §1.1, §1.4).
+"""Building blocks of PIPO-FAN: the convolution blocks of the main path and of the pyramid branches, and the
+adaptive fusion of the pyramid outputs (README section "The network").
 
 All blocks are written for ``spatial_dims`` 2 (the paper) or 3, with MONAI's ``act``/``norm`` factories.
 """
@@ -177,7 +178,7 @@ class SegHead(PreActProjection):
 
 
 class AdaptiveFusion(nn.Module):
-    """Adaptive fusion A (PIPOFAN.md §1.4), shared by all output scales.
+    """Adaptive fusion A (the paper's attention module that weighs the pyramid outputs), shared by all scales.
 
     A = norm(K) -> act -> conv1x1(K->1) -> norm(1) -> act -> conv3(1->1). For each output f_l the score is
     ``mean(A(f_l)) + max(A(f_l))`` over ALL spatial positions (truly global at every input size); the scores

@@ -9,7 +9,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Conversion of the authors' PIPO-FAN checkpoints (PIPOFAN.md §1.7) to :class:`PIPOFAN` state dicts."""
+"""Conversion of the authors' released PIPO-FAN checkpoints (the fused ``resnet.*`` + ``att.*`` model or the bare
+PIPO model, with or without DataParallel's ``module.`` prefix) to :class:`PIPOFAN` state dicts (README section
+"The authors' checkpoints")."""
 
 from __future__ import annotations
 

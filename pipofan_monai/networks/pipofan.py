@@ -104,7 +104,9 @@ class PIPOFAN(nn.Module):
     below the bottleneck), upsampled to the input size; adaptive fusion (AF) weighs them per sample with
     softmax-normalised global scores and sums them.
 
-    Defaults follow the authors' code (PIPOFAN.md §1); the paper's variants are options.
+    Defaults follow the authors' code, which produced the published numbers; the paper's variants are options
+    (``fuse_mode``, ``block``; the README section "How this relates to the paper and the authors' code" lists
+    every difference).
 
     Args:
         spatial_dims: number of spatial dimensions: 2 (default, the paper: 3 adjacent slices as channels) or 3.

@@ -48,6 +48,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,9 +56,17 @@ import numpy as np
 import torch
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
 from pipofan_monai.utils import fsync_dir, pid_alive
 
-__all__ = ["CACHE_FORMAT", "CacheEntry", "PreprocessedCache", "source_fingerprint", "preprocessed_cache_from_config"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheSettings",
+    "CacheEntry",
+    "PreprocessedCache",
+    "source_fingerprint",
+    "preprocessed_cache_from_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +110,79 @@ def _case_stem(path: str) -> str:
             name = name[: -len(ext)]
             break
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "case"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The deterministic preprocessing a cache entry is built with: the plans' preprocessing (minus ``context``:
+    the cache holds single slices) plus the label vocabulary, the reader and the item keys. The one object the
+    cache, the cached Datasets and the bundle's ``train#dataset`` / ``validate#dataset`` pass around.
+
+    Build it from the plans' preprocessing dict with :meth:`from_preprocessing` (what the bundle does with
+    ``@preprocessing_settings``); defaults are :data:`pipofan_monai.plans.DEFAULT_PREPROCESSING`.
+
+    Attributes:
+        spatial_size: in-plane size after resizing (None: keep the original size). Default 256.
+        hu_window: HU clip range ``(low, high)``. Default (-200, 200).
+        intensity: ``"scale"`` or ``"zscore"`` (see ``HUWindowd``). Default "scale".
+        image_mode: interpolation of the image resize. Default "trilinear".
+        num_classes: K global classes (<= 256, labels are stored as uint8). Default 4.
+        datasets: extra dataset table for ``MapDatasetLabelsd``.
+        reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
+        image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
+
+    Raises:
+        ValueError: a value out of range, naming it.
+    """
+
+    spatial_size: int | None = DEFAULT_PREPROCESSING["spatial_size"]
+    hu_window: tuple[float, float] = tuple(DEFAULT_PREPROCESSING["hu_window"])  # type: ignore[assignment]
+    intensity: str = DEFAULT_PREPROCESSING["intensity"]
+    image_mode: str = DEFAULT_PREPROCESSING["image_mode"]
+    num_classes: int = len(CLASS_NAMES)
+    datasets: Mapping[str, Any] | None = None
+    reader: Any = None
+    image_key: str = "image"
+    label_key: str = "label"
+    dataset_key: str = "dataset"
+
+    def __post_init__(self) -> None:
+        if not 2 <= int(self.num_classes) <= 256:
+            raise ValueError(f"num_classes must be in 2..256 (labels are cached as uint8), got {self.num_classes}.")
+        if len(self.hu_window) != 2 or not float(self.hu_window[0]) < float(self.hu_window[1]):
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}.")
+        if self.intensity not in ("scale", "zscore"):
+            raise ValueError(f"intensity must be 'scale' or 'zscore', got {self.intensity!r}.")
+        set_ = object.__setattr__  # frozen: normalise once here
+        set_(self, "spatial_size", None if self.spatial_size in (None, 0) else int(self.spatial_size))
+        set_(self, "hu_window", (float(self.hu_window[0]), float(self.hu_window[1])))
+        set_(self, "num_classes", int(self.num_classes))
+        set_(self, "datasets", dict(self.datasets) if self.datasets else None)
+
+    @classmethod
+    def from_preprocessing(
+        cls, preprocessing: CacheSettings | Mapping[str, Any] | None = None, **overrides: Any
+    ) -> CacheSettings:
+        """Settings from the plans' ``preprocessing`` dict (``spatial_size``, ``hu_window``, ``intensity``,
+        ``image_mode``; ``context`` is ignored) or other settings, with ``overrides`` (any attribute) on top.
+
+        Raises:
+            TypeError: an unknown key, naming it.
+        """
+        if isinstance(preprocessing, CacheSettings):
+            base = {f.name: getattr(preprocessing, f.name) for f in fields(cls)}  # no deep copy of the reader
+        elif preprocessing is None:
+            base = {}
+        elif isinstance(preprocessing, Mapping):
+            base = {k: v for k, v in preprocessing.items() if k != "context"}
+        else:
+            raise TypeError(f"preprocessing must be CacheSettings or the plans' preprocessing dict, got "
+                            f"{type(preprocessing).__name__} {preprocessing!r}.")
+        merged = {**base, **overrides}
+        unknown = sorted(set(merged) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown cache settings {unknown}; known: {[f.name for f in fields(cls)]}.")
+        return cls(**merged)
 
 
 class CacheEntry:
@@ -208,14 +290,12 @@ class PreprocessedCache:
     Args:
         cache_dir: the cache folder (created when needed). Several settings can share one folder: an entry's
             name hashes its settings.
-        spatial_size: in-plane size after resizing (None: keep the original size). Default 256.
-        hu_window: HU clip range. Default (-200, 200).
-        intensity: ``"scale"`` or ``"zscore"`` (see ``HUWindowd``). Default "scale".
-        num_classes: K global classes (<= 256, labels are stored as uint8). Default 4.
-        datasets: extra dataset table for ``MapDatasetLabelsd``.
-        image_mode: interpolation of the image resize. Default "trilinear".
-        reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
-        image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
+        settings: the deterministic preprocessing, a :class:`CacheSettings` or the plans' preprocessing dict
+            (None: the defaults).
+        overrides: :class:`CacheSettings` attributes on top of ``settings`` (``spatial_size=40``, ...).
+
+    Attributes:
+        config: the :class:`CacheSettings` in use.
 
     Example::
 
@@ -227,45 +307,27 @@ class PreprocessedCache:
     def __init__(
         self,
         cache_dir: str | os.PathLike,
-        spatial_size: int | None = 256,
-        hu_window: Sequence[float] = (-200.0, 200.0),
-        intensity: str = "scale",
-        num_classes: int = len(CLASS_NAMES),
-        datasets: Mapping[str, Any] | None = None,
-        image_mode: str = "trilinear",
-        reader: Any = None,
-        image_key: str = "image",
-        label_key: str = "label",
-        dataset_key: str = "dataset",
+        settings: CacheSettings | Mapping[str, Any] | None = None,
+        **overrides: Any,
     ) -> None:
         if cache_dir in (None, ""):
             raise ValueError("cache_dir must be a folder path, got None.")
-        if not 2 <= int(num_classes) <= 256:
-            raise ValueError(f"num_classes must be in 2..256 (labels are cached as uint8), got {num_classes}.")
-        if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
-            raise ValueError(f"hu_window must be (low, high) with low < high, got {hu_window}.")
-        if intensity not in ("scale", "zscore"):
-            raise ValueError(f"intensity must be 'scale' or 'zscore', got {intensity!r}.")
         self.cache_dir = Path(os.path.abspath(os.path.expanduser(os.fspath(cache_dir))))
-        self.spatial_size = None if spatial_size is None else int(spatial_size)
-        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
-        self.intensity = intensity
-        self.num_classes = int(num_classes)
-        self.datasets = dict(datasets) if datasets else None
-        self.image_mode = image_mode
-        self.reader = reader
-        self.image_key, self.label_key, self.dataset_key = image_key, label_key, dataset_key
+        self.config = CacheSettings.from_preprocessing(settings, **overrides)
+        self.image_key, self.label_key, self.dataset_key = (self.config.image_key, self.config.label_key,
+                                                            self.config.dataset_key)
 
     # ----------------------------------------------------------------------------------------------- keys
     def settings(self, item: Mapping[str, Any]) -> dict:
         """The preprocessing settings that affect ``item``'s entry (JSON-able): the global ones plus the item's
         dataset label mapping and labeled classes."""
+        c = self.config
         name = item.get(self.dataset_key)
-        spec = get_dataset_spec(name, self.datasets) if name not in (None, "") else None
-        reader = self.reader if isinstance(self.reader, (str, type(None))) else type(self.reader).__name__
+        spec = get_dataset_spec(name, c.datasets) if name not in (None, "") else None
+        reader = c.reader if isinstance(c.reader, (str, type(None))) else type(c.reader).__name__
         return {
-            "format": CACHE_FORMAT, "spatial_size": self.spatial_size, "hu_window": list(self.hu_window),
-            "intensity": self.intensity, "num_classes": self.num_classes, "image_mode": self.image_mode,
+            "format": CACHE_FORMAT, "spatial_size": c.spatial_size, "hu_window": list(c.hu_window),
+            "intensity": c.intensity, "num_classes": c.num_classes, "image_mode": c.image_mode,
             "reader": reader, "dataset": None if spec is None else spec.name,
             "label_map": None if spec is None else sorted([int(k), int(v)] for k, v in spec.label_map.items()),
             "labeled_classes": None if spec is None else sorted(int(c) for c in spec.labeled_classes),
@@ -330,10 +392,11 @@ class PreprocessedCache:
 
         from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
 
+        c = self.config
         return Compose(get_preprocessing_transforms(
-            "image", "label", self.spatial_size, hu_window=self.hu_window, intensity=self.intensity,
-            num_classes=self.num_classes, datasets=self.datasets, dataset_key="dataset", image_mode=self.image_mode,
-            reader=self.reader, partial_labels=True))
+            "image", "label", c.spatial_size, hu_window=c.hu_window, intensity=c.intensity,
+            num_classes=c.num_classes, datasets=c.datasets, dataset_key="dataset", image_mode=c.image_mode,
+            reader=c.reader, partial_labels=True))
 
     def preprocess(self, item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
         """Run the deterministic pipeline on one item: ``(image (D, S, S) float16, label (D, S, S) uint8, meta)``.
@@ -353,14 +416,14 @@ class PreprocessedCache:
         image = np.empty((depth, h, w), dtype=np.float16)
         image[...] = t.permute(2, 0, 1).numpy()  # one pass: transpose to slice-major and round to float16
         if not np.isfinite(image).all():
-            raise ValueError(f"image {fname}: values overflow float16 after preprocessing (intensity={self.intensity}).")
+            raise ValueError(f"image {fname}: values overflow float16 after preprocessing (intensity={self.config.intensity}).")
         lt = lab.as_tensor()[0]
         lmin, lmax = float(lt.min()), float(lt.max())
         if lmin < 0 or lmax > 255:
             raise ValueError(f"label {lab.meta.get('filename_or_obj')}: values {lmin}..{lmax} do not fit uint8.")
         label = np.empty((depth, h, w), dtype=np.uint8)
         label[...] = lt.permute(2, 0, 1).numpy()
-        per_slice = {str(c): np.flatnonzero((label == c).any(axis=(1, 2))).tolist() for c in range(1, self.num_classes)}
+        per_slice = {str(c): np.flatnonzero((label == c).any(axis=(1, 2))).tolist() for c in range(1, self.config.num_classes)}
         affine = np.asarray(img.affine, dtype=np.float64)
         orig = img.meta.get("original_affine")
         meta = {
@@ -548,11 +611,6 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-#: config keys of the bundle that define the cached preprocessing, and the cache's argument names
-CONFIG_KEYS = {"spatial_size": "spatial_size", "hu_window": "hu_window", "intensity": "intensity",
-               "num_classes": "num_classes", "dataset_table": "datasets"}
-
-
 def preprocessed_cache_from_config(
     config_file: str | os.PathLike | Sequence[str | os.PathLike] = "bundle/configs/train.json",
     datalist: Any = None,
@@ -581,7 +639,13 @@ def preprocessed_cache_from_config(
         parser["datalist"] = datalist
     if dataset_dir is not None:
         parser["dataset_dir"] = dataset_dir
-    kwargs = {arg: parser.get_parsed_content(key) for key, arg in CONFIG_KEYS.items() if key in parser}
+    # what training builds its cache with: the plans' preprocessing dict (as train#dataset / validate#dataset)
+    if "preprocessing_settings" in parser:
+        settings = parser.get_parsed_content("preprocessing_settings")
+    else:
+        settings = {k: parser.get_parsed_content(k) for k in PREPROCESSING_KEYS if k in parser}
+    vocabulary = {arg: parser.get_parsed_content(key) for key, arg in (("num_classes", "num_classes"),
+                                                                       ("dataset_table", "datasets")) if key in parser}
     if cache_dir is None:
         if "cache_dir" not in parser:
             raise ValueError(f"no --cache_dir given and {files} define no cache_dir.")
@@ -591,4 +655,4 @@ def preprocessed_cache_from_config(
     items = [dict(d) for d in data.get("training", []) if d.get("label")]
     if not items:
         raise ValueError("the datalist has no labeled training items to preprocess.")
-    return PreprocessedCache(cache_dir, **kwargs), items
+    return PreprocessedCache(cache_dir, settings, **vocabulary), items

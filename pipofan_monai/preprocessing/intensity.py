@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""CT intensity handling: a finite-value check and the Hounsfield window of PIPOFAN.md §4 (clip to [-200, 200]
-then scale to [-1, 1], the authors' code; or z-score, the paper's text)."""
+"""CT intensity handling: a finite-value check and the Hounsfield window (clip to [-200, 200] then scale to
+[-1, 1], the authors' code; or z-score, the paper's text)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Partial-label plumbing: map a source dataset's own label values to the global classes and attach the
-dataset's labeled-class mask (PIPOFAN.md §4, issue 3)."""
+dataset's labeled-class mask (README section "Data"; issue 3)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ float16. Random states are those of MONAI: the transforms live in ``self.transfo
 from __future__ import annotations
 
 import os
-from typing import Any, Hashable, Mapping, Sequence
+from dataclasses import fields
+from typing import Any, Hashable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ from monai.data import Dataset, MetaTensor
 from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, RandomizableTransform, ToMetaTensord
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
-from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
+from pipofan_monai.plans import DEFAULT_PREPROCESSING
+from pipofan_monai.preprocessing.cache import CacheEntry, CacheSettings, PreprocessedCache
 from pipofan_monai.preprocessing.slices import stack_neighbour_slices
 from pipofan_monai.training.transforms import RandSlabCropd, SlabToChannelsd
 
@@ -56,8 +57,43 @@ __all__ = [
 CACHE_MODES = ("mmap", "memory", "persistent", "none")
 ENTRY_KEY = "cache_entry"
 
-_CACHE_ARGS = ("spatial_size", "hu_window", "intensity", "num_classes", "datasets", "image_mode", "reader",
-               "image_key", "label_key", "dataset_key")
+#: the deterministic preprocessing: the plans' preprocessing dict or a CacheSettings (see make_train_dataset)
+Preprocessing = Union[CacheSettings, Mapping[str, Any], None]
+
+
+def _context_of(preprocessing: Preprocessing, context: int | None) -> int:
+    """``context`` if given, else the plans' preprocessing dict's, else the default."""
+    if context is not None:
+        return int(context)
+    if isinstance(preprocessing, Mapping) and preprocessing.get("context") is not None:
+        return int(preprocessing["context"])
+    return int(DEFAULT_PREPROCESSING["context"])
+
+
+def _transform_kwargs(preprocessing: Preprocessing, kwargs: Mapping[str, Any], context: bool) -> dict:
+    """Arguments of ``get_train_transforms`` / ``get_val_transforms`` (``context=False``: without the plans'
+    ``context``, which would stack the slices in the Dataset) from ``preprocessing`` and ``kwargs`` (on top)."""
+    if isinstance(preprocessing, CacheSettings):
+        base = {f.name: getattr(preprocessing, f.name) for f in fields(CacheSettings)}
+    else:
+        base = dict(preprocessing or {})
+        if not context:
+            base.pop("context", None)
+    return {**base, **kwargs}
+
+
+class _CachedVolumes(Dataset):
+    """Base of the cached Datasets: ``data``, ``transform``, then the filled cache (``self.cache``,
+    ``self.entries``, one :class:`~pipofan_monai.preprocessing.cache.CacheEntry` per item)."""
+
+    def __init__(self, data: Sequence[Mapping[str, Any]], transform: Any, cache_dir: str | os.PathLike,
+                 preprocessing: Preprocessing, settings: Mapping[str, Any], num_workers: int, progress: bool) -> None:
+        # ``data`` then ``transform`` first in __dict__: MONAI's set_rnd seeds ``transform`` as it does for
+        # CacheDataset, which is what makes the samples equal to the old path's
+        super().__init__(list(data), transform)
+        self.cache = PreprocessedCache(cache_dir, preprocessing, **settings)
+        self.image_key, self.label_key = self.cache.image_key, self.cache.label_key
+        self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
 
 
 class RandCachedSlabd(RandSlabCropd):
@@ -189,7 +225,7 @@ class FastRandFlipd(RandomizableTransform, MapTransform):
         return d
 
 
-class CachedSliceDataset(Dataset):
+class CachedSliceDataset(_CachedVolumes):
     """Training Dataset of 2.5D samples read from the memory-mapped preprocessed cache.
 
     Each index gives one sample (or ``num_samples``, as a list): image ``(2*context+1, rx, ry)`` float32 (slices
@@ -202,54 +238,45 @@ class CachedSliceDataset(Dataset):
     Args:
         data: datalist items with image and label file paths and a ``dataset`` name.
         cache_dir: the preprocessed cache folder (filled at construction where entries are missing or stale).
-        spatial_size, hu_window, intensity, num_classes, datasets, image_mode, reader: the deterministic
-            preprocessing (see :class:`~pipofan_monai.preprocessing.cache.PreprocessedCache`).
-        roi_size, context, pos_ratio, num_samples, flip_prob, organ_free, partial_labels: the random part, as
+        preprocessing: the deterministic preprocessing: the plans' preprocessing dict (``spatial_size``,
+            ``hu_window``, ``intensity``, ``context``, ``image_mode``) or a
+            :class:`~pipofan_monai.preprocessing.cache.CacheSettings`; None: the defaults.
+        roi_size, pos_ratio, num_samples, flip_prob, organ_free, partial_labels: the random part, as
             :func:`~pipofan_monai.training.transforms.get_train_transforms`.
-        image_key, label_key, dataset_key: item keys.
+        context: neighbour slices each side (None: the ``preprocessing`` dict's, else 1).
         num_workers: processes filling the cache (not the DataLoader's). Default 0.
         progress: progress bar while filling. Default True.
+        settings: :class:`~pipofan_monai.preprocessing.cache.CacheSettings` attributes on top of
+            ``preprocessing`` (``num_classes``, ``datasets``, ``reader``, item keys, or ``spatial_size=40``, ...).
     """
 
     def __init__(
         self,
         data: Sequence[Mapping[str, Any]],
         cache_dir: str | os.PathLike,
-        spatial_size: int | None = 256,
+        preprocessing: Preprocessing = None,
         roi_size: int | Sequence[int] = 224,
-        context: int = 1,
+        context: int | None = None,
         pos_ratio: float = 1.0,
         num_samples: int = 1,
         flip_prob: float = 0.5,
         organ_free: str = "warn",
         partial_labels: bool = True,
-        hu_window: Sequence[float] = (-200.0, 200.0),
-        intensity: str = "scale",
-        num_classes: int = len(CLASS_NAMES),
-        datasets: Mapping[str, Any] | None = None,
-        image_mode: str = "trilinear",
-        reader: Any = None,
-        image_key: str = "image",
-        label_key: str = "label",
-        dataset_key: str = "dataset",
         num_workers: int = 0,
         progress: bool = True,
+        **settings: Any,
     ) -> None:
-        keys = [image_key, label_key]
+        keys = [settings.get("image_key", "image"), settings.get("label_key", "label")]
         transform = Compose([
-            RandCachedSlabd(keys, ENTRY_KEY, roi_size=roi_size, context=context, pos_ratio=pos_ratio,
-                            num_samples=num_samples, organ_free=organ_free, partial_labels=partial_labels),
+            RandCachedSlabd(keys, ENTRY_KEY, roi_size=roi_size, context=_context_of(preprocessing, context),
+                            pos_ratio=pos_ratio, num_samples=num_samples, organ_free=organ_free,
+                            partial_labels=partial_labels),
             SlabToChannelsd(keys, center_only=(False, True)),
             FastRandFlipd(keys, prob=flip_prob, spatial_axis=0),
             FastRandFlipd(keys, prob=flip_prob, spatial_axis=1),
             ToMetaTensord(keys),
         ])
-        # ``data`` then ``transform`` first in __dict__: MONAI's set_rnd seeds ``transform`` as it does for
-        # CacheDataset, which is what makes the samples equal to the old path's
-        super().__init__(list(data), transform)
-        self.cache = PreprocessedCache(cache_dir, spatial_size, hu_window, intensity, num_classes, datasets,
-                                       image_mode, reader, image_key, label_key, dataset_key)
-        self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
+        super().__init__(data, transform, cache_dir, preprocessing, settings, num_workers, progress)
 
     def _transform(self, index: int) -> Any:
         from monai.transforms import apply_transform
@@ -259,7 +286,7 @@ class CachedSliceDataset(Dataset):
         return apply_transform(self.transform, d)
 
 
-class CachedVolumeDataset(Dataset):
+class CachedVolumeDataset(_CachedVolumes):
     """Validation Dataset streaming whole preprocessed volumes from the cache, one per index.
 
     Each index gives image ``(1, S, S, D)`` float32 (or ``(2*context+1, S, S, D)`` with ``context``) and label
@@ -270,37 +297,27 @@ class CachedVolumeDataset(Dataset):
     Args:
         data: datalist items (image, label, dataset).
         cache_dir: the preprocessed cache folder.
+        preprocessing: the deterministic preprocessing, as :class:`CachedSliceDataset` (its ``context`` is not
+            used here: the 2.5D inferer stacks the slices).
         context: if not None, stack neighbour slices as channels here (otherwise the 2.5D inferer does it).
         transform: optional extra transform applied to each volume dict.
         num_workers, progress: cache filling, as :class:`CachedSliceDataset`.
-        other arguments: the deterministic preprocessing, as :class:`CachedSliceDataset`.
+        settings: :class:`~pipofan_monai.preprocessing.cache.CacheSettings` attributes, as :class:`CachedSliceDataset`.
     """
 
     def __init__(
         self,
         data: Sequence[Mapping[str, Any]],
         cache_dir: str | os.PathLike,
-        spatial_size: int | None = 256,
-        hu_window: Sequence[float] = (-200.0, 200.0),
-        intensity: str = "scale",
-        num_classes: int = len(CLASS_NAMES),
-        datasets: Mapping[str, Any] | None = None,
-        image_mode: str = "trilinear",
-        reader: Any = None,
-        image_key: str = "image",
-        label_key: str = "label",
-        dataset_key: str = "dataset",
+        preprocessing: Preprocessing = None,
         context: int | None = None,
         transform: Any = None,
         num_workers: int = 0,
         progress: bool = True,
+        **settings: Any,
     ) -> None:
-        super().__init__(list(data), transform)
-        self.image_key, self.label_key = image_key, label_key
         self.context = context
-        self.cache = PreprocessedCache(cache_dir, spatial_size, hu_window, intensity, num_classes, datasets,
-                                       image_mode, reader, image_key, label_key, dataset_key)
-        self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
+        super().__init__(data, transform, cache_dir, preprocessing, settings, num_workers, progress)
 
     def _transform(self, index: int) -> Any:
         from monai.transforms import apply_transform
@@ -338,6 +355,20 @@ def _check_mode(cache: str, cache_rate: float, cache_dir: Any) -> str:
     return mode
 
 
+def _monai_dataset(mode: str, data: Sequence[Mapping[str, Any]], transform: Any, cache_dir: Any, cache_rate: float,
+                   num_workers: int, progress: bool, **cache_kwargs: Any) -> Dataset:
+    """MONAI's Dataset of the modes other than ``"mmap"``: ``CacheDataset`` (``"memory"``), ``PersistentDataset``
+    under ``cache_dir/persistent`` or a plain ``Dataset``."""
+    from monai.data import CacheDataset, PersistentDataset
+
+    if mode == "memory":
+        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
+                            progress=progress, **cache_kwargs)
+    if mode == "persistent":
+        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))
+    return Dataset(data, transform)
+
+
 def make_train_dataset(
     data: Sequence[Mapping[str, Any]],
     cache: str = "mmap",
@@ -347,6 +378,7 @@ def make_train_dataset(
     num_workers: int = 0,
     progress: bool = True,
     transform: Any = None,
+    preprocessing: Preprocessing = None,
     **kwargs: Any,
 ) -> Dataset:
     """The training Dataset of the bundle for ``cache`` mode.
@@ -363,24 +395,23 @@ def make_train_dataset(
         num_workers: processes (threads for ``CacheDataset``) filling the cache.
         progress: progress bar while filling.
         transform: the whole training transform for the other modes (the bundle's ``train#preprocessing``);
-            None: ``get_train_transforms(**kwargs)``. Not used by ``"mmap"``, which reads ``kwargs``.
-        kwargs: :func:`~pipofan_monai.training.transforms.get_train_transforms` arguments (spatial_size,
-            roi_size, context, pos_ratio, hu_window, intensity, num_classes, datasets, partial_labels, ...).
+            None: ``get_train_transforms`` of ``preprocessing`` and ``kwargs``. Not used by ``"mmap"``.
+        preprocessing: the deterministic preprocessing, one object: the plans' preprocessing dict (the bundle's
+            ``@preprocessing_settings``: ``spatial_size``, ``hu_window``, ``intensity``, ``context``,
+            ``image_mode``) or a :class:`~pipofan_monai.preprocessing.cache.CacheSettings`. None: the defaults.
+        kwargs: the rest, as :class:`CachedSliceDataset` / ``get_train_transforms`` take them (roi_size,
+            pos_ratio, num_classes, datasets, partial_labels, ...); a preprocessing setting given here
+            (``spatial_size=...``, the older calling style) overrides ``preprocessing``'s.
     """
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
-        return CachedSliceDataset(data, cache_dir, num_workers=num_workers, progress=progress, **kwargs)  # type: ignore[arg-type]
-    from monai.data import CacheDataset, PersistentDataset
-
+        return CachedSliceDataset(data, cache_dir, preprocessing, num_workers=num_workers,  # type: ignore[arg-type]
+                                  progress=progress, **kwargs)
     from pipofan_monai.training.transforms import get_train_transforms
 
-    transform = transform if transform is not None else get_train_transforms(**kwargs)
-    if mode == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
-                            progress=progress, copy_cache=copy_cache)
-    if mode == "persistent":
-        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))  # type: ignore[arg-type]
-    return Dataset(data, transform)
+    if transform is None:
+        transform = get_train_transforms(**_transform_kwargs(preprocessing, kwargs, context=True))
+    return _monai_dataset(mode, data, transform, cache_dir, cache_rate, num_workers, progress, copy_cache=copy_cache)
 
 
 def make_val_dataset(
@@ -391,26 +422,23 @@ def make_val_dataset(
     num_workers: int = 0,
     progress: bool = True,
     transform: Any = None,
+    preprocessing: Preprocessing = None,
     **kwargs: Any,
 ) -> Dataset:
     """The validation Dataset for ``cache`` mode (see :func:`make_train_dataset`; ``transform``: the bundle's
-    ``validate#preprocessing`` for the other modes); ``kwargs`` are
-    :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: the deterministic
-    preprocessing ones and ``context``; ``allow_missing_label`` must stay False there)."""
+    ``validate#preprocessing`` for the other modes; ``preprocessing``: as there, its ``context`` is not used:
+    the 2.5D inferer stacks the slices); ``kwargs`` are
+    :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: ``num_classes``,
+    ``datasets``, ``context``; ``allow_missing_label`` must stay False there)."""
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
         if kwargs.pop("allow_missing_label", False):
             raise ValueError("cache='mmap' validation needs a label for every item (allow_missing_label=False).")
         kwargs.pop("partial_labels", None)  # validation always uses the true masks
-        return CachedVolumeDataset(data, cache_dir, num_workers=num_workers, progress=progress, **kwargs)  # type: ignore[arg-type]
-    from monai.data import CacheDataset, PersistentDataset
-
+        return CachedVolumeDataset(data, cache_dir, preprocessing, num_workers=num_workers,  # type: ignore[arg-type]
+                                   progress=progress, **kwargs)
     from pipofan_monai.preprocessing.pipelines import get_val_transforms
 
-    transform = transform if transform is not None else get_val_transforms(**kwargs)
-    if mode == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
-                            progress=progress)
-    if mode == "persistent":
-        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))  # type: ignore[arg-type]
-    return Dataset(data, transform)
+    if transform is None:
+        transform = get_val_transforms(**_transform_kwargs(preprocessing, kwargs, context=False))
+    return _monai_dataset(mode, data, transform, cache_dir, cache_rate, num_workers, progress)

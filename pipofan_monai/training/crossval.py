@@ -193,28 +193,20 @@ def _running_workflow() -> Any:
     )
 
 
-def run_crossval_workflow(
-    folds: Any = None,
-    num_folds: int = 5,
-    crossval_dir: str | os.PathLike = "runs/crossval",
-    ckpt_dir: str | os.PathLike = "models",
-    cache_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    max_epochs: int | None = None,
-    enabled: bool = True,
-) -> dict:
-    """The bundle's ``crossval`` run id: :func:`crossval_folds` on the running workflow's merged config (the
-    arguments are that config's resolved ``folds``, ``num_folds``, ``crossval_dir``, ``ckpt_dir``, ``cache_dir``,
-    ``resume``, ``max_epochs`` and ``rank0``)."""
+def run_crossval_workflow(**settings: Any) -> dict:
+    """The bundle's ``crossval`` run id: :func:`crossval_folds` on the running workflow's merged config.
+
+    Args:
+        settings: the keyword arguments of :func:`crossval_folds` other than ``config``, ``meta_file`` and
+            ``logging_file``; ``train.json`` passes its resolved ``folds``, ``num_folds``, ``crossval_dir``,
+            ``ckpt_dir``, ``cache_dir``, ``resume``, ``max_epochs`` and ``rank0`` (as ``enabled``).
+    """
     wf = _running_workflow()
     config = copy.deepcopy(wf.parser.config)
     config.pop("_meta_", None)  # the fold workflows read metadata.json themselves
     logging_file = wf.config_root_path / "logging.conf"
-    return crossval_folds(
-        config, folds=folds, num_folds=num_folds, crossval_dir=crossval_dir, ckpt_dir=ckpt_dir, cache_dir=cache_dir,
-        resume=resume, max_epochs=max_epochs, meta_file=wf.meta_file,
-        logging_file=str(logging_file) if logging_file.is_file() else False, enabled=enabled,
-    )
+    return crossval_folds(config, meta_file=wf.meta_file,
+                          logging_file=str(logging_file) if logging_file.is_file() else False, **settings)
 
 
 def run_crossval(

@@ -18,7 +18,8 @@ __all__ = ["AuthorsLRLambda"]
 
 class AuthorsLRLambda:
     """Learning-rate factor of the authors' schedule for ``LambdaLR``: ``gamma ** (epoch // step + 1)``, i.e.
-    x0.99 every 40 epochs including at epoch 0 (PIPOFAN.md §3). A class, not a lambda, so it pickles.
+    x0.99 every 40 epochs including at epoch 0 (the authors' training script; the bundle's ``lr_decay_epochs`` and
+    ``lr_decay``). A class, not a lambda, so it pickles.
 
     Args:
         step: epochs between decays (40).

@@ -28,7 +28,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from pipofan_monai.utils import atomic_path, remove_stale_temporaries
 
 __all__ = [
     "LOCK_NAME",
@@ -37,7 +39,7 @@ __all__ = [
     "acquire_run_lock",
     "release_run_lock",
     "set_aside_previous_run",
-    "remove_stale_temporaries",
+    "remove_stale_temporaries",  # pipofan_monai.utils's, used by prepare_training_run
     "prepare_training_run",
     "release_training_run",
 ]
@@ -155,21 +157,6 @@ def _release_all() -> None:
         release_run_lock(folder)
 
 
-def remove_stale_temporaries(folders: Sequence[str | os.PathLike]) -> list[Path]:
-    """Delete the temporary files of interrupted atomic saves (``.<name>.<random>.tmp``) in ``folders``."""
-    removed = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            continue
-        for p in folder.glob(".*.tmp"):
-            if p.is_file() and not p.name.startswith(f".{LOCK_NAME}."):
-                logger.warning(f"removing {p}, left by an interrupted save")
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
-
 def set_aside_previous_run(
     output_dir: str | os.PathLike,
     ckpt_dir: str | os.PathLike | None = None,
@@ -208,7 +195,8 @@ def set_aside_previous_run(
         try:
             os.link(best, dest / "model.pt")  # the new run replaces model.pt by a new file: the link keeps this one
         except OSError:
-            shutil.copy2(best, dest / "model.pt")
+            with atomic_path(dest / "model.pt") as tmp:  # a kill mid-copy leaves no half model.pt in the history
+                shutil.copy2(best, tmp)
     logger.warning(
         f"{out} held an earlier training run: moved its files ({', '.join(f.name for f in files)}) to {dest} and "
         f"started a NEW run. To continue that run instead, move them back and pass --resume True."

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Samplers that decide which source dataset each training epoch draws from (PIPOFAN.md §3)."""
+"""Samplers that decide which source dataset each training epoch draws from (the authors train the datasets
+alternately, one per epoch; README section "How this relates to the paper and the authors' code")."""
 
 from __future__ import annotations
 

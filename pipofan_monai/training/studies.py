@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 STUDIES = ("datasets", "loss", "architecture")
 
-#: the paper's encoder widths (PIPOFAN.md §2), used for the full-width parameter counts.
+#: the paper's encoder widths (64, 128, 256, 512, 512), used for the full-width parameter counts.
 PAPER_CHANNELS = (64, 128, 256, 512, 512)
 
 ALL_SOURCES = ("btcv", "lits", "kits19", "msd_spleen")

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""2.5D handling (PIPOFAN.md §4-§5): adjacent axial slices become channels.
+"""2.5D handling, as in the paper (three adjacent axial slices in, the centre slice's labels out): adjacent
+slices become channels.
 
 Training: :class:`RandSlabCropd` draws a ``(rx, ry, 2*context+1)`` slab whose centre slice contains one of the
 organs annotated by the item's source dataset (or a random slice), then :class:`SlabToChannelsd` turns the

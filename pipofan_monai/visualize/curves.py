@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from pipofan_monai.utils import atomic_path  # noqa: E402
 
 __all__ = ["load_metrics_rows", "plot_training_curves", "crossval_table", "plot_crossval", "plot_dice_bars"]
 
@@ -169,8 +170,8 @@ def plot_training_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic_path(path) as tmp:  # the format comes from the extension, which the temporary name keeps
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return os.fspath(path)
 
@@ -260,8 +261,6 @@ def plot_dice_bars(
     Raises:
         ValueError: no finite value, or shapes that do not match.
     """
-    from pipofan_monai.utils import atomic_write
-
     arr = np.asarray(dice, dtype=np.float64).reshape(len(labels), len(organs))
     if arr.size == 0 or not np.isfinite(arr).any():
         raise ValueError("the report holds no Dice values.")
@@ -293,7 +292,7 @@ def plot_dice_bars(
     ax.legend(fontsize=7, ncol=min(slots, 3), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return os.fspath(path)
