@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,6 +97,14 @@ def test_quick_cli_writes_every_section(tmp_path):
     chosen = r["inference"]["optimized_path"]
     assert chosen == bm.BASELINE.name or r["accuracy"][chosen]["passed"]
     assert "pipeline / bare network" in r["table"]
+    mem, qm = r["inference_memory"], bm.QUICK_MEMORY_SETTINGS  # both inversion paths measured in this run
+    assert set(mem["paths"]) == {"plain", "streamed"} and mem["target_mib_per_slice"] == 4.0
+    for p in mem["paths"].values():
+        assert [c["depth"] for c in p["cases"]] == list(qm["depths"]) and math.isfinite(p["mib_per_slice"])
+        assert all(c["output_shape"] == [512, 512, c["depth"]] and c["peak_mib"] > c["rss_before_mib"] > 0
+                   for c in p["cases"])
+    assert mem["floor"]["8"]["peak_mib"] > 0
+    assert "inference memory: 512x512xD" in proc.stdout and "MiB/slice" in proc.stdout
 
 
 def test_label_agreement_channels_last_matches_fp32():

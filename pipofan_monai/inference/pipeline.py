@@ -19,11 +19,21 @@ case, and the benchmark calls it too (with a :class:`StageTimer`), so the measur
 With several checkpoints, the postprocessing chain is split at its first ``AsDiscreted``: the part before it
 (softmax, ``Invertd`` back to the original grid) runs per checkpoint, the combination happens on the original grid
 (vote: on the argmaxed label maps; mean: on the probabilities), the rest (connected components, saving) runs once.
+
+Memory at real size (``stream_slices``, default on): the inversion and the argmax run slab by slab
+(:class:`~pipofan_monai.inference.streaming.SlabInverter`), so the full-resolution probability volume (4 MiB per
+512² slice for 4 classes, 8.3 MiB per slice measured with the copies of the whole-volume path) is never built; the
+label maps are ``uint8``; the vote is counted slab by slab; the mean ensemble averages the probabilities at the
+network's resolution before inverting (resizing is linear: the same mean up to float rounding, so the argmax can
+differ only where two classes tie within about 1e-6). Where streaming does not apply (``save_probabilities``,
+other postprocessing or preprocessing transforms) or with ``stream_slices=0``, the whole volume is inverted with
+``Invertd`` as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -33,7 +43,10 @@ from monai.transforms import AsDiscreted, Compose, Invertd, LoadImaged, SaveImag
 from monai.utils import convert_to_dst_type
 
 from pipofan_monai.ensembling import ENSEMBLE_MODES, majority_vote, mean_probabilities
+from pipofan_monai.inference.streaming import DEFAULT_STREAM_SLICES, SlabInverter
 from pipofan_monai.utils import filename_of
+
+logger = logging.getLogger("pipofan.inference")
 
 __all__ = ["STAGES", "StageTimer", "stage_of", "CasePipeline", "check_network_output"]
 
@@ -107,6 +120,9 @@ class CasePipeline:
         num_classes: K (for the vote).
         ensemble_mode: ``"vote"`` or ``"mean"`` (see :mod:`pipofan_monai.ensembling`).
         pred_key, image_key: keys of the prediction and the image.
+        stream_slices: slices per slab of the streamed inversion + argmax (``None``: the default,
+            :data:`~pipofan_monai.inference.streaming.DEFAULT_STREAM_SLICES`); ``0``: invert the whole volume with
+            ``Invertd`` (MONAI's way; the full-resolution probabilities are materialised).
     """
 
     def __init__(
@@ -118,6 +134,7 @@ class CasePipeline:
         ensemble_mode: str = "vote",
         pred_key: str = "pred",
         image_key: str = "image",
+        stream_slices: int | None = None,
     ) -> None:
         mode = str(ensemble_mode).lower()
         if mode not in ENSEMBLE_MODES:
@@ -137,6 +154,20 @@ class CasePipeline:
         split = next((i for i, t in enumerate(self.post) if isinstance(t, AsDiscreted)), None)
         self.split = split
         self.savers = [t for t in self.post if isinstance(t, SaveImaged)]
+        slices = DEFAULT_STREAM_SLICES if stream_slices is None else int(stream_slices)
+        if slices < 0:
+            raise ValueError(f"stream_slices must be >= 0 (0: invert the whole volume), got {stream_slices}.")
+        self.stream_slices = slices
+        #: the slab-by-slab inversion + argmax, or None (``stream_reason`` says why): the whole volume is inverted
+        self.streamer: SlabInverter | None = None
+        self.stream_reason: str | None = "stream_slices is 0"
+        if slices and split is None:
+            self.stream_reason = "no AsDiscreted (argmax) in the postprocessing"
+        elif slices and any(isinstance(t, SaveImaged) and any(k != pred_key for k in t.keys) for t in self.post):
+            self.stream_reason = "the postprocessing saves more than the label map (probabilities)"
+        elif slices:
+            self.streamer, self.stream_reason = SlabInverter.from_postprocessing(
+                self.post[:split], self.post[split], slices, self.num_classes, pred_key, image_key)
 
     def load(self, path: str, timer: Callable = _no_timer) -> dict:
         """Run the preprocessing on ``{"image": path}``."""
@@ -172,6 +203,14 @@ class CasePipeline:
         names = list(names) if names else [f"network {i}" for i in range(len(nets))]
         path = item if isinstance(item, str) else item[self.image_key]
         d = self.load(path, timer)
+        streamer = self.streamer
+        if streamer is not None:
+            reason = streamer.why_not(d[self.image_key])
+            if reason is not None:
+                logger.debug(f"{filename_of(d[self.image_key])}: inverting the whole volume: {reason}")
+                streamer = None
+        if streamer is not None:
+            return self._streamed(d, nets, timer, names, streamer)
         if len(nets) == 1:
             d[self.pred_key] = self.infer(d, nets[0], timer, names[0])
             return self._apply(self.post, d, timer)
@@ -209,6 +248,76 @@ class CasePipeline:
                 voted = majority_vote(labels, self.num_classes)
                 out[self.pred_key] = convert_to_dst_type(voted, last[self.pred_key], dtype=torch.float32)[0]
         return self._apply(tail, out, timer)
+
+    # ------------------------------------------------------------------ streamed (slab by slab) path
+    def _probabilities(self, d: Mapping, net: torch.nn.Module, timer: Callable, name: str,
+                       streamer: SlabInverter) -> dict:
+        """``d`` with ``pred``: the activated network output ``(K, h, w, D)`` on the preprocessed grid (the logits
+        are dropped as soon as the activation has run)."""
+        dk = dict(d)
+        dk[self.pred_key] = self.infer(d, net, timer, name)
+        return self._apply(streamer.activation, dk, timer)
+
+    def _streamed(self, d: dict, nets: Sequence[torch.nn.Module], timer: Callable, names: Sequence[str],
+                  streamer: SlabInverter) -> dict:
+        """The case with the slab-by-slab inversion + argmax (the ``invert`` stage includes the argmax)."""
+        tail = self.post[self.split + 1 :]
+        if len(nets) == 1:
+            dk = self._probabilities(d, nets[0], timer, names[0], streamer)
+            with timer("invert", type(streamer.invertd).__name__):
+                out = streamer.labels(dk)
+            del dk
+            return self._apply(tail, out, timer)
+        if self.ensemble_mode == "mean":  # the mean of the probabilities at the network's resolution, then inverted
+            total: Any = None
+            last: dict = {}
+            for net, name in zip(nets, names):  # one checkpoint at a time: two low-resolution probability maps
+                last = self._probabilities(d, net, timer, name, streamer)
+                with timer("ensemble", "mean"):
+                    p = last.pop(self.pred_key)
+                    p = p.as_tensor() if isinstance(p, MetaTensor) else torch.as_tensor(p)
+                    if total is None:
+                        total = p.float()
+                    elif tuple(p.shape) != tuple(total.shape):
+                        raise ValueError(f"probability map of {name} has shape {tuple(p.shape)}, the first has "
+                                         f"{tuple(total.shape)}.")
+                    else:
+                        total += p
+                    del p
+            with timer("ensemble", "mean"):
+                total /= len(nets)
+            with timer("invert", type(streamer.invertd).__name__):
+                out = streamer.labels(last, probabilities=total)
+            del total
+            return self._apply(tail, out, timer)
+        labels: list = []
+        out = {}
+        for net, name in zip(nets, names):
+            dk = self._probabilities(d, net, timer, name, streamer)
+            with timer("invert", type(streamer.invertd).__name__):
+                out = streamer.labels(dk)
+            del dk
+            labels.append(out[self.pred_key])
+        with timer("ensemble", "vote"):
+            out = dict(out)
+            out[self.pred_key] = self._slab_vote(labels, streamer.slices)
+        del labels
+        return self._apply(tail, out, timer)
+
+    def _slab_vote(self, maps: Sequence[Any], slices: int) -> Any:
+        """:func:`~pipofan_monai.ensembling.majority_vote` of ``uint8`` label maps ``(1, H, W, D)``, ``slices``
+        slices at a time (its int16 vote counts are ``K x 2`` bytes per voxel: 2 MiB per 512² slice for 4 classes,
+        only for one slab here); metadata of the last map, as the whole-volume vote."""
+        plain = [m.as_tensor() if isinstance(m, MetaTensor) else torch.as_tensor(m) for m in maps]
+        shapes = {tuple(m.shape) for m in plain}
+        if len(shapes) != 1:
+            raise ValueError(f"the label maps of the ensemble have different shapes: {sorted(shapes)}.")
+        voted = torch.empty_like(plain[0])
+        depth = plain[0].shape[-1]
+        for z0 in range(0, depth, slices):
+            z1 = min(depth, z0 + slices)
+            voted[..., z0:z1] = majority_vote([m[..., z0:z1] for m in plain], self.num_classes)
+        return convert_to_dst_type(voted, maps[-1])[0]
 
 
 def check_network_output(logits: torch.Tensor, ckpt_name: str, image_name: str) -> None:

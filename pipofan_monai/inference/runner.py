@@ -111,6 +111,9 @@ class SegmentationRunner:
         plans: the plans the network and preprocessing were built from (:func:`pipofan_monai.plans.resolve_plans`);
             each checkpoint that carries plans must match them (clear error naming both otherwise).
         organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
+        stream_slices: slices per slab of the streamed inversion + argmax (``None``: the default, 16); ``0``:
+            invert the whole volume with ``Invertd`` (full-resolution probabilities in memory). See
+            :class:`~pipofan_monai.inference.CasePipeline`.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class SegmentationRunner:
         image_key: str = "image",
         plans: Mapping[str, Any] | None = None,
         organs: Mapping[str, Any] | None = None,
+        stream_slices: int | None = None,
     ) -> None:
         self.network = network
         self.preprocessing = preprocessing if isinstance(preprocessing, Compose) else Compose(preprocessing)
@@ -151,7 +155,7 @@ class SegmentationRunner:
         self.image_key = image_key
         self.plans = dict(plans) if plans is not None else None
         self.pipeline = CasePipeline(self.preprocessing, inferer, self.postprocessing, len(self.class_names),
-                                     self.ensemble_mode, pred_key, image_key)
+                                     self.ensemble_mode, pred_key, image_key, stream_slices)
         #: optional :class:`~pipofan_monai.inference.pipeline.StageTimer` (per-stage times of every case)
         self.timer = None
         self.savers = self.pipeline.savers
