@@ -53,6 +53,7 @@ __all__ = [
     "refuse_help",
     "BUNDLE_HELP",
     "TMP_SUFFIX",
+    "root_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Mapping | list, indent: int 
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=indent, **dump_kwargs)
         f.write("\n")
+
+
+def root_error(e: BaseException) -> BaseException:
+    """The original error behind MONAI's ``RuntimeError("applying transform ...")`` wrappers (what names the file
+    and the problem), or ``e`` itself."""
+    while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
+        e = e.__cause__
+    return e
 
 
 def pid_alive(pid: int) -> bool:

@@ -415,3 +415,23 @@ def test_one_settings_object(items, tmp_path):
         cfg = parser.get(block)
         assert cfg["preprocessing"] == "@preprocessing_settings", block
         assert not {"spatial_size", "hu_window", "intensity", "image_mode", "context"} & set(cfg), block
+
+
+def test_label_map_given_as_the_image_is_refused_before_caching(items, tmp_path):
+    """A datalist with image and label swapped trains on garbage unless the CT check runs in training too: it
+    refuses at the cache fill, naming the file, and caches nothing for it."""
+    swapped = {**items[0], "image": items[0]["label"]}
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    with pytest.raises(RuntimeError) as err:
+        cache.fill([swapped], progress=False)
+    text = "".join(str(e) for e in (err.value, err.value.__cause__) if e is not None)
+    assert str(items[0]["label"]) in text and "looks like a label map" in text, text
+    assert cache.lookup(swapped)[0] is None
+    # filled by worker processes: the same message comes back (the root error, not MONAI's wrapper)
+    with pytest.raises(RuntimeError, match="segmentation-0.nii.gz: ValueError: .*looks like a label map"):
+        cache.fill([items[1], swapped], num_workers=2, progress=False)
+    assert cache.lookup(items[1])[0] is not None and cache.lookup(swapped)[0] is None
+    # the same check in the in-memory path (train#preprocessing of CacheDataset / plain Dataset)
+    with pytest.raises(Exception) as err2:
+        get_train_transforms(**KW)(dict(swapped))
+    assert "looks like a label map" in str(err2.value) or "looks like a label map" in str(err2.value.__cause__)

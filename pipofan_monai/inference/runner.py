@@ -45,7 +45,7 @@ from pipofan_monai.partial_labels import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
 from pipofan_monai.preprocessing.io import check_dicom_folder
 from pipofan_monai.organs import validate_class_names
-from pipofan_monai.utils import as_bool
+from pipofan_monai.utils import as_bool, root_error
 
 __all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]
 
@@ -68,13 +68,6 @@ def _parse_overwrite(overwrite: Any) -> bool | str:
             return "skip"
         raise ValueError(f"overwrite must be true, false or 'skip', got {overwrite!r}.")
     return bool(overwrite)
-
-
-def _root_error(e: BaseException) -> BaseException:
-    """The original error behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
-    while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
-        e = e.__cause__
-    return e
 
 
 class SegmentationRunner:
@@ -341,7 +334,7 @@ class SegmentationRunner:
                     f"{outputs[-1] if not self.save_overlay or len(outputs) < 2 else outputs[-2]}"
                 )
             except Exception as exc:  # one bad case must not stop the others; every failure is listed at the end
-                e = _root_error(exc)
+                e = root_error(exc)
                 case["error"] = f"{type(e).__name__}: {e}"
                 case["seconds"] = round(time.perf_counter() - t0, 2)
                 logger.error(f"[{i + 1}/{len(items)}] {name}: FAILED: {case['error']}")

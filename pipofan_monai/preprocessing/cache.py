@@ -57,7 +57,7 @@ import torch
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
-from pipofan_monai.utils import fsync_dir, pid_alive
+from pipofan_monai.utils import fsync_dir, pid_alive, root_error
 
 __all__ = [
     "CACHE_FORMAT",
@@ -572,7 +572,7 @@ class PreprocessedCache:
                     try:
                         entries[i] = self.build(items[i])
                     except (OSError, ValueError, RuntimeError, KeyError) as e:
-                        failures.append(f"{items[i].get(self.image_key)}: {type(e).__name__}: {e}")
+                        failures.append(_failure(items[i].get(self.image_key), e))
                     bar.update(1)
             else:
                 ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -587,7 +587,7 @@ class PreprocessedCache:
                                 try:
                                     entries[i] = fut.result()
                                 except (OSError, ValueError, RuntimeError, KeyError) as e:
-                                    failures.append(f"{items[i].get(self.image_key)}: {type(e).__name__}: {e}")
+                                    failures.append(_failure(items[i].get(self.image_key), e))
                                 bar.update(1)
                     except BaseException:  # Ctrl-C: finished entries stay, the rest is cancelled
                         ex.shutdown(wait=False, cancel_futures=True)
@@ -604,7 +604,15 @@ class PreprocessedCache:
 
 
 def _build_one(cache: PreprocessedCache, item: dict) -> CacheEntry:
-    return cache.build(item)
+    try:
+        return cache.build(item)
+    except RuntimeError as e:  # the chained cause does not survive pickling back to the parent: send the root
+        raise root_error(e) from None
+
+
+def _failure(name: Any, e: BaseException) -> str:
+    e = root_error(e)
+    return f"{name}: {type(e).__name__}: {e}"
 
 
 def _worker_init(threads: int) -> None:

@@ -47,8 +47,9 @@ def get_preprocessing_transforms(
     partial_labels: bool = True,
     class_names: Sequence[str] | None = None,
     organs: Mapping[str, Any] | None = None,
+    ct_check: str = "error",
 ) -> list:
-    """Deterministic part shared by training and validation.
+    """Deterministic part shared by training, validation, the preprocessed cache and inference.
 
     Args:
         image_key: image key (file path in, ``(1, S, S, D)`` float32 out).
@@ -70,12 +71,17 @@ def get_preprocessing_transforms(
         class_names: the global vocabulary, background first (default the paper's four classes); each
             dataset's labels are mapped into it by organ name.
         organs: optional config-level ``organ_table``.
+        ct_check: is the image plausibly CT in HU (:class:`~pipofan_monai.preprocessing.CheckCTIntensityd`, on
+            the loaded intensities: a label map given as the image, unscaled values)? ``"error"`` (default: a
+            ``ValueError`` naming the file, also when training, before the volume is cached), ``"warn"``, ``"off"``.
 
     Returns:
         list of transforms.
     """
     keys = [image_key] + ([label_key] if label_key else [])
     xforms = load_ct_transforms(keys, reader=reader, allow_missing_keys=allow_missing_label)
+    at = next(i for i, t in enumerate(xforms) if isinstance(t, Orientationd))  # on the loaded intensities
+    xforms.insert(at, CheckCTIntensityd(image_key, mode=ct_check))
     if label_key:
         xforms.append(MapDatasetLabelsd(label_key, dataset_key=dataset_key, num_classes=num_classes,
                                         datasets=datasets, allow_missing_keys=allow_missing_label,
@@ -132,7 +138,4 @@ def get_inference_transforms(
         resize and the reorientation).
     """
     settings = {k: v for k, v in preprocessing.items() if k in ("spatial_size", "hu_window", "intensity", "image_mode")}
-    xforms = get_preprocessing_transforms(image_key, None, reader=reader, **settings)
-    at = next(i for i, t in enumerate(xforms) if isinstance(t, Orientationd))  # on the loaded intensities
-    xforms.insert(at, CheckCTIntensityd(image_key, mode=ct_check))
-    return Compose(xforms)
+    return Compose(get_preprocessing_transforms(image_key, None, reader=reader, ct_check=ct_check, **settings))
