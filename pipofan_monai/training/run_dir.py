@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipofan_monai.utils import atomic_path, remove_stale_temporaries
+from pipofan_monai.utils import atomic_path, pid_alive, remove_stale_temporaries
 
 __all__ = [
     "LOCK_NAME",
@@ -68,12 +68,9 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """:func:`~pipofan_monai.utils.pid_alive`, and not a reused pid (its start time differs from the lock's)."""
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else
     if start is not None:
         now = _proc_start_time(pid)
         if now is not None and now != start:
