@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipofan_monai.evaluation.tables import write_dice_table
+from pipofan_monai.organs import DEFAULT_CLASS_NAMES
 from pipofan_monai.training.workflow import DEFAULT_CONFIG, best_validation_dice, run_training
 from pipofan_monai.utils import atomic_write_json
 
@@ -108,6 +109,7 @@ def crossval_folds(
     meta_file: str | None = None,
     logging_file: str | bool | None = False,
     enabled: bool = True,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> dict:
     """Train ``folds`` of the training ``config`` (a merged, unparsed bundle config) one after the other and write
     the report. See the module docstring for the layout and the resume rules.
@@ -124,6 +126,7 @@ def crossval_folds(
         meta_file: metadata file of the bundle.
         logging_file: logging config for the fold workflows (False: keep the current logging).
         enabled: write the report (False on ranks other than 0).
+        class_names: the config's resolved class names (the report's columns).
 
     Returns:
         the report (see :func:`crossval_report`).
@@ -138,7 +141,6 @@ def crossval_folds(
         content = json.loads(json.dumps(config))
     except (TypeError, ValueError) as e:
         raise ValueError(f"cross-validation: the training config must be plain JSON to be run per fold ({e}).") from e
-    class_names: Sequence[str] = ()
     report: dict = {}
     for k in fold_ids:
         out_k, ckpt_k = crossval_dir / f"fold{k}", ckpt_dir / f"fold{k}"
@@ -154,11 +156,8 @@ def crossval_folds(
                         "resume_path": str(out_k / "last.pt"), "resume": status == "started"}
             if cache_dir is not None:
                 override["cache_dir"] = str(cache_dir)
-            result = run_training(fold_config, meta_file=meta_file, logging_file=logging_file, **override)
-            class_names = result["class_names"]
+            run_training(fold_config, meta_file=meta_file, logging_file=logging_file, **override)
             _barrier()
-        if not class_names:
-            class_names = list(content.get("class_names") or ())
         if enabled:
             report = crossval_report(crossval_dir, ckpt_dir, num_folds, class_names)
     _barrier()
@@ -199,7 +198,8 @@ def run_crossval_workflow(**settings: Any) -> dict:
     Args:
         settings: the keyword arguments of :func:`crossval_folds` other than ``config``, ``meta_file`` and
             ``logging_file``; ``train.json`` passes its resolved ``folds``, ``num_folds``, ``crossval_dir``,
-            ``ckpt_dir``, ``cache_dir``, ``resume``, ``max_epochs`` and ``rank0`` (as ``enabled``).
+            ``ckpt_dir``, ``cache_dir``, ``resume``, ``max_epochs``, ``class_names`` and ``rank0`` (as
+            ``enabled``).
     """
     wf = _running_workflow()
     config = copy.deepcopy(wf.parser.config)

@@ -132,9 +132,8 @@ def run_training(
     finally:
         if output_dir is not None:
             release_training_run(output_dir)
-        release_workflow(wf)
+        release_workflow(wf)  # drops the parsed objects and collects
         del wf
-        gc.collect()
     best_epoch, dice = best_validation_dice(output_dir / "metrics.json", class_names)
     return {"best_epoch": best_epoch, "dice": dice, "class_names": class_names,
             "checkpoint": str(ckpt_dir / "model.pt"), "metrics": str(output_dir / "metrics.json"),
