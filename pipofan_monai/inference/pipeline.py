@@ -269,26 +269,21 @@ class CasePipeline:
             del dk
             return self._apply(tail, out, timer)
         if self.ensemble_mode == "mean":  # the mean of the probabilities at the network's resolution, then inverted
-            total: Any = None
             last: dict = {}
-            for net, name in zip(nets, names):  # one checkpoint at a time: two low-resolution probability maps
-                last = self._probabilities(d, net, timer, name, streamer)
-                with timer("ensemble", "mean"):
-                    p = last.pop(self.pred_key)
-                    p = p.as_tensor() if isinstance(p, MetaTensor) else torch.as_tensor(p)
-                    if total is None:
-                        total = p.float()
-                    elif tuple(p.shape) != tuple(total.shape):
-                        raise ValueError(f"probability map of {name} has shape {tuple(p.shape)}, the first has "
-                                         f"{tuple(total.shape)}.")
-                    else:
-                        total += p
-                    del p
-            with timer("ensemble", "mean"):
-                total /= len(nets)
+
+            def low_resolution_probabilities() -> Iterator[Any]:
+                for net, name in zip(nets, names):  # one checkpoint at a time: two low-resolution probability maps
+                    dk = self._probabilities(d, net, timer, name, streamer)
+                    p = dk.pop(self.pred_key)
+                    last.clear()
+                    last.update(dk)
+                    yield p
+
+            # not timed as a whole: it pulls the per-checkpoint stages, which time themselves
+            mean = mean_probabilities(low_resolution_probabilities())
             with timer("invert", type(streamer.invertd).__name__):
-                out = streamer.labels(last, probabilities=total)
-            del total
+                out = streamer.labels(last, probabilities=mean)
+            del mean
             return self._apply(tail, out, timer)
         labels: list = []
         out = {}
