@@ -11,13 +11,16 @@
 
 """Test-session settings: one torch thread per process, so parallel workers and subprocesses on a 2-core machine
 do not oversubscribe the CPU (which makes small forward passes 100x slower); and a check that the tests write only
-to temporary folders, never into the checkout (e.g. TensorBoard files or checkpoints in bundle/runs)."""
+to temporary folders, never into the checkout (e.g. TensorBoard files or checkpoints in bundle/runs); and the same
+random state at the start of every test, whichever pytest-xdist worker runs it and in which order."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +48,16 @@ def _checkout_files() -> dict[str, int]:
             except OSError:
                 continue
     return found
+
+
+@pytest.fixture(autouse=True)
+def same_random_state_in_every_test():
+    """Seed torch, numpy and random before each test: a test that draws random weights or data (without a seed of
+    its own) then sees the same values on every run, instead of whatever the tests before it on that xdist worker
+    left behind (a failure seen once in CI must be reproducible)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -127,12 +127,26 @@ def test_eval_output_without_fusion_is_finest():
 
 
 def test_fusion_pooling_is_global():
+    # Fixed weights (not the random init, which can map the whole patch to zero through a ReLU): every layer passes
+    # a positive value through, so the score is known in closed form. A patch that lies outside any 224x224 window
+    # at the top left must still change the score: the pooling covers the whole map.
     fusion = AdaptiveFusion(2, 2, "relu", "batch").eval()
+    with torch.no_grad():
+        fusion.conv1.weight.fill_(1.0)
+        fusion.conv1.bias.zero_()
+        fusion.conv2.weight.fill_(1.0)
+        fusion.conv2.bias.zero_()
     a = torch.zeros(1, 2, 256, 256)
     b = a.clone()
-    b[..., 250:, 250:] = 50.0  # only outside a 224x224 top-left window
+    b[..., 250:, 250:] = 50.0  # a 6x6 patch in the bottom-right corner
     sa, sb = fusion.score(a), fusion.score(b)
-    assert not torch.allclose(sa, sb)
+    assert sa.item() == 0.0
+    s2 = 1.0 + fusion.norm1.eps  # each eval-mode batch norm divides by sqrt(1 + eps); two of them in a row
+    value = 2 * 50.0 / s2  # conv1 sums the two channels
+    # conv2 (3x3 ones, zero padding): the max is 9 * value inside the patch; each patch pixel is counted by 3 output
+    # positions per axis, except the last row/column (2, the image ends): (5 * 3 + 2) ** 2 = 289 in all.
+    expected = 9 * value + 289 * value / (256 * 256)
+    assert sb.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("size", [(250, 250), (256, 250), (8, 24)])
