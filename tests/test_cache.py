@@ -10,14 +10,17 @@
 # limitations under the License.
 
 """The memory-mapped preprocessed cache (issue 14): samples equal to the old CacheDataset path, reuse and
-invalidation, corrupt entries, concurrent fills, read-only folders, the CLI, and one real-size volume."""
+invalidation, corrupt entries, concurrent fills (each volume built once; a killed builder blocks nobody), read-only folders, the CLI, and one real-size volume."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +168,8 @@ def test_reuse_and_invalidation(items, tmp_path):
     after = [_entry_files(e) for e in rebuilt]
     assert after[1] != files[1] and rebuilt[1].path == first[1].path
     assert [a for i, a in enumerate(after) if i != 1] == [f for i, f in enumerate(files) if i != 1]
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp / trash left
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith((".tmp", ".trash"))]  # none left
+    assert cache.last_fill == {"built": 1, "by_others": 0}
 
 
 @pytest.mark.parametrize("damage", ["truncate_image", "garbage_meta", "missing_label", "wrong_shape"])
@@ -190,27 +194,35 @@ def test_corrupt_entry_is_rebuilt(items, tmp_path, damage):
 
 
 _FILL = """
-import sys
+import json, sys
 from pipofan_monai.dataset_conversion import load_datalist
 from pipofan_monai.preprocessing.cache import PreprocessedCache
 items = load_datalist(sys.argv[1])["training"]
-entries = PreprocessedCache(sys.argv[2], spatial_size=40).fill(items, num_workers=int(sys.argv[3]), progress=False)
-print(len(entries))
+cache = PreprocessedCache(sys.argv[2], spatial_size=40)
+entries = cache.fill(items, num_workers=int(sys.argv[3]), progress=False)
+print(json.dumps({"entries": len(entries), **cache.last_fill}))
 """
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def test_concurrent_fill_by_two_processes(items, tmp_path):
     datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
     cache_dir = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(datalist), str(cache_dir), str(w)], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(datalist), str(cache_dir), str(w)], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (1, 2)]
     outs = [p.communicate(timeout=300) for p in procs]
+    reports = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-        assert out.strip().splitlines()[-1] == str(len(items))
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+        assert reports[-1]["entries"] == len(items)
+    # the two processes shared the work: every volume was preprocessed exactly once, by one of them
+    assert sum(r["built"] for r in reports) == len(items), reports
     cache = PreprocessedCache(cache_dir, spatial_size=40)
-    names = sorted(p.name for p in cache_dir.iterdir())
+    names = sorted(p.name for p in cache_dir.iterdir() if p.name != ".locks")
     assert names == sorted(cache.entry_path(it).name for it in items)  # one entry each, no temp folder left
     ref = PreprocessedCache(tmp_path / "ref", spatial_size=40).fill(items, progress=False)
     for it, r in zip(items, ref):
@@ -218,6 +230,77 @@ def test_concurrent_fill_by_two_processes(items, tmp_path):
         assert e is not None, reason
         np.testing.assert_array_equal(np.asarray(e.image), np.asarray(r.image))
         np.testing.assert_array_equal(np.asarray(e.label), np.asarray(r.label))
+
+
+# holds the lock of the first item's entry; "build": builds that entry once the other three exist (i.e. once the
+# fill in the test has done its share), then lets go; "hold": keeps the lock until killed
+_HOLD = """
+import sys, time
+from pipofan_monai.dataset_conversion import load_datalist
+from pipofan_monai.preprocessing.cache import PreprocessedCache
+items = load_datalist(sys.argv[1])["training"]
+cache = PreprocessedCache(sys.argv[2], spatial_size=40)
+lock = cache.entry_lock(items[0])
+lock.acquire()
+print("locked", flush=True)
+while not all(cache.lookup(it)[0] is not None for it in items[1:]):
+    time.sleep(0.05)
+if sys.argv[3] == "build":
+    cache.build(items[0])
+    lock.release()
+    print("built", flush=True)
+else:
+    time.sleep(600)
+"""
+
+
+def _holder(items, cache_dir, mode):
+    datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(datalist), str(cache_dir), mode], env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked", p.stderr.read()
+    return p
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_entry_being_built_elsewhere_is_waited_for_not_rebuilt(items, tmp_path, num_workers):
+    cache_dir = tmp_path / "cache"
+    holder = _holder(items, cache_dir, "build")
+    try:
+        cache = PreprocessedCache(cache_dir, spatial_size=40)
+        entries = cache.fill(items, num_workers=num_workers, progress=False)
+        assert holder.wait(timeout=120) == 0 and holder.stdout.read().strip() == "built"
+    finally:
+        holder.kill()
+    assert cache.last_fill == {"built": 3, "by_others": 1}
+    assert [e.path for e in entries] == [cache.entry_path(it) for it in items]
+    ref = PreprocessedCache(tmp_path / "ref", spatial_size=40).fill(items[:1], progress=False)[0]
+    np.testing.assert_array_equal(np.asarray(entries[0].image), np.asarray(ref.image))
+
+
+def test_a_killed_builder_leaves_no_claim_behind(items, tmp_path):
+    """The lock of a process killed while building (SIGKILL: no cleanup runs) is free at once: the waiting fill
+    builds that entry itself instead of waiting for a stale claim."""
+    cache_dir = tmp_path / "cache"
+    holder = _holder(items, cache_dir, "hold")
+    result = {}
+    filler = PreprocessedCache(cache_dir, spatial_size=40)
+    thread = threading.Thread(target=lambda: result.update(entries=filler.fill(items, progress=False)))
+    try:
+        thread.start()
+        cache = PreprocessedCache(cache_dir, spatial_size=40)
+        deadline = time.monotonic() + 120
+        while not all(cache.lookup(it)[0] is not None for it in items[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert thread.is_alive()  # waiting for the holder
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        thread.join(timeout=120)
+    finally:
+        holder.kill()
+    assert not thread.is_alive()
+    assert len(result["entries"]) == len(items) and filler.last_fill == {"built": 4, "by_others": 0}
+    assert cache.lookup(items[0])[0] is not None
 
 
 def test_parallel_fill_equals_sequential_and_failures_name_the_file(items, tmp_path):

@@ -31,7 +31,9 @@ Entries are found again by their folder name and accepted only if ``meta.json`` 
 source path, size and ``mtime_ns``) matches and both arrays have the recorded shape, dtype and exact file size;
 otherwise that one entry is rebuilt. An entry is written in a temporary folder inside ``cache_dir`` and renamed
 into place when complete, so a reader never sees half an entry and two processes (e.g. DDP ranks) may fill one
-cache concurrently: the second to finish discards its copy. Arrays are opened with ``np.load(mmap_mode="r")``:
+cache concurrently. They also share the work: a process builds an entry only while holding that entry's lock
+(``cache_dir/.locks/<entry>.lock``, a kernel file lock through ``filelock``); an entry locked by another process is
+left to it and picked up when its lock is free, so N ranks preprocess each volume once, not N times. Arrays are opened with ``np.load(mmap_mode="r")``:
 a training sample reads only the slices it needs, and the OS page cache (not the Python heap) holds what is hot.
 """
 
@@ -47,13 +49,15 @@ import shutil
 import socket
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
@@ -75,6 +79,7 @@ CACHE_FORMAT = 1
 _ARRAYS = {"image": np.float16, "label": np.uint8}
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+_LOCKS = ".locks"
 
 
 def source_fingerprint(path: str | os.PathLike) -> dict:
@@ -296,6 +301,8 @@ class PreprocessedCache:
 
     Attributes:
         config: the :class:`CacheSettings` in use.
+        last_fill: what the last :meth:`fill` did: ``{"built": n, "by_others": m}`` (entries this process built,
+            entries it found locked and then took from the process that built them).
 
     Example::
 
@@ -316,6 +323,7 @@ class PreprocessedCache:
         self.config = CacheSettings.from_preprocessing(settings, **overrides)
         self.image_key, self.label_key, self.dataset_key = (self.config.image_key, self.config.label_key,
                                                             self.config.dataset_key)
+        self.last_fill = {"built": 0, "by_others": 0}
 
     # ----------------------------------------------------------------------------------------------- keys
     def settings(self, item: Mapping[str, Any]) -> dict:
@@ -530,8 +538,45 @@ class PreprocessedCache:
         return removed
 
     # ------------------------------------------------------------------------------------------------ fill
+    def entry_lock(self, item: Mapping[str, Any]) -> FileLock:
+        """The lock a process holds while it builds ``item``'s entry (``cache_dir/.locks/<entry>.lock``)."""
+        # A kernel file lock (filelock, which torch itself depends on) rather than a marker file of our own: the
+        # kernel releases it when its holder dies, also by SIGKILL, so no stale claim can block a later fill; on a
+        # file system without locks filelock falls back to a marker file with its own stale-owner check.
+        folder = self.cache_dir / _LOCKS
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"{self.entry_path(item).name}.lock"))
+
+    def build_unless_locked(self, item: Mapping[str, Any], wait: bool = False) -> tuple[CacheEntry | None, bool]:
+        """Build ``item``'s entry while holding its lock, so that concurrent fills build it once.
+
+        Args:
+            item: a datalist item.
+            wait: when another process holds the lock: False: return at once; True: wait until it is free.
+
+        Returns:
+            ``(entry, built_here)``; ``(None, False)`` when the entry is locked and ``wait`` is False;
+            ``(entry, False)`` when the process that held the lock had built it.
+        """
+        lock = self.entry_lock(item)
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return None, False
+        try:
+            entry, _ = self.lookup(item)  # the lock's previous holder may have built it
+            if entry is not None:
+                return entry, False
+            return self.build(item), True
+        finally:
+            lock.release()
+
     def fill(self, items: Sequence[Mapping[str, Any]], num_workers: int = 0, progress: bool = True) -> list[CacheEntry]:
         """The entries of ``items``, building the missing, stale and corrupt ones first.
+
+        Processes that fill one cache at the same time (DDP ranks, ``pipofan preprocess`` beside a training run)
+        share the work: each builds the entries nobody else is building, then waits for the others' entries (and
+        builds any whose builder failed or died).
 
         Args:
             items: datalist items with image and label file paths (and the dataset name).
@@ -548,6 +593,7 @@ class PreprocessedCache:
         """
         entries: list[CacheEntry | None] = []
         todo: list[int] = []
+        self.last_fill = {"built": 0, "by_others": 0}
         for i, item in enumerate(items):
             entry, reason = self.lookup(item)
             entries.append(entry)
@@ -559,53 +605,95 @@ class PreprocessedCache:
             return entries  # type: ignore[return-value]
         self._writable()
         self.clean_stale()
+        n_proc = min(max(1, int(num_workers)), len(todo))
         logger.info(f"cache: preprocessing {len(todo)} of {len(items)} volumes into {self.cache_dir} "
-                    f"({max(1, int(num_workers))} processes)")
+                    f"({n_proc} processes)")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="preprocessing", unit="volume", disable=not progress, dynamic_ncols=True)
         failures: list[str] = []
-        n_proc = min(max(1, int(num_workers)), len(todo))
-        try:
-            if n_proc == 1:
-                for i in todo:
-                    try:
-                        entries[i] = self.build(items[i])
-                    except (OSError, ValueError, RuntimeError, KeyError) as e:
-                        failures.append(_failure(items[i].get(self.image_key), e))
-                    bar.update(1)
+
+        def record(i: int, result: Any) -> None:
+            if isinstance(result, BaseException):
+                failures.append(_failure(items[i].get(self.image_key), result))
             else:
-                ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-                threads = max(1, (os.cpu_count() or 1) // n_proc)
-                with ProcessPoolExecutor(n_proc, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
-                    pending = {ex.submit(_build_one, self, dict(items[i])): i for i in todo}
-                    try:
-                        while pending:
-                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                            for fut in done:
-                                i = pending.pop(fut)
-                                try:
-                                    entries[i] = fut.result()
-                                except (OSError, ValueError, RuntimeError, KeyError) as e:
-                                    failures.append(_failure(items[i].get(self.image_key), e))
-                                bar.update(1)
-                    except BaseException:  # Ctrl-C: finished entries stay, the rest is cancelled
-                        ex.shutdown(wait=False, cancel_futures=True)
-                        raise
+                entries[i] = result[0]
+                self.last_fill["built" if result[1] else "by_others"] += 1
+            bar.update(1)
+
+        try:
+            with _Builders(self, n_proc) as builders:
+                busy = []  # locked by other processes: their entries are taken (or built) in the second pass
+                for i, result in builders.run(items, todo, wait=False):
+                    if not isinstance(result, BaseException) and result[0] is None:
+                        busy.append(i)
+                        bar.set_postfix_str(f"{len(busy)} being built by other processes")
+                    else:
+                        record(i, result)
+                if busy:
+                    logger.info(f"cache: waiting for {len(busy)} volumes being preprocessed by other processes")
+                for i, result in builders.run(items, busy, wait=True):
+                    record(i, result)
         finally:
             bar.close()
         if failures:
             raise RuntimeError(f"could not preprocess {len(failures)} of {len(todo)} volumes into {self.cache_dir} "
                                "(the others are cached):\n" + "\n".join(failures))
+        if self.last_fill["by_others"]:
+            logger.info(f"cache: built {self.last_fill['built']} volumes here, {self.last_fill['by_others']} were "
+                        "built by other processes")
         return entries  # type: ignore[return-value]
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__)
 
 
-def _build_one(cache: PreprocessedCache, item: dict) -> CacheEntry:
+_BUILD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
+
+
+class _Builders:
+    """Runs :meth:`PreprocessedCache.build_unless_locked` over items, in this process (``n`` = 1) or in one pool of
+    ``n`` processes kept for both passes of :meth:`PreprocessedCache.fill`. :meth:`run` yields ``(index, result)``
+    as they finish, ``result`` being ``(entry, built_here)`` or the build error."""
+
+    def __init__(self, cache: PreprocessedCache, n: int) -> None:
+        self.cache, self.n, self.pool = cache, int(n), None
+
+    def __enter__(self) -> "_Builders":
+        if self.n > 1:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            threads = max(1, (os.cpu_count() or 1) // self.n)
+            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.pool is not None:  # Ctrl-C: finished entries stay, the rest is cancelled
+            self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+    def run(self, items: Sequence[Mapping[str, Any]], indices: Sequence[int], wait: bool) -> Iterator[tuple[int, Any]]:
+        if self.pool is None:
+            for i in indices:
+                try:
+                    result: Any = self.cache.build_unless_locked(items[i], wait=wait)
+                except _BUILD_ERRORS as e:
+                    result = e
+                yield i, result
+            return
+        pending = {self.pool.submit(_build_one, self.cache, dict(items[i]), wait): i for i in indices}
+        while pending:
+            done, _ = wait_futures(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except _BUILD_ERRORS as e:
+                    result = e
+                yield i, result
+
+
+def _build_one(cache: PreprocessedCache, item: dict, wait: bool) -> tuple[CacheEntry | None, bool]:
     try:
-        return cache.build(item)
+        return cache.build_unless_locked(item, wait=wait)
     except RuntimeError as e:  # the chained cause does not survive pickling back to the parent: send the root
         raise root_error(e) from None
 
