@@ -89,7 +89,7 @@ def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="
 
 def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=None,
                config_file="bundle/configs/train.json", progress: bool = True, spatial_size=None, hu_window=None,
-               intensity=None, num_classes=None, dataset_table=None, output_dir=None):
+               intensity=None, num_classes=None, dataset_table=None, output_dir=None, ct_check=None):
     """Preprocess every labeled item of ``datalist`` into the memory-mapped cache that training (``cache: mmap``)
     reads, with ``num_workers`` processes and a progress bar; interrupt and rerun at will (finished volumes are
     kept, stale or corrupt ones rebuilt).
@@ -97,7 +97,8 @@ def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=
     The preprocessing settings (spatial_size, hu_window, intensity, num_classes, dataset_table) and the default
     ``cache_dir`` (``<output_dir>/cache``) are read from ``config_file`` (the bundle's train.json), so that
     training finds the entries; pass ``--spatial_size``, ``--hu_window``, ``--intensity``, ``--num_classes``,
-    ``--dataset_table`` or ``--output_dir`` to override them exactly as for training. (Explicit options, not
+    ``--dataset_table`` or ``--output_dir`` to override them exactly as for training; ``--ct_check warn|off``
+    relaxes the CT plausibility check as in training. (Explicit options, not
     ``**kwargs``: fire would pass ``--help`` to a ``**kwargs`` function and run it.)
 
     Example: ``python -m pipofan_monai preprocess --datalist datalist.json --cache_dir /data/cache --num_workers 8``
@@ -110,7 +111,7 @@ def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=
     t0 = time.perf_counter()
     override = {k: v for k, v in (("spatial_size", spatial_size), ("hu_window", hu_window), ("intensity", intensity),
                                   ("num_classes", num_classes), ("dataset_table", dataset_table),
-                                  ("output_dir", output_dir)) if v is not None}
+                                  ("output_dir", output_dir), ("ct_check", ct_check)) if v is not None}
     cache, items = preprocessed_cache_from_config(config_file, datalist=datalist, dataset_dir=dataset_dir,
                                                   cache_dir=cache_dir, **override)
     entries = cache.fill(items, num_workers=int(num_workers), progress=bool(progress))

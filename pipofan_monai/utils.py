@@ -261,6 +261,7 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
                           continue an interrupted one)
   --folds "[0,1]"         crossval: the folds to train (default all); runs in <output_dir>/crossval/fold{k}/
   --device cuda:0 --amp True --num_workers N --seed S
+  --ct_check warn|off     a real CT in HU refused as "not plausibly CT" (default error; checked when cached)
 A new run into an --output_dir that holds an earlier run moves that run to <output_dir>/previous_runs/<date>/.
 See bundle/docs/README.md for all keys. Nothing was run.""",
     "inference": """PIPO-FAN inference workflow (bundle/configs/inference.json; evaluate.json adds metrics).

@@ -518,3 +518,41 @@ def test_label_map_given_as_the_image_is_refused_before_caching(items, tmp_path)
     with pytest.raises(Exception) as err2:
         get_train_transforms(**KW)(dict(swapped))
     assert "looks like a label map" in str(err2.value) or "looks like a label map" in str(err2.value.__cause__)
+
+
+def test_training_ct_check_can_be_relaxed_for_a_real_ct_without_air(items, tmp_path):
+    """A CT in HU that the rule refuses (a tight soft-tissue crop: no voxel at or below -100 HU) stops training
+    with the error, whose advice (--ct_check warn or off) works for training and `pipofan preprocess` too."""
+    import nibabel as nib
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.preprocessing import CheckCTIntensityd
+    from pipofan_monai.preprocessing.cache import preprocessed_cache_from_config
+
+    src = nib.load(items[0]["image"])
+    hu = np.random.default_rng(0).uniform(-50.0, 150.0, src.shape).astype(np.float32)  # soft tissue only
+    crop = tmp_path / "tight_crop.nii.gz"
+    nib.save(nib.Nifti1Image(hu, src.affine), crop)
+    item = {**items[0], "image": str(crop)}
+    with pytest.raises(RuntimeError, match=r"tight_crop.nii.gz: ValueError: .*not plausibly a CT.*--ct_check warn"):
+        PreprocessedCache(tmp_path / "cache", spatial_size=40).fill([item], progress=False)
+    with pytest.warns(UserWarning, match="tight_crop.nii.gz"):
+        entry = PreprocessedCache(tmp_path / "cache", spatial_size=40, ct_check="warn").fill([item], progress=False)[0]
+    # ct_check is not part of the key: the entry built under "warn" is the one a default run finds
+    assert PreprocessedCache(tmp_path / "cache", spatial_size=40).lookup(item)[0].path == entry.path
+    with pytest.raises(ValueError, match="ct_check must be"):
+        PreprocessedCache(tmp_path / "cache", ct_check="maybe")
+    # the bundle: one key, --ct_check, reaches the cache (mmap) and both in-memory pipelines
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle/configs/train.json"))
+    parser["ct_check"] = "off"
+    for ref in ("train#preprocessing", "validate#preprocessing"):
+        checks = [t for t in parser.get_parsed_content(ref).transforms if isinstance(t, CheckCTIntensityd)]
+        assert [c.mode for c in checks] == ["off"], ref
+    for ref in ("train#dataset", "validate#dataset"):
+        assert parser.get_parsed_content(f"{ref}#ct_check") == "off"
+    cache, _ = preprocessed_cache_from_config(str(REPO / "bundle/configs/train.json"), cache_dir=tmp_path / "c2",
+                                              ct_check="off")
+    assert cache.config.ct_check == "off"
+    ds = make_train_dataset([item], "mmap", tmp_path / "c3", progress=False, ct_check="off", **KW)
+    assert ds.cache.config.ct_check == "off" and len(ds.entries) == 1

@@ -135,6 +135,10 @@ class CacheSettings:
         datasets: extra dataset table for ``MapDatasetLabelsd``.
         reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
         image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
+        ct_check: the CT plausibility check when a volume is preprocessed
+            (:class:`~pipofan_monai.preprocessing.CheckCTIntensityd`): ``"error"`` (default), ``"warn"`` or
+            ``"off"``. Not part of the key, as it does not change the values: an entry is checked when it is built
+            and not again (its source files are part of the key, so a different file is checked).
 
     Raises:
         ValueError: a value out of range, naming it.
@@ -150,6 +154,7 @@ class CacheSettings:
     image_key: str = "image"
     label_key: str = "label"
     dataset_key: str = "dataset"
+    ct_check: str = "error"
 
     def __post_init__(self) -> None:
         if not 2 <= int(self.num_classes) <= 256:
@@ -158,6 +163,8 @@ class CacheSettings:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}.")
         if self.intensity not in ("scale", "zscore"):
             raise ValueError(f"intensity must be 'scale' or 'zscore', got {self.intensity!r}.")
+        if self.ct_check not in ("error", "warn", "off"):
+            raise ValueError(f"ct_check must be 'error', 'warn' or 'off', got {self.ct_check!r}.")
         set_ = object.__setattr__  # frozen: normalise once here
         set_(self, "spatial_size", None if self.spatial_size in (None, 0) else int(self.spatial_size))
         set_(self, "hu_window", (float(self.hu_window[0]), float(self.hu_window[1])))
@@ -404,7 +411,7 @@ class PreprocessedCache:
         return Compose(get_preprocessing_transforms(
             "image", "label", c.spatial_size, hu_window=c.hu_window, intensity=c.intensity,
             num_classes=c.num_classes, datasets=c.datasets, dataset_key="dataset", image_mode=c.image_mode,
-            reader=c.reader, partial_labels=True))
+            reader=c.reader, partial_labels=True, ct_check=c.ct_check))
 
     def preprocess(self, item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
         """Run the deterministic pipeline on one item: ``(image (D, S, S) float16, label (D, S, S) uint8, meta)``.
@@ -741,7 +748,8 @@ def preprocessed_cache_from_config(
     else:
         settings = {k: parser.get_parsed_content(k) for k in PREPROCESSING_KEYS if k in parser}
     vocabulary = {arg: parser.get_parsed_content(key) for key, arg in (("num_classes", "num_classes"),
-                                                                       ("dataset_table", "datasets")) if key in parser}
+                                                                       ("dataset_table", "datasets"),
+                                                                       ("ct_check", "ct_check")) if key in parser}
     if cache_dir is None:
         if "cache_dir" not in parser:
             raise ValueError(f"no --cache_dir given and {files} define no cache_dir.")
