@@ -22,6 +22,10 @@ Commands:
     convert    convert an authors' PIPO-FAN checkpoint to a PIPOFAN state_dict
     benchmark  inference / training / end-to-end throughput, fp32 eager baseline vs optimized path (JSON report)
     preprocess fill the memory-mapped preprocessed cache of a datalist ahead of training (parallel, resumable)
+    classes    write a class list into a bundle folder's configs and metadata.json, or check that they agree
+    organs     the organ table (components kept, SNOMED CT code) and the datasets that annotate each organ
+
+Run "python -m pipofan_monai <command> --help" for a command's options.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="
     print(report["table"])
 
 
+# explicit options, not **kwargs: fire would pass --help on to a **kwargs function and run it
 def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=None,
                config_file="bundle/configs/train.json", progress: bool = True, spatial_size=None, hu_window=None,
                intensity=None, num_classes=None, dataset_table=None, output_dir=None, ct_check=None):
@@ -98,8 +103,7 @@ def preprocess(datalist=None, cache_dir=None, num_workers: int = 0, dataset_dir=
     ``cache_dir`` (``<output_dir>/cache``) are read from ``config_file`` (the bundle's train.json), so that
     training finds the entries; pass ``--spatial_size``, ``--hu_window``, ``--intensity``, ``--num_classes``,
     ``--dataset_table`` or ``--output_dir`` to override them exactly as for training; ``--ct_check warn|off``
-    relaxes the CT plausibility check as in training. (Explicit options, not
-    ``**kwargs``: fire would pass ``--help`` to a ``**kwargs`` function and run it.)
+    relaxes the CT plausibility check as in training.
 
     Example: ``python -m pipofan_monai preprocess --datalist datalist.json --cache_dir /data/cache --num_workers 8``
     """
@@ -170,7 +174,16 @@ def command_help(name: str, fn) -> str:
             parts.append(p.name.upper())
         else:
             parts.append(f"[--{p.name} {p.default!r}]")
-    return f"usage: python -m pipofan_monai {name} " + " ".join(parts) + "\n\n" + (inspect.getdoc(fn) or "")
+    return f"usage: python -m pipofan_monai {name} " + " ".join(parts) + "\n\n" + plain_text(inspect.getdoc(fn) or "")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as terminal text: reST roles (``:class:`~a.b.C```) become their last name, double backquotes
+    (````x````) plain text."""
+    import re
+
+    doc = re.sub(r":[a-z]+:`~?(?:[\w.]+\.)?([^`<>]+?)`", r"\1", doc)
+    return doc.replace("``", "")
 
 
 def main(argv=None) -> None:
@@ -181,8 +194,13 @@ def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     commands = _commands()
     if not args or args[0] in HELP_FLAGS + ("help",):
-        print(__doc__)
+        print(plain_text(__doc__ or ""))
         return
+    if args[0] not in commands:
+        print(f"pipofan_monai: unknown command {args[0]!r}; the commands are: {', '.join(commands)} "
+              "(training, inference and evaluation run with python -m monai.bundle run ...; see the README).",
+              file=sys.stderr)
+        raise SystemExit(2)
     if args[0] in commands and any(a in HELP_FLAGS for a in args[1:]):
         print(command_help(args[0], commands[args[0]]))
         return

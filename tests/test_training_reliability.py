@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -407,7 +408,8 @@ def test_bundle_help_prints_help_and_trains_nothing(demo, tmp_path):
     assert not out.exists() and not (tmp_path / "models").exists()
 
 
-COMMANDS = ["datalist", "demo", "crossval", "study", "convert", "benchmark"]
+COMMANDS = ["datalist", "demo", "crossval", "study", "convert", "benchmark", "preprocess", "download", "verify",
+            "classes", "organs"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -435,6 +437,8 @@ def test_cli_help_runs_nothing(command, monkeypatch, capsys):
         assert e.code in (0, None), f"{command} --help exited {e.code}"
     text = capsys.readouterr().out
     assert f"usage: python -m pipofan_monai {command}" in text
+    # terminal text, not reST: no double backquotes or roles, and the program's own name
+    assert "``" not in text and not re.search(r":(class|func|meth|data|mod):`", text) and "__main__.py" not in text
 
 
 def test_cli_top_level_help(monkeypatch, capsys):
@@ -443,4 +447,10 @@ def test_cli_top_level_help(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pipofan", "--help"])
     cli.main()
     text = capsys.readouterr().out
-    assert all(c in text for c in COMMANDS)
+    assert all(f"\n    {c} " in text for c in COMMANDS) and "``" not in text
+    monkeypatch.setattr(sys, "argv", ["pipofan", "train", "--help"])  # not a command: training is the bundle's
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'train'" in err and "monai.bundle run" in err
