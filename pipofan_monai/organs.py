@@ -88,7 +88,9 @@ def _o(name, n, color, code=None, **kw) -> OrganSpec:
 
 
 # Colours: the three organs of the paper keep the overlay colours they always had; the others are distinct hues.
-# Codes: SNOMED CT body-structure concepts (as in DICOM CID 7166/4031); None where no single concept fits.
+# Codes: SNOMED CT body-structure concepts (as in DICOM CID 7166/4031), the one table of codes (DICOM SEG output
+# reads them here, with a config-level organ_table on top); written out rather than taken from pydicom's code
+# dictionary, which spells some meanings differently in pydicom 2 and 3 and lacks some entries.
 ORGANS: dict[str, OrganSpec] = {o.name: o for o in (
     _o("liver", 1, (0.90, 0.33, 0.05), ("10200004", "Liver")),
     _o("kidney", 2, (0.19, 0.80, 0.33), ("64033007", "Kidney"), parts=("right_kidney", "left_kidney"),
@@ -100,8 +102,18 @@ ORGANS: dict[str, OrganSpec] = {o.name: o for o in (
     _o("esophagus", 1, (0.70, 0.55, 0.35), ("32849002", "Esophagus")),
     _o("aorta", 1, (0.90, 0.10, 0.15), ("15825003", "Aorta")),
     _o("inferior_vena_cava", 1, (0.35, 0.25, 0.90), ("64131007", "Inferior vena cava")),
-    _o("portal_splenic_vein", 1, (0.55, 0.35, 0.95), None,
-       description="portal vein and splenic vein (BTCV label 10); no single SNOMED CT concept"),
+    _o("portal_splenic_vein", 1, (0.55, 0.35, 0.95), ("32764006", "Portal vein"),
+       description="portal vein and splenic vein (BTCV label 10); SNOMED CT has no concept for the pair: coded as "
+                   "the portal vein (a DICOM SEG segment keeps the full name as its label)"),
+    _o("portal_vein", 1, (0.45, 0.30, 0.85), ("32764006", "Portal vein")),
+    _o("splenic_vein", 1, (0.65, 0.45, 1.00), ("35819009", "Splenic vein")),
+    _o("duodenum", 1, (0.80, 0.60, 0.40), ("38848004", "Duodenum")),
+    _o("bladder", 1, (1.00, 1.00, 0.50), ("89837001", "Urinary bladder")),
+    _o("colon", 1, (0.60, 0.40, 0.20), ("71854001", "Colon")),
+    _o("small_intestine", None, (0.95, 0.75, 0.55), ("30315005", "Small intestine")),
+    _o("lung", 2, (0.55, 0.80, 0.95), ("39607008", "Lung"), description="both lungs in one class"),
+    _o("heart", 1, (0.80, 0.10, 0.40), ("80891009", "Heart")),
+    _o("prostate", 1, (0.50, 0.70, 0.70), ("41216001", "Prostate")),
     _o("right_kidney", 1, (0.10, 0.65, 0.25), ("9846003", "Right kidney"), parent="kidney"),
     _o("left_kidney", 1, (0.45, 0.90, 0.45), ("18639004", "Left kidney"), parent="kidney"),
     _o("adrenal_gland", 2, (0.95, 0.60, 0.60), ("23451007", "Adrenal gland"),
@@ -121,6 +133,11 @@ ORGAN_ALIASES: dict[str, str] = {
     "gall_bladder": "gallbladder",
     "portal_vein_and_splenic_vein": "portal_splenic_vein",
     "portal_and_splenic_vein": "portal_splenic_vein",
+    "portal_and_splenic_veins": "portal_splenic_vein",
+    "vena_cava_inferior": "inferior_vena_cava",
+    "urinary_bladder": "bladder",
+    "kidneys": "kidney",
+    "lungs": "lung",
     "right_adrenal": "right_adrenal_gland",
     "left_adrenal": "left_adrenal_gland",
     "adrenal": "adrenal_gland",

@@ -28,7 +28,6 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, SaveImaged
 
 from pipofan_monai.inference.dicom_seg import (
-    ORGAN_CODES,
     SEGMENT_CATEGORY_ANATOMY,
     SaveDicomSegd,
     SegmentCode,
@@ -40,6 +39,8 @@ from pipofan_monai.inference.dicom_seg import (
     segment_code_for,
     write_dicom_seg,
 )
+
+from pipofan_monai.organs import ORGANS, get_organ  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct"
 needs_realct = pytest.mark.skipif(not DATA.is_dir(), reason=f"real CT test data not found at {DATA}")
@@ -180,7 +181,7 @@ def _check_seg(seg_path: Path, nifti_path: Path, folder: Path, class_names, labe
     for s, name in zip(segs, class_names[1:]):
         (cat,), (typ,) = s.SegmentedPropertyCategoryCodeSequence, s.SegmentedPropertyTypeCodeSequence
         assert (cat.CodeValue, cat.CodingSchemeDesignator, cat.CodeMeaning) == SEGMENT_CATEGORY_ANATOMY
-        assert (typ.CodeValue, typ.CodingSchemeDesignator, typ.CodeMeaning) == ORGAN_CODES[name]
+        assert (typ.CodeValue, typ.CodingSchemeDesignator, typ.CodeMeaning) == get_organ(name).code
         assert s.SegmentAlgorithmType == "AUTOMATIC" and s.SegmentAlgorithmName == "pipofan-monai"
     from pipofan_monai.visualize.overlay import DEFAULT_COLORS
 
@@ -396,6 +397,32 @@ def test_segment_codes(name, category, prop, modifier, region):
     assert (code.modifier[0] if code.modifier else None) == modifier
     assert (code.anatomic_region[0] if code.anatomic_region else None) == region
     assert all(c[1] == "SCT" for c in (code.category, code.property_type))
+
+
+def test_codes_come_from_the_organ_table():
+    """One table of codes: every coded organ of the organ table gets its code (and category) in a SEG, a config's
+    organ_table adds organs or replaces a code, and an organ without a code is refused naming both ways out."""
+    for name, spec in ORGANS.items():
+        lateral = name.startswith(("left_", "right_"))  # coded as the organ with a laterality modifier
+        if spec.code is not None and spec.category == SEGMENT_CATEGORY_ANATOMY and not lateral:
+            assert segment_code_for(name) == SegmentCode(SEGMENT_CATEGORY_ANATOMY, spec.code), name
+    assert segment_code_for("Urinary Bladder") == segment_code_for("bladder")  # the organ table's aliases
+    assert segment_code_for("portal vein and splenic vein").property_type == ("32764006", "SCT", "Portal vein")
+    appendix = ("66754008", "SCT", "Appendix")
+    with pytest.raises(ValueError, match=r"no standard code known for class 'appendix'.*organ_table"):
+        segment_code_for("appendix")
+    table = {"appendix": {"code": list(appendix)}, "liver": {"code": ["999", "99X", "My liver"]}}
+    assert segment_code_for("appendix", organs=table) == SegmentCode(SEGMENT_CATEGORY_ANATOMY, appendix)
+    assert segment_code_for("liver", organs=table).property_type == ("999", "99X", "My liver")
+    assert segment_code_for("liver tumour", organs=table).anatomic_region == ("999", "99X", "My liver")
+    with pytest.raises(ValueError, match=r"class 'appendix'.*give its SNOMED CT code in the organ_table"):
+        segment_code_for("appendix", organs={"appendix": {"num_components": 1}})  # an organ without a code
+    assert segment_code_for("right adrenal gland").modifier == ("24028007", "SCT", "Right")
+    pytest.importorskip("highdicom")
+    t = SaveDicomSegd("pred", class_names=["background", "liver", "appendix"], organs=table, output_dir=".")
+    assert t.organs is table
+    with pytest.raises(ValueError, match="appendix"):
+        SaveDicomSegd("pred", class_names=["background", "liver", "appendix"], output_dir=".")
 
 
 def test_unknown_names_need_user_codes():

@@ -44,11 +44,12 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from pipofan_monai.organs import get_organ, organ_table
+
 __all__ = [
     "Code3",
     "SegmentCode",
     "SEGMENT_CATEGORY_ANATOMY",
-    "ORGAN_CODES",
     "segment_code_for",
     "check_dicom_seg_input",
     "read_series_headers",
@@ -65,46 +66,6 @@ Code3 = tuple  # (code value, coding scheme designator, code meaning), e.g. ("10
 #: CID 7150 (Segmentation Property Categories)
 SEGMENT_CATEGORY_ANATOMY: Code3 = ("123037004", "SCT", "Anatomical Structure")
 SEGMENT_CATEGORY_ALTERED: Code3 = ("49755003", "SCT", "Morphologically Altered Structure")
-#: CID 7166 / CID 7151 (Segmentation Property Types, anatomic structures): normalised organ name -> SNOMED CT code.
-#: Written out here (not taken from ``pydicom.sr.codedict``) because pydicom 2 and 3 spell some meanings differently
-#: and lack some entries; a SEG should not change with the installed pydicom.
-ORGAN_CODES: dict[str, Code3] = {
-    "liver": ("10200004", "SCT", "Liver"),
-    "kidney": ("64033007", "SCT", "Kidney"),
-    "spleen": ("78961009", "SCT", "Spleen"),
-    "pancreas": ("15776009", "SCT", "Pancreas"),
-    "stomach": ("69695003", "SCT", "Stomach"),
-    "gallbladder": ("28231008", "SCT", "Gallbladder"),
-    "esophagus": ("32849002", "SCT", "Esophagus"),
-    "aorta": ("15825003", "SCT", "Aorta"),
-    "inferior vena cava": ("64131007", "SCT", "Inferior vena cava"),
-    "portal vein": ("32764006", "SCT", "Portal vein"),
-    "splenic vein": ("35819009", "SCT", "Splenic vein"),
-    "adrenal gland": ("23451007", "SCT", "Adrenal gland"),
-    "duodenum": ("38848004", "SCT", "Duodenum"),
-    "urinary bladder": ("89837001", "SCT", "Urinary bladder"),
-    "colon": ("71854001", "SCT", "Colon"),
-    "small intestine": ("30315005", "SCT", "Small intestine"),
-    "lung": ("39607008", "SCT", "Lung"),
-    "heart": ("80891009", "SCT", "Heart"),
-    "prostate": ("41216001", "SCT", "Prostate"),
-}
-_ORGAN_ALIASES = {
-    "gall bladder": "gallbladder",
-    "oesophagus": "esophagus",
-    "ivc": "inferior vena cava",
-    "vena cava inferior": "inferior vena cava",
-    "postcava": "inferior vena cava",
-    "bladder": "urinary bladder",
-    "adrenal": "adrenal gland",
-    "kidneys": "kidney",
-    "lungs": "lung",
-    # BTCV's "portal vein and splenic vein" is one label; SNOMED CT has no code for the pair: coded as the portal
-    # vein (the segment label keeps the full name).
-    "portal vein and splenic vein": "portal vein",
-    "portal and splenic vein": "portal vein",
-    "portal and splenic veins": "portal vein",
-}
 _LATERALITY = {"left": ("7771000", "SCT", "Left"), "right": ("24028007", "SCT", "Right")}
 _LESION_WORDS = {"tumour", "tumor", "tumours", "tumors", "lesion", "lesions", "cancer", "neoplasm", "mass"}
 _NEOPLASM: Code3 = ("108369006", "SCT", "Neoplasm")
@@ -134,18 +95,22 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", str(name).strip().lower()).strip()
 
 
-def segment_code_for(name: str, segment_codes: Mapping[str, SegmentCode | Code3] | None = None) -> SegmentCode:
-    """The SNOMED CT codes of an organ name of ``class_names``.
+def segment_code_for(name: str, segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
+                     organs: Mapping[str, Any] | None = None) -> SegmentCode:
+    """The SNOMED CT codes of an organ name of ``class_names``, from the organ table
+    (:data:`pipofan_monai.organs.ORGANS`, with ``organs`` on top: the codes are defined there only).
 
     Names are matched case-insensitively with ``_``/``-``/spaces alike; ``left``/``right`` anywhere in the name is
-    laterality (``"kidney_left"``, ``"Right kidney"``), a lesion word (tumour, tumor, lesion, cancer, neoplasm, mass)
-    makes a "Neoplasm" in the named organ (``"liver tumour"``; ``"tumour"`` alone has no organ).
+    laterality on the organ's code (``"kidney_left"``, ``"Right kidney"``: Kidney, modifier Left / Right), a lesion
+    word (tumour, tumor, lesion, cancer, neoplasm, mass) makes a "Neoplasm" in the named organ (``"liver tumour"``;
+    ``"tumour"`` alone has no organ).
 
     Args:
         name: the class name.
         segment_codes: user codes that take precedence, by class name (as written in ``class_names``): a
             :class:`SegmentCode`, or a ``(value, scheme, meaning)`` property type in the anatomical structure
             category.
+        organs: the config's ``organ_table`` (its ``code`` and ``category`` fields are used here).
 
     Returns:
         the :class:`SegmentCode`.
@@ -166,22 +131,32 @@ def segment_code_for(name: str, segment_codes: Mapping[str, SegmentCode | Code3]
     side = [w for w in words if w in _LATERALITY]
     lesion = any(w in _LESION_WORDS for w in words)
     rest = " ".join(w for w in words if w not in _LATERALITY and w not in _LESION_WORDS)
-    rest = _ORGAN_ALIASES.get(rest, rest)
     modifier = _LATERALITY[side[0]] if len(side) == 1 else None
+    organ = _coded_organ(rest, organs) if rest else None
     if lesion:
-        if rest and rest not in ORGAN_CODES:
-            raise ValueError(_unknown(name))
-        return SegmentCode(SEGMENT_CATEGORY_ALTERED, _NEOPLASM, anatomic_region=ORGAN_CODES.get(rest),
+        if rest and organ is None:
+            raise ValueError(_unknown(name, organs))
+        return SegmentCode(SEGMENT_CATEGORY_ALTERED, _NEOPLASM, anatomic_region=organ.code if organ else None,
                            anatomic_region_modifier=modifier if rest else None)
-    if rest not in ORGAN_CODES or len(side) > 1:
-        raise ValueError(_unknown(name))
-    return SegmentCode(SEGMENT_CATEGORY_ANATOMY, ORGAN_CODES[rest], modifier=modifier)
+    if organ is None or len(side) > 1:
+        raise ValueError(_unknown(name, organs))
+    return SegmentCode(tuple(organ.category), tuple(organ.code), modifier=modifier)
 
 
-def _unknown(name: str) -> str:
-    return (f"no standard code known for class {name!r} (DICOM SEG output): known organs are "
-            f"{sorted(ORGAN_CODES)} (with left/right and tumour variants); give its SNOMED CT code with "
-            "segment_codes={name: (value, 'SCT', meaning)}.")
+def _coded_organ(name: str, organs: Mapping[str, Any] | None) -> Any:
+    """The organ table's entry of ``name`` if it has a code, else None."""
+    try:
+        spec = get_organ(name, organs)
+    except (KeyError, ValueError):
+        return None
+    return spec if spec.code is not None else None
+
+
+def _unknown(name: str, organs: Mapping[str, Any] | None) -> str:
+    known = sorted(n for n, o in organ_table(organs).items() if o.code is not None)
+    return (f"no standard code known for class {name!r} (DICOM SEG output): organs with a code are {known} "
+            "(with left/right and tumour variants); give its SNOMED CT code in the organ_table "
+            f"({{{name!r}: {{'code': [value, 'SCT', meaning]}}}}) or with segment_codes={{name: (value, 'SCT', meaning)}}.")
 
 
 # ---------------------------------------------------------------------------------------------- source series
@@ -521,6 +496,7 @@ def write_dicom_seg(
     *,
     affine: Any | None = None,
     segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
+    organs: Mapping[str, Any] | None = None,
     series_instance_uid: str | None = None,
     series_description: str = "PIPO-FAN segmentation",
     series_number: int | None = None,
@@ -539,7 +515,8 @@ def write_dicom_seg(
         class_names: names by label value, ``class_names[0]`` the background; segment ``c`` is class ``c``.
         output_path: the ``.dcm`` file to write (atomically: temp file in the same folder, fsync, rename).
         affine: voxel-to-world affine if ``label`` has none (RAS unless ``label.meta["space"]`` says LPS).
-        segment_codes: codes for class names not in :data:`ORGAN_CODES` (see :func:`segment_code_for`).
+        segment_codes: codes by class name, before the organ table's (see :func:`segment_code_for`).
+        organs: the config's ``organ_table``: codes and display colours of its organs.
         series_instance_uid: the source series, if the folder holds several (default: the one on the label map's
             grid, which must be unique).
         series_description: of the SEG series. Default ``"PIPO-FAN segmentation"``.
@@ -547,7 +524,7 @@ def write_dicom_seg(
         algorithm_version: in the algorithm identification. Default: the pipofan-monai version.
         algorithm_parameters: extra name/value strings in the algorithm identification (e.g. the checkpoint).
         colors: ``{class id: (r, g, b)}`` in 0..1 for the segments' recommended display colours. Default: the
-            overview PNG's colours (``pipofan_monai.visualize.overlay.DEFAULT_COLORS``, tab10 beyond).
+            overview PNG's colours (the organ table's, ``pipofan_monai.visualize.overlay.class_colors``).
 
     Returns:
         the output path.
@@ -561,7 +538,11 @@ def write_dicom_seg(
     names = list(class_names)
     if len(names) < 2:
         raise ValueError(f"class_names needs the background and at least one organ, got {names!r}.")
-    codes = [segment_code_for(n, segment_codes) for n in names[1:]]  # unknown names fail before any reading
+    codes = [segment_code_for(n, segment_codes, organs) for n in names[1:]]  # unknown names fail before reading
+    if colors is None:
+        from pipofan_monai.visualize.overlay import class_colors
+
+        colors = class_colors(names, organs)
     arr, aff, name = _as_array_and_affine(label, affine)
     lab = _checked_labels(arr, len(names), name)
     series = read_series_headers(source, series_instance_uid)
@@ -689,7 +670,8 @@ class SaveDicomSegd(MapTransform):
         output_postfix: file name postfix. Default ``"seg"``.
         source_key: key whose path (a string, or a MetaTensor's ``meta["filename_or_obj"]``) is the source DICOM
             folder. Default ``"image"``.
-        segment_codes: codes for class names outside the built-in table (see :func:`segment_code_for`).
+        segment_codes: codes by class name, before the organ table's (see :func:`segment_code_for`).
+        organs: the config's ``organ_table`` (its organs' codes and colours; the bundle passes ``@organ_table``).
         allow_missing_keys: don't raise if the key is absent.
         **kwargs: passed to :func:`write_dicom_seg` (series_description, series_number, ...).
 
@@ -707,6 +689,7 @@ class SaveDicomSegd(MapTransform):
         output_postfix: str = "seg",
         source_key: str = "image",
         segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
+        organs: Mapping[str, Any] | None = None,
         allow_missing_keys: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -718,11 +701,12 @@ class SaveDicomSegd(MapTransform):
         if len(self.class_names) < 2:
             raise ValueError(f"class_names needs the background and at least one organ, got {self.class_names!r}.")
         for n in self.class_names[1:]:
-            segment_code_for(n, segment_codes)  # unknown class names fail at construction, before inference
+            segment_code_for(n, segment_codes, organs)  # unknown class names fail at construction, before inference
         self.output_dir = output_dir
         self.output_postfix = output_postfix
         self.source_key = source_key
         self.segment_codes = segment_codes
+        self.organs = organs
         self.kwargs = kwargs
 
     def source_of(self, d: Mapping[Hashable, Any]) -> str:
@@ -747,5 +731,5 @@ class SaveDicomSegd(MapTransform):
             src = self.source_of(d)
             check_dicom_seg_input(src)
             write_dicom_seg(d[key], src, self.class_names, self.output_path(src), segment_codes=self.segment_codes,
-                            **self.kwargs)
+                            organs=self.organs, **self.kwargs)
         return d
