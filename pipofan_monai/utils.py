@@ -271,7 +271,8 @@ usage: python -m monai.bundle run inference --config_file bundle/configs/inferen
 Every top-level key of the config can be overridden with --KEY VALUE, for example:
   --input_files "['ct1.nii.gz', ...]"  or  --datalist PATH [--datalist_key test]
   --ckpt_path models/model.pt   --output_dir DIR   --device cpu   --overwrite skip
-  --sw_batch_size 8   fewer slices per network call: less memory (about 1.9 instead of 5.2 GiB on a CPU)
+  --sw_batch_size 8   slices per network call (default auto: as many as fit in half the available memory,
+                      at most 32; the full network needs about 1.9 GiB at 8, 5.2 GiB at 32 on a CPU)
   --stream_slices 16  slices per slab of the resize inversion and argmax (0: whole volume, more memory)
   --save_probabilities True   --save_overlay False   --postprocess False
   --output_format dicom_seg  or  "['nifti','dicom_seg']"   DICOM SEG beside/instead of NIfTI (DICOM series inputs;

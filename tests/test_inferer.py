@@ -97,6 +97,43 @@ def test_forward_batches_bounded_by_sw_batch_size():
     assert all(s[1:] == (3, 16, 16) for s in seen)
 
 
+def test_auto_sw_batch_size_fits_the_available_memory(monkeypatch):
+    """"auto": half the available memory over the estimated peak of one slab (first convolution's width x the
+    padded input size x SLAB_BYTES_PER_PIXEL_CHANNEL), between 1 and 32; same output as a fixed batch size."""
+    import pipofan_monai.inference.inferers as inferers
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, s):
+            seen.append(s.shape[0])
+            return self.conv(s)[:, :2]
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    per_slab = inferers.SLAB_BYTES_PER_PIXEL_CHANNEL * 32 * 32 * 8  # 30x20 slices padded to 32x32, 8 channels
+    x = torch.randn(1, 1, 30, 20, 70)
+    with torch.no_grad():
+        ref = SlidingSliceInferer(sw_batch_size=7)(x, net)
+        for available, expected in ((10.4 * per_slab, 5), (0.3 * per_slab, 1), (1e6 * per_slab, 32), (None, 32)):
+            monkeypatch.setattr(inferers, "available_memory", lambda device, a=available: a)
+            seen.clear()
+            inferer = SlidingSliceInferer(sw_batch_size="auto")
+            out = inferer(x, net)
+            assert inferer.sw_batch_size == expected and max(seen) == expected and sum(seen) == 70, (available, seen)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    # the real probe on this machine: a positive byte count on the CPU, none for a device it cannot ask
+    monkeypatch.undo()
+    assert inferers.available_memory("cpu") > 0 and inferers.available_memory("meta") is None
+    assert inferers.first_conv_channels(net) == 8 and inferers.first_conv_channels(lambda s: s) == 64
+    with pytest.raises(ValueError, match="'auto'"):
+        SlidingSliceInferer(sw_batch_size="many")
+
+
 def test_softmax_activation():
     net = _net()
     x = torch.randn(1, 1, 16, 16, 3)

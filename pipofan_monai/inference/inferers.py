@@ -14,6 +14,7 @@ slice and its neighbours stacked as channels (``2 * context + 1`` slices; contex
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
@@ -27,7 +28,89 @@ from monai.utils import BlendMode, PytorchPadMode, convert_to_dst_type, look_up_
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["SlidingSliceInferer"]
+__all__ = ["SlidingSliceInferer", "auto_sw_batch_size", "available_memory", "first_conv_channels"]
+
+logger = logging.getLogger(__name__)
+
+#: most slabs per forward pass that ``sw_batch_size="auto"`` chooses (the bundle's fixed default before "auto")
+AUTO_SW_BATCH_CAP = 32
+#: peak bytes per slab in a forward pass, per input pixel and per channel of the network's first convolution:
+#: measured for PIPOFAN (fp32, no grad, CPU) with the benchmark's inference_memory section: the full network
+#: (first width 64) at 256² rises 4.5 GiB at 32 slabs, 1.3 GiB at 8, 0.23 GiB at 1, i.e. about 143 MB per slab
+#: = 34 bytes per pixel and channel; 36 leaves a margin.
+SLAB_BYTES_PER_PIXEL_CHANNEL = 36.0
+#: share of the available memory that "auto" lets the forward passes use (the volume, its preprocessing and the
+#: output need the rest)
+AUTO_MEMORY_FRACTION = 0.5
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes that can still be allocated on ``device``: free GPU memory (``torch.cuda.mem_get_info``) or, on the
+    CPU, ``MemAvailable`` of ``/proc/meminfo`` bounded by the cgroup's memory limit (what a cluster scheduler or a
+    container allows). None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
+            found.append(max(0, int(limit) - usage))
+        break
+    return min(found) if found else None
+
+
+def first_conv_channels(network: Callable, default: int = 64) -> int:
+    """Output channels of the first 2D convolution of ``network`` (its widest full-resolution activations), or
+    ``default`` for a callable that is not a module with one."""
+    if isinstance(network, torch.nn.Module):
+        for m in network.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                return int(m.out_channels)
+    return int(default)
+
+
+def auto_sw_batch_size(network: Callable, height: int, width: int, device: torch.device | str,
+                       cap: int = AUTO_SW_BATCH_CAP, available: int | None = None) -> int:
+    """Slabs per forward pass that fit in memory: ``AUTO_MEMORY_FRACTION`` of the available memory on ``device``
+    divided by the estimated peak of one slab (``SLAB_BYTES_PER_PIXEL_CHANNEL x height x width x`` the first
+    convolution's channels), between 1 and ``cap``; ``cap`` where the memory cannot be told.
+
+    Args:
+        network: the network (its first convolution's width scales the estimate).
+        height, width: in-plane size of the network input.
+        device: where the network runs.
+        cap: the most slabs per pass. Default :data:`AUTO_SW_BATCH_CAP`.
+        available: bytes available (None: :func:`available_memory` of ``device``).
+    """
+    if available is None:
+        available = available_memory(device)
+    if available is None:
+        return int(cap)
+    per_slab = SLAB_BYTES_PER_PIXEL_CHANNEL * int(height) * int(width) * first_conv_channels(network)
+    return int(max(1, min(int(cap), int(AUTO_MEMORY_FRACTION * available // per_slab))))
+
 
 
 class SlidingSliceInferer(Inferer):
@@ -63,7 +146,9 @@ class SlidingSliceInferer(Inferer):
     Args:
         context: neighbours on each side of the centre slice (1 -> 3 channels, the PIPO-FAN default).
         sw_batch_size: number of slabs (whole-slice mode) or windows (window mode) per forward pass; also
-            the number of slices built per chunk. Default 64.
+            the number of slices built per chunk. ``"auto"``: as many as fit in half the memory available on
+            ``sw_device`` at the time of the call, at most 32 (:func:`auto_sw_batch_size`; the bundle's default).
+            Default 64.
         roi_size: ``None`` for whole slices, or the in-plane window size ``(h, w)`` (an int means square).
         overlap: window overlap in ``[0, 1)`` (window mode only). Default 0.5.
         mode: window blending, ``"constant"`` or ``"gaussian"`` (window mode only). Default ``"constant"``.
@@ -94,7 +179,7 @@ class SlidingSliceInferer(Inferer):
     def __init__(
         self,
         context: int = 1,
-        sw_batch_size: int = 64,
+        sw_batch_size: int | str = 64,
         roi_size: Sequence[int] | int | None = None,
         overlap: float = 0.5,
         mode: BlendMode | str = BlendMode.CONSTANT,
@@ -113,12 +198,19 @@ class SlidingSliceInferer(Inferer):
         super().__init__()
         if int(context) < 0:
             raise ValueError(f"context must be >= 0, got {context}.")
-        if int(sw_batch_size) < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        self.auto_batch = isinstance(sw_batch_size, str) and sw_batch_size.strip().lower() == "auto"
+        if not self.auto_batch:
+            try:
+                sw_batch_size = int(sw_batch_size)
+            except (TypeError, ValueError):
+                raise ValueError(f"sw_batch_size must be an integer >= 1 or 'auto', got {sw_batch_size!r}.") from None
+            if sw_batch_size < 1:
+                raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
         if int(pad_divisor) < 1:
             raise ValueError(f"pad_divisor must be >= 1, got {pad_divisor}.")
         self.context = int(context)
-        self.sw_batch_size = int(sw_batch_size)
+        #: slabs per forward pass; with "auto", the number chosen for the last call
+        self.sw_batch_size = AUTO_SW_BATCH_CAP if self.auto_batch else int(sw_batch_size)
         self.pad_divisor = int(pad_divisor)
         if roi_size is not None:
             if isinstance(roi_size, (int, float)):
@@ -243,6 +335,18 @@ class SlidingSliceInferer(Inferer):
         out = self._run_network(slabs, network, *args, **kwargs)
         return out[..., :h, :w]
 
+    def _choose_batch(self, network: Callable, height: int, width: int, device: torch.device) -> None:
+        h, w = self.roi_size if self.roi_size is not None else (height + self._pad_amount(height),
+                                                                 width + self._pad_amount(width))
+        available = available_memory(device)
+        chosen = auto_sw_batch_size(network, h, w, device, available=available)
+        if chosen != self.sw_batch_size or not getattr(self, "_logged_batch", False):
+            self._logged_batch = True
+            free = "unknown" if available is None else f"{available / 2**30:.1f} GiB"
+            logger.info(f"sw_batch_size auto: {chosen} slabs per forward pass ({free} available on {device}, "
+                        f"{h}x{w} input)")
+        self.sw_batch_size = chosen
+
     # ------------------------------------------------------------------ main
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         """Segment every axial slice of ``inputs``.
@@ -268,6 +372,8 @@ class SlidingSliceInferer(Inferer):
         batch, _, height, width, depth = volume.shape
         sw_device = self._resolve_sw_device(volume, network)
         out_device = torch.device(self.device) if self.device is not None else volume.device
+        if self.auto_batch:
+            self._choose_batch(network, height, width, sw_device)
 
         n_chunks = math.ceil(depth / self.sw_batch_size)
         bar = None
