@@ -170,9 +170,11 @@ class RandCachedSlabd(RandSlabCropd):
         zi = [min(max(k, 0), depth - 1) for k in range(z - self.context, z + self.context + 1)]  # replicated edges
         src = entry.image
         rows = src[zi[0] : zi[0] + len(zi)] if zi == list(range(zi[0], zi[0] + len(zi))) else src[zi]
-        # the only reads from the memory maps; torch converts float16 -> float32 ~7x faster than numpy here
-        slab = torch.from_numpy(np.ascontiguousarray(rows[:, x0 : x0 + rx, y0 : y0 + ry])).float()
-        lab = torch.from_numpy(np.ascontiguousarray(entry.label[z, x0 : x0 + rx, y0 : y0 + ry])).float()
+        # the only reads from the memory maps; torch converts float16 -> float32 ~7x faster than numpy here.
+        # np.array copies (a writable array: a crop of whole rows would otherwise be a read-only view of the map,
+        # which torch.from_numpy warns about); a window crop is copied either way.
+        slab = torch.from_numpy(np.array(rows[:, x0 : x0 + rx, y0 : y0 + ry], order="C")).float()
+        lab = torch.from_numpy(np.array(entry.label[z, x0 : x0 + rx, y0 : y0 + ry], order="C")).float()
         shift = torch.eye(4, dtype=torch.float64)
         shift[:3, 3] = torch.tensor([x0, y0, z], dtype=torch.float64)
         affine = entry.affine @ shift  # the centre slice's affine, as after RandSlabCropd + SlabToChannelsd
