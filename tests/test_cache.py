@@ -556,3 +556,19 @@ def test_training_ct_check_can_be_relaxed_for_a_real_ct_without_air(items, tmp_p
     assert cache.config.ct_check == "off"
     ds = make_train_dataset([item], "mmap", tmp_path / "c3", progress=False, ct_check="off", **KW)
     assert ds.cache.config.ct_check == "off" and len(ds.entries) == 1
+
+
+def test_a_file_system_without_locks_still_fills(items, tmp_path, monkeypatch, caplog):
+    """Where file locks are not supported (filelock 3 raises NotImplementedError on e.g. Lustre without flock),
+    the fill warns and builds without the lock: correct (atomic publish), only the sharing of work is lost."""
+    import filelock
+
+    def no_locks(self, *args, **kwargs):
+        raise NotImplementedError("FileSystem does not appear to support flock")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_locks)
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    with caplog.at_level("WARNING", logger="pipofan_monai.preprocessing.cache"):
+        entries = cache.fill(items[:2], progress=False)
+    assert [e.path for e in entries] == [cache.entry_path(it) for it in items[:2]]
+    assert cache.last_fill == {"built": 2, "by_others": 0} and "no file lock" in caplog.text

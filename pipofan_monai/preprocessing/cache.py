@@ -570,6 +570,12 @@ class PreprocessedCache:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
             return None, False
+        except (NotImplementedError, OSError) as e:  # no file locks here (older filelock on e.g. Lustre)
+            logger.warning(f"cache: no file lock in {self.cache_dir} ({type(e).__name__}: {e}); building "
+                           f"{self.entry_path(item).name} without one (safe: entries are published atomically, "
+                           "but concurrent fills may preprocess a volume twice)")
+            entry, _ = self.lookup(item)
+            return (entry, False) if entry is not None else (self.build(item), True)
         try:
             entry, _ = self.lookup(item)  # the lock's previous holder may have built it
             if entry is not None:
