@@ -201,7 +201,7 @@ def main(argv=None) -> None:
               "(training, inference and evaluation run with python -m monai.bundle run ...; see the README).",
               file=sys.stderr)
         raise SystemExit(2)
-    if args[0] in commands and any(a in HELP_FLAGS for a in args[1:]):
+    if any(a in HELP_FLAGS for a in args[1:]):
         print(command_help(args[0], commands[args[0]]))
         return
     _logging()

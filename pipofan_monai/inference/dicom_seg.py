@@ -156,7 +156,8 @@ def _unknown(name: str, organs: Mapping[str, Any] | None) -> str:
     known = sorted(n for n, o in organ_table(organs).items() if o.code is not None)
     return (f"no standard code known for class {name!r} (DICOM SEG output): organs with a code are {known} "
             "(with left/right and tumour variants); give its SNOMED CT code in the organ_table "
-            f"({{{name!r}: {{'code': [value, 'SCT', meaning]}}}}) or with segment_codes={{name: (value, 'SCT', meaning)}}.")
+            f"({{{name!r}: {{'code': [value, 'SCT', meaning]}}}}) or with "
+            "segment_codes={name: (value, 'SCT', meaning)}.")
 
 
 # ---------------------------------------------------------------------------------------------- source series

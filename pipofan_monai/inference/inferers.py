@@ -112,7 +112,6 @@ def auto_sw_batch_size(network: Callable, height: int, width: int, device: torch
     return int(max(1, min(int(cap), int(AUTO_MEMORY_FRACTION * available // per_slab))))
 
 
-
 class SlidingSliceInferer(Inferer):
     """2.5D inference over a volume with a 2D network taking ``2 * context + 1`` adjacent slices as channels.
 
@@ -211,6 +210,7 @@ class SlidingSliceInferer(Inferer):
         self.context = int(context)
         #: slabs per forward pass; with "auto", the number chosen for the last call
         self.sw_batch_size = AUTO_SW_BATCH_CAP if self.auto_batch else int(sw_batch_size)
+        self._logged_batch: int | None = None  # "auto": the last number logged (logged again when it changes)
         self.pad_divisor = int(pad_divisor)
         if roi_size is not None:
             if isinstance(roi_size, (int, float)):
@@ -340,8 +340,8 @@ class SlidingSliceInferer(Inferer):
                                                                  width + self._pad_amount(width))
         available = available_memory(device)
         chosen = auto_sw_batch_size(network, h, w, device, available=available)
-        if chosen != self.sw_batch_size or not getattr(self, "_logged_batch", False):
-            self._logged_batch = True
+        if chosen != self._logged_batch:
+            self._logged_batch = chosen
             free = "unknown" if available is None else f"{available / 2**30:.1f} GiB"
             logger.info(f"sw_batch_size auto: {chosen} slabs per forward pass ({free} available on {device}, "
                         f"{h}x{w} input)")

@@ -33,8 +33,9 @@ otherwise that one entry is rebuilt. An entry is written in a temporary folder i
 into place when complete, so a reader never sees half an entry and two processes (e.g. DDP ranks) may fill one
 cache concurrently. They also share the work: a process builds an entry only while holding that entry's lock
 (``cache_dir/.locks/<entry>.lock``, a kernel file lock through ``filelock``); an entry locked by another process is
-left to it and picked up when its lock is free, so N ranks preprocess each volume once, not N times. Arrays are opened with ``np.load(mmap_mode="r")``:
-a training sample reads only the slices it needs, and the OS page cache (not the Python heap) holds what is hot.
+left to it and picked up when its lock is free, so N ranks preprocess each volume once, not N times. Arrays are
+opened with ``np.load(mmap_mode="r")``: a training sample reads only the slices it needs, and the OS page cache (not
+the Python heap) holds what is hot.
 """
 
 from __future__ import annotations
@@ -574,15 +575,16 @@ class PreprocessedCache:
             logger.warning(f"cache: no file lock in {self.cache_dir} ({type(e).__name__}: {e}); building "
                            f"{self.entry_path(item).name} without one (safe: entries are published atomically, "
                            "but concurrent fills may preprocess a volume twice)")
-            entry, _ = self.lookup(item)
-            return (entry, False) if entry is not None else (self.build(item), True)
+            return self._lookup_or_build(item)
         try:
-            entry, _ = self.lookup(item)  # the lock's previous holder may have built it
-            if entry is not None:
-                return entry, False
-            return self.build(item), True
+            return self._lookup_or_build(item)
         finally:
             lock.release()
+
+    def _lookup_or_build(self, item: Mapping[str, Any]) -> tuple[CacheEntry, bool]:
+        """``(entry, False)`` if another process built ``item``'s entry meanwhile, else ``(built entry, True)``."""
+        entry, _ = self.lookup(item)
+        return (entry, False) if entry is not None else (self.build(item), True)
 
     def fill(self, items: Sequence[Mapping[str, Any]], num_workers: int = 0, progress: bool = True) -> list[CacheEntry]:
         """The entries of ``items``, building the missing, stale and corrupt ones first.
