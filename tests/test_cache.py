@@ -194,11 +194,14 @@ def test_corrupt_entry_is_rebuilt(items, tmp_path, damage):
 
 
 _FILL = """
-import json, sys
+import json, os, sys, time
 from pipofan_monai.dataset_conversion import load_datalist
 from pipofan_monai.preprocessing.cache import PreprocessedCache
 items = load_datalist(sys.argv[1])["training"]
 cache = PreprocessedCache(sys.argv[2], spatial_size=40)
+print("ready", flush=True)
+while not os.path.exists(sys.argv[4]):  # both processes start filling together, after their imports
+    time.sleep(0.01)
 entries = cache.fill(items, num_workers=int(sys.argv[3]), progress=False)
 print(json.dumps({"entries": len(entries), **cache.last_fill}))
 """
@@ -211,8 +214,12 @@ def _env() -> dict:
 def test_concurrent_fill_by_two_processes(items, tmp_path):
     datalist = Path(items[0]["image"]).parents[1] / "datalist.json"
     cache_dir = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(datalist), str(cache_dir), str(w)], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (1, 2)]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(datalist), str(cache_dir), str(w), str(go)],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (1, 2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    go.touch()  # both find every volume missing at once: without the locks each would build all of them
     outs = [p.communicate(timeout=300) for p in procs]
     reports = []
     for p, (out, err) in zip(procs, outs):
