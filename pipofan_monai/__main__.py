@@ -147,8 +147,8 @@ def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, data
 
 def organs():
     """The organ table (components kept, SNOMED CT code) and which built-in datasets annotate each organ."""
-    from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS
-    from pipofan_monai.organs import ORGANS
+    from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS
+    from pipofan_monai.vocabulary.organs import ORGANS
 
     lines = [f"{'organ':<22} {'components':>10}  {'code':<10} datasets (label values)"]
     for name, o in ORGANS.items():

@@ -49,7 +49,7 @@ import torch
 from pipofan_monai import bundle_dir
 from pipofan_monai.plans import load_network_weights, network_from_plans, resolve_plans
 
-from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS, CLASS_NAMES
+from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS, CLASS_NAMES
 from pipofan_monai.utils import as_bool, atomic_write_json
 
 __all__ = [

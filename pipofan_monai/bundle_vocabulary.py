@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipofan_monai.organs import DEFAULT_CLASS_NAMES, channel_def, organ_table, validate_class_names
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES, channel_def, organ_table, validate_class_names
 from pipofan_monai.utils import atomic_write_json
 
 __all__ = ["set_bundle_classes", "check_bundle_classes", "metadata_for_classes", "classes_command"]
@@ -99,7 +99,7 @@ def set_bundle_classes(
 
     Args:
         bundle_dir: the bundle folder (holding ``configs/``) or its ``configs/`` folder.
-        class_names: K >= 2 names, background first (see :func:`pipofan_monai.organs.validate_class_names`).
+        class_names: K >= 2 names, background first (see :func:`pipofan_monai.vocabulary.organs.validate_class_names`).
         organ_table: optional config-level organ table (new organs, other rules) stored with the names.
         dataset_table: optional config-level dataset table stored with the names.
 

@@ -22,6 +22,7 @@ Every checkpoint the bundle writes (``models/model.pt``, ``runs/last.pt``, fold 
       "preprocessing": {"spatial_size": 256, "hu_window": [-200.0, 200.0], "intensity": "scale", "context": 1,
                         "image_mode": "trilinear"},
       "dataset_table": null,
+      "organ_table": null,
       "partial_labels": true,
       "versions": {"pipofan_monai": "0.1.0", "monai": "1.6.1", "torch": "2.13.0"}
     }
@@ -156,6 +157,7 @@ def make_plans(
     preprocessing: Mapping[str, Any],
     dataset_table: Mapping[str, Any] | None = None,
     partial_labels: bool = True,
+    organ_table: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the plans stored with a trained model.
 
@@ -167,6 +169,8 @@ def make_plans(
             defaults).
         dataset_table: the user-defined dataset entries the training used (None: built-in only).
         partial_labels: whether the training used the datasets' labeled-class masks (False: naive baseline).
+        organ_table: the user-defined organ entries the training used (None: built-in only); stored so that
+            :meth:`~pipofan_monai.vocabulary.LabelSpace.from_plans` rebuilds the whole label space from the checkpoint.
 
     Raises:
         ValueError: class count differs from the network's outputs, or the in_channels differ from the context.
@@ -188,6 +192,7 @@ def make_plans(
         "class_names": names,
         "preprocessing": prep,
         "dataset_table": dataset_table,
+        "organ_table": organ_table,
         "partial_labels": bool(partial_labels),
         "versions": _versions(),
     })
@@ -243,11 +248,11 @@ def _class_names_difference(have: Sequence[str], given: Sequence[str]) -> str | 
     """None when two vocabularies name the same organs in the same order, else ``class_names: checkpoint ...,
     given ... (K=.. vs ..)``.
 
-    Names are compared as organs (:func:`pipofan_monai.organs.canonical_organ_name`: case, spaces, hyphens and
+    Names are compared as organs (:func:`pipofan_monai.vocabulary.organs.canonical_organ_name`: case, spaces, hyphens and
     aliases do not matter), the rule the dataset label mapping uses: ``Liver`` and ``liver`` are one organ. When
     the two lists differ only in such spelling, a warning names both and the checkpoint's names are used.
     """
-    from pipofan_monai.organs import canonical_organ_name
+    from pipofan_monai.vocabulary.organs import canonical_organ_name
 
     have, given = [str(n) for n in have], [str(n) for n in given]
     if have == given:

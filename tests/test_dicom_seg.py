@@ -40,7 +40,7 @@ from pipofan_monai.inference.dicom_seg import (
     write_dicom_seg,
 )
 
-from pipofan_monai.organs import ORGANS, get_organ  # noqa: E402
+from pipofan_monai.vocabulary.organs import ORGANS, get_organ  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct"
 needs_realct = pytest.mark.skipif(not DATA.is_dir(), reason=f"real CT test data not found at {DATA}")

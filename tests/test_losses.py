@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor, list_data_collate
 from monai.losses import DiceLoss
 
-from pipofan_monai.dataset_conversion.datasets import BUILTIN_DATASETS
+from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS
 from pipofan_monai.losses import TargetAdaptiveLoss
 
 K = 4

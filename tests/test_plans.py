@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
 from pipofan_monai.losses import TargetAdaptiveLoss
 from pipofan_monai.networks import PIPOFAN
-from pipofan_monai.partial_labels import LABELED_MASK_KEY, MissingLabeledMaskError, resolve_labeled_mask
+from pipofan_monai.vocabulary.masks import LABELED_MASK_KEY, MissingLabeledMaskError, resolve_labeled_mask
 from pipofan_monai.plans import (
     DEFAULT_PREPROCESSING,
     PlansMismatchError,

@@ -23,9 +23,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipofan_monai.dataset_conversion import BUILTIN_DATASETS, get_dataset_spec, make_datalist
-from pipofan_monai.dataset_conversion.datasets import datasets_annotating
-from pipofan_monai.organs import (
+from pipofan_monai.dataset_conversion import make_datalist
+from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS, get_dataset_spec
+from pipofan_monai.vocabulary.datasets import datasets_annotating
+from pipofan_monai.vocabulary.organs import (
     ORGANS,
     channel_def,
     colors_for,

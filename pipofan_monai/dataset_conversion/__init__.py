@@ -9,6 +9,5 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-from .datasets import *  # noqa: F401,F403
 from .datalist import *  # noqa: F401,F403
 from .demo import *  # noqa: F401,F403

@@ -55,7 +55,7 @@ import numpy as np
 
 from pipofan_monai.utils import atomic_write_json
 
-from .datasets import CLASS_NAMES
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES
 
 __all__ = [
     "SOURCE_DATASETS",
@@ -658,7 +658,7 @@ def check_dataset_ids(
     """
     if datasets is None:
         return None
-    from .datasets import BUILTIN_DATASETS, DATASET_ALIASES
+    from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS, DATASET_ALIASES
 
     requested = [datasets] if isinstance(datasets, str) else list(datasets)
     present = sorted({str(it.get(dataset_key)) for it in items if it.get(dataset_key) not in (None, "")})

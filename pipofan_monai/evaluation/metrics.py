@@ -62,8 +62,8 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import convert_to_numpy
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
-from pipofan_monai.partial_labels import resolve_labeled_mask
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.vocabulary.masks import resolve_labeled_mask
 from pipofan_monai.utils import atomic_write, atomic_write_json
 
 __all__ = [
@@ -202,7 +202,7 @@ def evaluate_case(
         spacing: voxel size in mm per spatial axis (or one number); ``None`` reads it from the affine of a
             MetaTensor ``label`` (else ``pred``), falling back to 1 mm.
         labeled_classes: organ ids annotated in the case's source dataset, or a dataset name known to
-            :py:func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (e.g. ``"lits"``); ``None`` means fully
+            :py:func:`pipofan_monai.vocabulary.datasets.get_dataset_spec` (e.g. ``"lits"``); ``None`` means fully
             labeled (all organs ``1 .. len(class_names) - 1``).
         class_names: names of the classes, index = class id (index 0 = background, not evaluated).
         tolerance_mm: surface Dice tolerance in mm, one value or ``{organ name: mm}``.
@@ -576,13 +576,13 @@ class PartialDiceMetric(CumulativeIterationMetric):
         return out
 
 
-def per_class_dice_metrics(class_names: Sequence[str], output_transform: Any = None) -> dict[str, Any]:
+def per_class_dice_metrics(class_names: Sequence[str] | Any, output_transform: Any = None) -> dict[str, Any]:
     """One ignite metric handler per organ of a vocabulary, for a MONAI evaluator's ``additional_metrics``:
     ``{"val_dice_liver": IgniteMetricHandler(PartialDiceMetric(class_index=1)), ...}`` (keys from
-    :py:func:`pipofan_monai.organs.metric_name`), so the validation Dice per organ follows ``class_names``.
+    :py:func:`pipofan_monai.vocabulary.organs.metric_name`), so the validation Dice per organ follows ``class_names``.
 
     Args:
-        class_names: the vocabulary, background first.
+        class_names: the vocabulary, background first, or a :class:`~pipofan_monai.vocabulary.LabelSpace`.
         output_transform: engine output -> ``(y_pred, y)``; default ``from_engine(["pred", "label"])``.
 
     Example (bundle config)::
@@ -591,11 +591,11 @@ def per_class_dice_metrics(class_names: Sequence[str], output_transform: Any = N
     """
     from monai.handlers import IgniteMetricHandler, from_engine
 
-    from pipofan_monai.organs import metric_name
+    from pipofan_monai.vocabulary.organs import metric_name
 
     if output_transform is None:
         output_transform = from_engine(["pred", "label"])
-    names = [str(n) for n in class_names]
+    names = [str(n) for n in getattr(class_names, "class_names", class_names)]
     out: dict[str, Any] = {}
     for cid in range(1, len(names)):
         key = metric_name(names[cid])

@@ -44,7 +44,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from pipofan_monai.organs import get_organ, organ_table
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES, get_organ, organ_table
 
 __all__ = [
     "Code3",
@@ -98,7 +98,7 @@ def _normalise(name: str) -> str:
 def segment_code_for(name: str, segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
                      organs: Mapping[str, Any] | None = None) -> SegmentCode:
     """The SNOMED CT codes of an organ name of ``class_names``, from the organ table
-    (:data:`pipofan_monai.organs.ORGANS`, with ``organs`` on top: the codes are defined there only).
+    (:data:`pipofan_monai.vocabulary.organs.ORGANS`, with ``organs`` on top: the codes are defined there only).
 
     Names are matched case-insensitively with ``_``/``-``/spaces alike; ``left``/``right`` anywhere in the name is
     laterality on the organ's code (``"kidney_left"``, ``"Right kidney"``: Kidney, modifier Left / Right), a lesion
@@ -674,6 +674,8 @@ class SaveDicomSegd(MapTransform):
         segment_codes: codes by class name, before the organ table's (see :func:`segment_code_for`).
         organs: the config's ``organ_table`` (its organs' codes and colours; the bundle passes ``@organ_table``).
         allow_missing_keys: don't raise if the key is absent.
+        label_space: a :class:`~pipofan_monai.vocabulary.LabelSpace` giving ``class_names`` and ``organs`` in one
+            object (then leave those two unset).
         **kwargs: passed to :func:`write_dicom_seg` (series_description, series_number, ...).
 
     Raises:
@@ -685,20 +687,25 @@ class SaveDicomSegd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection = "pred",
-        class_names: Sequence[str] = ("background", "liver", "kidney", "spleen"),
+        class_names: Sequence[str] | None = None,
         output_dir: str | os.PathLike = ".",
         output_postfix: str = "seg",
         source_key: str = "image",
         segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
         organs: Mapping[str, Any] | None = None,
         allow_missing_keys: bool = False,
+        label_space: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"SaveDicomSegd writes one label map, got keys {self.keys}.")
         _import_dicom_libs()  # a missing optional dependency fails when the bundle is parsed, before inference
-        self.class_names = list(class_names)
+        if label_space is not None:
+            if class_names is not None or organs is not None:
+                raise ValueError("SaveDicomSegd takes label_space or class_names/organs, not both (they could disagree).")
+            class_names, organs = label_space.class_names, dict(label_space.organ_config) or None
+        self.class_names = list(class_names if class_names is not None else DEFAULT_CLASS_NAMES)
         if len(self.class_names) < 2:
             raise ValueError(f"class_names needs the background and at least one organ, got {self.class_names!r}.")
         for n in self.class_names[1:]:

@@ -36,15 +36,15 @@ import torch
 from monai.data.folder_layout import FolderLayout
 from monai.transforms import Compose, Orientation
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES
 from pipofan_monai.inference.dicom_seg import SaveDicomSegd, check_dicom_seg_input
 from pipofan_monai.inference.inputs import as_items, case_name, resolve_inputs
 from pipofan_monai.inference.pipeline import CasePipeline
 from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
-from pipofan_monai.partial_labels import get_labeled_mask
+from pipofan_monai.vocabulary.masks import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
 from pipofan_monai.preprocessing.io import check_dicom_folder
-from pipofan_monai.organs import validate_class_names
+from pipofan_monai.vocabulary.organs import validate_class_names
 from pipofan_monai.utils import as_bool, root_error
 
 __all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]

@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.utils import LossReduction, look_up_option
 from torch.nn.modules.loss import _Loss
 
-from pipofan_monai.partial_labels import resolve_labeled_mask
+from pipofan_monai.vocabulary.masks import resolve_labeled_mask
 
 __all__ = ["TargetAdaptiveLoss", "resolve_labeled_mask"]
 
@@ -180,7 +180,7 @@ class TargetAdaptiveLoss(_Loss):
             labeled_mask: which classes each sample's dataset annotates, ``(B, K)`` or ``(K,)`` bool / 0-1
                 (column 0 is ignored and treated as labeled). If None, ``target.meta["labeled_mask"]`` is used when
                 ``target`` is a MetaTensor that has it; otherwise every class is labeled (plain cross-entropy), or, with
-                ``require_labeled_mask``, :class:`~pipofan_monai.partial_labels.MissingLabeledMaskError`.
+                ``require_labeled_mask``, :class:`~pipofan_monai.vocabulary.masks.MissingLabeledMaskError`.
 
         Returns:
             A scalar for ``"mean"`` / ``"sum"``; the per-voxel weighted loss ``(B, 1, H, W[, D])`` for ``"none"``.

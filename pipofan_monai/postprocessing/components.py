@@ -29,7 +29,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
-from pipofan_monai.organs import DEFAULT_CLASS_NAMES, num_components_for
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES, num_components_for
+from pipofan_monai.vocabulary.label_space import LabelSpace
 
 __all__ = [
     "DEFAULT_NUM_COMPONENTS",
@@ -40,7 +41,7 @@ __all__ = [
 
 #: global class id -> number of components to keep in the default vocabulary: 1 liver, 2 kidney (left + right),
 #: 3 spleen -- ``{1: 1, 2: 2, 3: 1}``, from the organ table. Another vocabulary's rules:
-#: :py:func:`pipofan_monai.organs.num_components_for` (``"num_components"`` of inference.json).
+#: :py:func:`pipofan_monai.vocabulary.organs.num_components_for` (``"num_components"`` of inference.json).
 DEFAULT_NUM_COMPONENTS: dict[int, int] = num_components_for(DEFAULT_CLASS_NAMES)
 
 
@@ -159,6 +160,8 @@ class KeepLargestOrganComponentsd(MapTransform):
         num_components: ``{class id: N}``; default ``{1: 1, 2: 2, 3: 1}`` (liver 1, kidneys 2, spleen 1).
         connectivity: 1 (faces) .. 3 (full, the default).
         allow_missing_keys: do not raise when a key is missing.
+        label_space: take the rules from a :class:`~pipofan_monai.vocabulary.LabelSpace` (its organs'
+            ``num_components``) instead of ``num_components``.
 
     Example::
 
@@ -171,8 +174,13 @@ class KeepLargestOrganComponentsd(MapTransform):
         num_components: Mapping[int, int] | None = None,
         connectivity: int = 3,
         allow_missing_keys: bool = False,
+        label_space: LabelSpace | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if label_space is not None:
+            if num_components is not None:
+                raise ValueError("KeepLargestOrganComponentsd takes num_components or label_space, not both.")
+            num_components = label_space.num_components
         self.converter = KeepLargestOrganComponents(num_components, connectivity)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
 from pipofan_monai.utils import fsync_dir, pid_alive, root_error
 

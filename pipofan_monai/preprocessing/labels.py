@@ -23,10 +23,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from pipofan_monai.partial_labels import LABELED_MASK_KEY
+from pipofan_monai.vocabulary.masks import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
-from pipofan_monai.organs import validate_class_names
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES, DatasetSpec, get_dataset_spec, labeled_mask
+from pipofan_monai.vocabulary.organs import validate_class_names
+from pipofan_monai.vocabulary.label_space import LabelSpace
 
 __all__ = ["map_dataset_labels", "MapDatasetLabelsd"]
 
@@ -127,9 +128,9 @@ class MapDatasetLabelsd(MapTransform):
     dataset's labeled-class mask to the label's metadata.
 
     The dataset is named by ``data[dataset_key]`` (e.g. ``"lits"``) and looked up with
-    :func:`pipofan_monai.dataset_conversion.datasets.get_dataset_spec` (``datasets`` first, then user-registered
+    :func:`pipofan_monai.vocabulary.datasets.get_dataset_spec` (``datasets`` first, then user-registered
     and built-in datasets) and resolved into the vocabulary ``class_names`` (label values named by organ; see
-    :py:meth:`~pipofan_monai.dataset_conversion.datasets.DatasetSpec.resolve`). Items without a dataset id are
+    :py:meth:`~pipofan_monai.vocabulary.datasets.DatasetSpec.resolve`). Items without a dataset id are
     fully labeled data already in the global convention: identity mapping (values must be in
     ``0..num_classes-1``) and an all-ones mask.
 
@@ -152,6 +153,9 @@ class MapDatasetLabelsd(MapTransform):
         class_names: the global vocabulary, background first (any K >= 2). Default the paper's
             ``("background", "liver", "kidney", "spleen")``.
         organs: optional config-level ``organ_table`` (new organs or other relations). Default None.
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace` (class names, organ and dataset
+            tables, partial-label rule in one object); when given, ``num_classes``, ``datasets``,
+            ``partial_labels``, ``class_names`` and ``organs`` must be left at their defaults.
 
     Raises:
         ValueError: label values outside the dataset's mapping, naming the file and the values.
@@ -177,8 +181,18 @@ class MapDatasetLabelsd(MapTransform):
         partial_labels: bool = True,
         class_names: Sequence[str] | None = None,
         organs: Mapping[str, Any] | None = None,
+        label_space: LabelSpace | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if label_space is not None:
+            given = [n for n, v in (("num_classes", num_classes), ("datasets", datasets), ("class_names", class_names),
+                                    ("organs", organs)) if v is not None] + ([] if partial_labels else ["partial_labels"])
+            if given:
+                raise ValueError(f"MapDatasetLabelsd takes either label_space or {given}, not both (they could disagree).")
+            class_names, num_classes = label_space.class_names, label_space.num_classes
+            datasets, organs = label_space.dataset_config, label_space.organ_config
+            partial_labels = label_space.partial_labels
+        self.label_space = label_space
         num_classes = _num_classes(num_classes, class_names)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -197,9 +211,12 @@ class MapDatasetLabelsd(MapTransform):
         spec = get_dataset_spec(name, self.datasets) if name not in (None, "") else None
         table = None
         if spec is not None:
-            if spec.name not in self._resolved:  # resolution is per dataset, not per item
-                self._resolved[spec.name] = spec.resolve(self.class_names, self.organs, num_classes=self.num_classes)
-            table, labeled = self._resolved[spec.name]
+            if self.label_space is not None:
+                table, labeled = self.label_space.resolve(spec.name)
+            else:
+                if spec.name not in self._resolved:  # resolution is per dataset, not per item
+                    self._resolved[spec.name] = spec.resolve(self.class_names, self.organs, num_classes=self.num_classes)
+                table, labeled = self._resolved[spec.name]
             table = DatasetSpec(spec.name, table, labeled)  # resolved: class ids of this vocabulary
         if spec is None or not self.partial_labels:
             mask = np.ones(self.num_classes, dtype=np.float32)

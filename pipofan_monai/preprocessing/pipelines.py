@@ -27,6 +27,7 @@ from monai.transforms import Compose, Orientationd, Resized
 from .intensity import HUWindowd
 from .io import CheckCTIntensityd, load_ct_transforms
 from .labels import MapDatasetLabelsd
+from pipofan_monai.vocabulary.label_space import LabelSpace
 from .slices import SlicesToChannelsd
 
 __all__ = ["get_preprocessing_transforms", "get_val_transforms", "get_inference_transforms"]
@@ -48,6 +49,7 @@ def get_preprocessing_transforms(
     class_names: Sequence[str] | None = None,
     organs: Mapping[str, Any] | None = None,
     ct_check: str = "error",
+    label_space: LabelSpace | None = None,
 ) -> list:
     """Deterministic part shared by training, validation, the preprocessed cache and inference.
 
@@ -74,6 +76,8 @@ def get_preprocessing_transforms(
         ct_check: is the image plausibly CT in HU (:class:`~pipofan_monai.preprocessing.CheckCTIntensityd`, on
             the loaded intensities: a label map given as the image, unscaled values)? ``"error"`` (default: a
             ``ValueError`` naming the file, also when training, before the volume is cached), ``"warn"``, ``"off"``.
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace`, instead of ``num_classes``,
+            ``datasets``, ``partial_labels``, ``class_names`` and ``organs`` (see :class:`MapDatasetLabelsd`).
 
     Returns:
         list of transforms.
@@ -85,7 +89,8 @@ def get_preprocessing_transforms(
     if label_key:
         xforms.append(MapDatasetLabelsd(label_key, dataset_key=dataset_key, num_classes=num_classes,
                                         datasets=datasets, allow_missing_keys=allow_missing_label,
-                                        partial_labels=partial_labels, class_names=class_names, organs=organs))
+                                        partial_labels=partial_labels, class_names=class_names, organs=organs,
+                                        label_space=label_space))
     xforms.append(HUWindowd(image_key, window=hu_window, mode=intensity))
     if spatial_size is not None:
         modes = [image_mode] + (["nearest"] if label_key else [])

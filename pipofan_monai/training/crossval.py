@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipofan_monai.evaluation.tables import write_dice_table
-from pipofan_monai.organs import DEFAULT_CLASS_NAMES
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES
 from pipofan_monai.training.workflow import DEFAULT_CONFIG, best_validation_dice, run_training
 from pipofan_monai.utils import atomic_write_json
 

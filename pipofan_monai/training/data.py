@@ -106,7 +106,7 @@ def split_training_data(
                     picked.append(items.pop(0))
         val = picked
     if class_names is not None:
-        from pipofan_monai.dataset_conversion.datasets import datasets_annotating
+        from pipofan_monai.vocabulary.datasets import datasets_annotating
 
         ann = datasets_annotating([it.get("dataset") for it in train], class_names, dataset_table, organ_table)
         for organ, sources in ann.items():

@@ -35,7 +35,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
 from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
 from pipofan_monai.preprocessing.slices import plain_tensor
-from pipofan_monai.partial_labels import LABELED_MASK_KEY
+from pipofan_monai.vocabulary.masks import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
 
 __all__ = ["RandSlabCropd", "SlabToChannelsd", "get_train_transforms"]

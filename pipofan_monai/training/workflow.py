@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipofan_monai import bundle_dir
-from pipofan_monai.organs import metric_name
+from pipofan_monai.vocabulary.organs import metric_name
 
 __all__ = ["DEFAULT_CONFIG", "run_training", "best_epoch_row", "best_validation_dice", "release_workflow"]
 

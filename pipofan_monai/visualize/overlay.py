@@ -37,9 +37,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from monai.data.meta_tensor import MetaTensor  # noqa: E402
 from monai.utils import convert_to_numpy  # noqa: E402
 
-from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES  # noqa: E402
+from pipofan_monai.vocabulary.datasets import CLASS_NAMES  # noqa: E402
 from pipofan_monai.utils import atomic_write  # noqa: E402
-from pipofan_monai.organs import DEFAULT_CLASS_NAMES, canonical_organ_name, colors_for, organ_table  # noqa: E402
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES, canonical_organ_name, colors_for, organ_table  # noqa: E402
 
 __all__ = ["DEFAULT_COLORS", "class_colors", "save_overlay_png", "to_radiological_axial", "to_radiological_coronal"]
 
@@ -50,7 +50,7 @@ DEFAULT_COLORS: dict[int, tuple[float, float, float]] = colors_for(DEFAULT_CLASS
 
 def class_colors(class_names: Sequence[str], organs: Mapping | None = None) -> dict[int, tuple[float, float, float]]:
     """``{class id: (r, g, b)}`` of a vocabulary: each organ's colour from the organ table
-    (:py:data:`pipofan_monai.organs.ORGANS`, or ``organs``); names that are not organs of the table get no entry
+    (:py:data:`pipofan_monai.vocabulary.organs.ORGANS`, or ``organs``); names that are not organs of the table get no entry
     (drawn in tab10 colours)."""
     table = organ_table(organs)
     out = {}

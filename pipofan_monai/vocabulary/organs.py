@@ -15,7 +15,7 @@ checks of a list of global class names (the bundle's ``class_names``, background
 An organ entry holds how many connected components post-processing keeps (2 for "kidney", 1 for the liver,
 spleen, pancreas, ...; None keeps all, e.g. tumours), the overlay colour, an anatomical code (SNOMED CT, as used
 by DICOM Segmentation objects), and two relations used when a dataset's labels are mapped to a vocabulary
-(see :py:meth:`pipofan_monai.dataset_conversion.datasets.DatasetSpec.resolve`):
+(see :py:meth:`pipofan_monai.vocabulary.datasets.DatasetSpec.resolve`):
 
 * ``parent``: a label of this organ counts as the parent when the vocabulary does not list the organ itself
   (right kidney -> kidney, liver tumour -> liver, pancreas tumour -> pancreas);

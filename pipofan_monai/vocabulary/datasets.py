@@ -16,7 +16,7 @@ and a labeled-class set of one vocabulary.
 
 Default vocabulary (the paper's multi-organ PIPO-FAN): 0 background, 1 liver, 2 kidney (left and right), 3 spleen.
 
-Resolution rules (organ relations from :py:data:`pipofan_monai.organs.ORGANS`):
+Resolution rules (organ relations from :py:data:`pipofan_monai.vocabulary.organs.ORGANS`):
 
 * a label value named ``n`` becomes the class of ``n``, else of its nearest ``parent`` listed in the
   vocabulary (BTCV's right kidney -> "kidney", LiTS's liver tumour -> "liver"), else background;
@@ -37,14 +37,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipofan_monai.organs import (
+from pipofan_monai.vocabulary.organs import (
     BACKGROUND,
     DEFAULT_CLASS_NAMES,
     canonical_organ_name,
     organ_table,
     validate_class_names,
 )
-from pipofan_monai.partial_labels import labeled_mask
+from pipofan_monai.vocabulary.masks import labeled_mask
 
 __all__ = [
     "CLASS_NAMES",
