@@ -58,7 +58,7 @@ $PY -m pipofan_monai benchmark --device "$DEVICE" $BENCH_Q --compile True --sect
 log "bundle inference on $VOLS volumes of $SHAPE"
 $PY - "$WORK/cts" "$VOLS" "$SHAPE" <<'PY'
 import ast, sys, os, nibabel as nib
-from pipofan_monai.dataset_conversion.demo import synthesize_case
+from pipofan_monai.apps.dataset_conversion.demo import synthesize_case
 out, n, shape = sys.argv[1], int(sys.argv[2]), tuple(ast.literal_eval(sys.argv[3]))
 os.makedirs(out, exist_ok=True)
 for i in range(n):

@@ -46,8 +46,8 @@ def crossval(config_file=None, num_folds: int = 5, folds=None, ckpt_dir=None, ou
     """Alias of `python -m monai.bundle run crossval`: train every fold (or --folds "[0,1]"; --resume True keeps
     finished folds) and write <output_dir>/crossval/crossval.{json,csv,png} (default output_dir: the bundle's runs)."""
     _logging()
-    from pipofan_monai.training.crossval import run_crossval
-    from pipofan_monai.training.workflow import DEFAULT_CONFIG
+    from pipofan_monai.apps.training.crossval import run_crossval
+    from pipofan_monai.apps.training.workflow import DEFAULT_CONFIG
 
     report = run_crossval(config_file or DEFAULT_CONFIG, num_folds, folds, ckpt_dir, output_dir, **override)
     return {k: v for k, v in report["summary"].items()}
@@ -56,7 +56,7 @@ def crossval(config_file=None, num_folds: int = 5, folds=None, ckpt_dir=None, ou
 def study(name: str, datalist=None, output_dir=None, max_epochs=None, quick: bool = False, **override):
     """Run study ``datasets``, ``loss`` or ``architecture`` and write <output_dir>/<name>.{json,csv,png}."""
     _logging()
-    from pipofan_monai.training.studies import run_study
+    from pipofan_monai.apps.training.studies import run_study
 
     report = run_study(name, datalist=datalist, output_dir=output_dir, max_epochs=max_epochs, quick=quick, **override)
     return "wrote " + ", ".join(report["files"])
@@ -129,8 +129,8 @@ HELP_FLAGS = ("-h", "--help")
 
 
 def _commands() -> dict:
-    from pipofan_monai.dataset_conversion import datalist_command, demo_command
-    from pipofan_monai.dataset_conversion.download import download_command, verify_command
+    from pipofan_monai.apps.dataset_conversion import datalist_command, demo_command
+    from pipofan_monai.apps.dataset_conversion.download import download_command, verify_command
 
     return {"download": download_command, "verify": verify_command, "datalist": datalist_command,
             "demo": demo_command, "crossval": crossval, "study": study, "convert": convert, "benchmark": benchmark,
@@ -140,7 +140,7 @@ def _commands() -> dict:
 def classes(bundle_dir: str = "bundle", class_names=None, organ_table=None, dataset_table=None):
     """Write ``--class_names "['background','liver','kidney','spleen','pancreas']"`` into a bundle folder's
     configs and metadata.json (MONAI Label's label list); without ``--class_names`` check that they agree."""
-    from pipofan_monai.bundle_vocabulary import classes_command
+    from pipofan_monai.apps.bundle_vocabulary import classes_command
 
     return classes_command(bundle_dir, class_names, organ_table, dataset_table)
 

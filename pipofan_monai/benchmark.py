@@ -446,7 +446,7 @@ def label_agreement(
 
 def _phantom(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic abdominal CT (int16 HU, RAS affine) of ``shape``; the demo phantom generator."""
-    from pipofan_monai.dataset_conversion.demo import synthesize_case
+    from pipofan_monai.apps.dataset_conversion.demo import synthesize_case
 
     shape = [int(s) for s in shape]
     img, _, affine = synthesize_case(seed, shape=tuple(max(s, 8) for s in shape))  # the generator needs >= 8
@@ -474,7 +474,7 @@ def benchmark_end_to_end(
     The components (``preprocessing``, ``inferer``, ``postprocessing``) are parsed from ``config_file`` (the
     bundle's ``inference.json``) with overrides (``spatial_size``, ``sw_batch_size``, output folder, device); the
     inferer gets the path's autocast/channels_last options. The case is then processed by the runner's own
-    :class:`~pipofan_monai.inference.CasePipeline` with a :class:`~pipofan_monai.inference.StageTimer`:
+    :class:`~pipofan_monai.apps.inference.CasePipeline` with a :class:`~pipofan_monai.apps.inference.StageTimer`:
     load (read + checks) -> preprocess (orientation, HU window, in-plane resample) -> network (sliding-slice
     inference) -> postprocess (softmax) -> invert (resample back to the original grid) -> postprocess (argmax,
     connected components) -> save (uint8 NIfTI). With ``gpu_resample`` (default: True on CUDA, False on the CPU)
@@ -489,7 +489,7 @@ def benchmark_end_to_end(
     """
     from monai.transforms import EnsureTyped, Invertd, Resized
 
-    from pipofan_monai.inference import CasePipeline, StageTimer
+    from pipofan_monai.apps.inference import CasePipeline, StageTimer
 
     vs = [int(v) for v in volume_shape]
     if len(vs) != 3 or min(vs) < 1:
@@ -602,7 +602,7 @@ def _reset_peak_rss() -> bool:
 
 
 class _StagePeakRSS:
-    """A stage "timer" for :class:`~pipofan_monai.inference.CasePipeline` that records, per stage, the peak RSS
+    """A stage "timer" for :class:`~pipofan_monai.apps.inference.CasePipeline` that records, per stage, the peak RSS
     reached inside it (MiB) and its rise over the RSS at its start, and the seconds (``VmHWM`` reset at each
     stage entry, so each stage sees its own peak)."""
 
@@ -711,7 +711,7 @@ def benchmark_inference_memory(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Peak RSS of the shipped bundle inference (``inference.json`` through the runner's
-    :class:`~pipofan_monai.inference.CasePipeline`) on generated ``in_plane x in_plane x D`` int16 CT NIfTI files:
+    :class:`~pipofan_monai.apps.inference.CasePipeline`) on generated ``in_plane x in_plane x D`` int16 CT NIfTI files:
     the growth per slice (MiB/slice, least-squares slope over ``depths``) and the fixed floor.
 
     The slope is measured with a narrow network (``slope_channels``: the data path, not the network, grows with
@@ -963,7 +963,7 @@ def _loader_rate(dataset: Any, items: Sequence[Mapping], batch: int, batches: in
     (worker start) not timed, plus peak memory of the main process and the workers during the run."""
     from monai.data import DataLoader
 
-    from pipofan_monai.training import PartialLabelSampler
+    from pipofan_monai.apps.training import PartialLabelSampler
 
     sampler = PartialLabelSampler([d.get("dataset") for d in items], mode="mixed", seed=seed,
                                   samples_per_epoch=batch * (batches + 1))
@@ -997,7 +997,7 @@ def _first_iteration(make_dataset: Callable[[], Any], items: Sequence[Mapping], 
     """(dataset, seconds from construction to the first batch, peak memory), as a training run starts."""
     from monai.data import DataLoader
 
-    from pipofan_monai.training import PartialLabelSampler
+    from pipofan_monai.apps.training import PartialLabelSampler
 
     with _MemoryMonitor() as mon:
         t0 = time.perf_counter()
@@ -1050,8 +1050,8 @@ def benchmark_data_path(
     """
     from monai.data import CacheDataset
 
-    from pipofan_monai.training.cached_data import CachedSliceDataset
-    from pipofan_monai.training import get_train_transforms
+    from pipofan_monai.apps.training.cached_data import CachedSliceDataset
+    from pipofan_monai.apps.training import get_train_transforms
 
     log = log or _progress
     shape = tuple(int(s) for s in volume_shape)

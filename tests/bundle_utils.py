@@ -37,7 +37,7 @@ TINY_TRAIN = [
 
 
 def make_tiny_demo(root: Path) -> Path:
-    from pipofan_monai.dataset_conversion import generate_demo_dataset
+    from pipofan_monai.apps.dataset_conversion import generate_demo_dataset
 
     return Path(generate_demo_dataset(root, num_cases_per_source=5, num_test=2, shape=(64, 64, 12), seed=0))
 

@@ -31,7 +31,7 @@ import torch
 
 from pipofan_monai import utils
 from pipofan_monai.inference.writers import remove_stale_temp_files
-from pipofan_monai.training.run_dir import prepare_training_run, release_training_run
+from pipofan_monai.apps.training.run_dir import prepare_training_run, release_training_run
 from pipofan_monai.utils import (
     atomic_path,
     atomic_torch_save,

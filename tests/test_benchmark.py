@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from pipofan_monai import benchmark as bm
-from pipofan_monai.inference import STAGES
+from pipofan_monai.apps.inference import STAGES
 from pipofan_monai.utils import as_bool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
-from pipofan_monai.training import AuthorsLRLambda, PartialLabelSampler
+from pipofan_monai.apps.training import AuthorsLRLambda, PartialLabelSampler
 from pipofan_monai.utils import atomic_torch_save
 from pipofan_monai.networks import PIPOFAN
 
@@ -178,7 +178,7 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_crossval_one_fold_report(demo, tmp_path):
-    from pipofan_monai.training.crossval import run_crossval
+    from pipofan_monai.apps.training.crossval import run_crossval
 
     overrides = dict(zip([a.lstrip("-") for a in TINY_TRAIN[0::2]], TINY_TRAIN[1::2]))
     overrides = {k: json.loads(v) if v not in ("False", "True") else v == "True" for k, v in overrides.items()}
@@ -221,7 +221,7 @@ def test_stage_switch_resets_optimizer_and_restarts_schedule(caplog):
     caplog.set_level("INFO")
     from types import SimpleNamespace
 
-    from pipofan_monai.training import StageSwitchHandler
+    from pipofan_monai.apps.training import StageSwitchHandler
     from pipofan_monai.losses import DeepPyramidSupervisionLoss
 
     w = torch.nn.Parameter(torch.ones(2))

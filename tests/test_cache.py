@@ -29,11 +29,11 @@ import torch
 from monai.data import CacheDataset, DataLoader, PersistentDataset
 from monai.data.utils import set_rnd
 
-from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
 from pipofan_monai.preprocessing import get_val_transforms
-from pipofan_monai.training import PartialLabelSampler, get_train_transforms
+from pipofan_monai.apps.training import PartialLabelSampler, get_train_transforms
 from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
-from pipofan_monai.training.cached_data import (
+from pipofan_monai.apps.training.cached_data import (
     CachedSliceDataset,
     CachedVolumeDataset,
     make_train_dataset,
@@ -195,7 +195,7 @@ def test_corrupt_entry_is_rebuilt(items, tmp_path, damage):
 
 _FILL = """
 import json, os, sys, time
-from pipofan_monai.dataset_conversion import load_datalist
+from pipofan_monai.apps.dataset_conversion import load_datalist
 from pipofan_monai.preprocessing.cache import PreprocessedCache
 items = load_datalist(sys.argv[1])["training"]
 cache = PreprocessedCache(sys.argv[2], spatial_size=40)
@@ -243,7 +243,7 @@ def test_concurrent_fill_by_two_processes(items, tmp_path):
 # fill in the test has done its share), then lets go; "hold": keeps the lock until killed
 _HOLD = """
 import sys, time
-from pipofan_monai.dataset_conversion import load_datalist
+from pipofan_monai.apps.dataset_conversion import load_datalist
 from pipofan_monai.preprocessing.cache import PreprocessedCache
 items = load_datalist(sys.argv[1])["training"]
 cache = PreprocessedCache(sys.argv[2], spatial_size=40)
@@ -442,7 +442,7 @@ def test_release_workflow_stops_persistent_workers():
 
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.training.workflow import release_workflow
+    from pipofan_monai.apps.training.workflow import release_workflow
 
     before = _children()
     parser = ConfigParser({

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
-from pipofan_monai.training.crossval import run_crossval, run_crossval_workflow
-from pipofan_monai.training.workflow import best_epoch_row
+from pipofan_monai.apps.training.crossval import run_crossval, run_crossval_workflow
+from pipofan_monai.apps.training.workflow import best_epoch_row
 
 
 @pytest.fixture(scope="module")

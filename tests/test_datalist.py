@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from pipofan_monai.dataset_conversion import (
+from pipofan_monai.apps.dataset_conversion import (
     BTCV_PAPER_VALIDATION,
     assign_folds,
     datalist_command,
@@ -234,7 +234,7 @@ def test_broken_trees_are_reported(trees, tmp_path, caplog, breakage, message):
         make_datalist(tmp_path / "dl.json", **roots)
     assert not (tmp_path / "dl.json").exists()
     # non-strict: the same problem is logged by name and the rest is written
-    with caplog.at_level(logging.WARNING, logger="pipofan_monai.dataset_conversion.datalist"):
+    with caplog.at_level(logging.WARNING, logger="pipofan_monai.apps.dataset_conversion.datalist"):
         dl = make_datalist(tmp_path / "dl.json", **roots, strict=False)
     assert any(__import__("re").search(message, r.getMessage()) for r in caplog.records)
     assert (tmp_path / "dl.json").is_file() and len(dl["training"]) > 0
@@ -242,7 +242,7 @@ def test_broken_trees_are_reported(trees, tmp_path, caplog, breakage, message):
 
 def test_missing_btcv_validation_cases_warn_and_kits_tests(tmp_path, caplog):
     btcv = make_btcv(tmp_path / "BTCV", ids=[f"{i:04d}" for i in range(1, 11)])
-    with caplog.at_level(logging.WARNING, logger="pipofan_monai.dataset_conversion.datalist"):
+    with caplog.at_level(logging.WARNING, logger="pipofan_monai.apps.dataset_conversion.datalist"):
         dl = make_datalist(None, btcv=btcv)
     assert "0032, 0033" in caplog.text and dl["splits"]["btcv_paper"]["validation"] == []
     assert Path(dl["training"][0]["image"]).is_absolute()  # no output file: absolute paths

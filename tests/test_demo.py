@@ -24,7 +24,7 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from pipofan_monai.dataset_conversion import (
+from pipofan_monai.apps.dataset_conversion import (
     default_demo_dir,
     ensure_demo_dataset,
     generate_demo_dataset,
@@ -34,7 +34,7 @@ from pipofan_monai.dataset_conversion import (
     synthesize_case,
 )
 from pipofan_monai.preprocessing import MapDatasetLabelsd, load_ct_transforms
-from pipofan_monai.training import get_train_transforms
+from pipofan_monai.apps.training import get_train_transforms
 
 SHAPE = (64, 64, 20)
 COUNTS = (3, 2, 2, 2)  # btcv, lits, kits19, msd_spleen

@@ -475,7 +475,7 @@ class _ThresholdNet(torch.nn.Module):
 def _bundle_runner(out_dir: Path, **overrides):
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.inference.runner import SegmentationRunner
+    from pipofan_monai.apps.inference.runner import SegmentationRunner
 
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
@@ -510,7 +510,7 @@ def test_runner_writes_seg_from_the_bundle_postprocessing(dcmqi_case, tmp_path, 
     assert 0 < counts[1] < labels.size  # a real, partial prediction
     _check_seg(seg_path, nifti, folder, CLASSES, counts)
     # existing outputs: the SEG is covered by the overwrite check like the NIfTI
-    from pipofan_monai.inference.runner import InferenceError
+    from pipofan_monai.apps.inference.runner import InferenceError
 
     with pytest.raises(InferenceError, match="output file exists"):
         runner.run([str(folder)], str(ckpt))

@@ -35,7 +35,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipofan_monai.dataset_conversion import download as dl
+from pipofan_monai.apps.dataset_conversion import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
 MSD = {"msd_spleen": ("Task09_Spleen", "spleen"), "msd_pancreas": ("Task07_Pancreas", "pancreas"),
@@ -178,7 +178,7 @@ def _run_cli(cmd: str) -> None:
 
 
 def _has_scanner(dataset: str) -> bool:
-    from pipofan_monai.dataset_conversion.datalist import SOURCE_DATASETS
+    from pipofan_monai.apps.dataset_conversion.datalist import SOURCE_DATASETS
 
     return dataset in SOURCE_DATASETS
 

@@ -29,7 +29,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from pipofan_monai.inference import CasePipeline
+from pipofan_monai.apps.inference import CasePipeline
 from pipofan_monai.inference.streaming import SlabInverter
 from pipofan_monai.networks import PIPOFAN
 

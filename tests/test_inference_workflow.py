@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The bundle's inference workflow (configs/inference.json + pipofan_monai.inference.runner): the real bundle
+"""The bundle's inference workflow (configs/inference.json + pipofan_monai.apps.inference.runner): the real bundle
 runner, geometry round trips (RAS, LPS, PLI NIfTI, DICOM series), every slice written, bad inputs, overwrite
 protection, checkpoint checks, fold ensembles and evaluation. Tiny network, tiny volumes, CPU."""
 
@@ -29,7 +29,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
 from pipofan_monai.ensembling import majority_vote, mean_probabilities
-from pipofan_monai.inference import InferenceError, SegmentationRunner, resolve_inputs
+from pipofan_monai.apps.inference import InferenceError, SegmentationRunner, resolve_inputs
 from pipofan_monai.plans import load_network_weights
 from pipofan_monai.preprocessing import CheckVolumed
 from pipofan_monai.networks import PIPOFAN

@@ -33,9 +33,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from pipofan_monai.inference import SegmentationRunner
+from pipofan_monai.apps.inference import SegmentationRunner
 from pipofan_monai.plans import load_network_weights
-from pipofan_monai.training.data import split_training_data
+from pipofan_monai.apps.training.data import split_training_data
 from pipofan_monai.losses import DeepPyramidSupervisionLoss, TargetAdaptiveLoss
 from pipofan_monai.networks import PIPOFAN
 from pipofan_monai.preprocessing import LoadCTd

@@ -245,7 +245,7 @@ def _studies(root: Path, cases: list[tuple[Path, Path | None]]) -> Path:
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    from pipofan_monai.dataset_conversion import generate_demo_dataset
+    from pipofan_monai.apps.dataset_conversion import generate_demo_dataset
 
     return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", num_cases_per_source=2, num_test=2,
                                  shape=(64, 64, 12)).parent

@@ -24,7 +24,7 @@ import torch
 from monai.transforms import Compose
 
 from pipofan_monai.preprocessing import MapDatasetLabelsd, get_preprocessing_transforms, load_ct_transforms
-from pipofan_monai.training import RandSlabCropd, SlabToChannelsd
+from pipofan_monai.apps.training import RandSlabCropd, SlabToChannelsd
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real CT test data not found at {DATA}")

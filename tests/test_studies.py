@@ -22,9 +22,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist, select_split
+from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist, select_split
 from pipofan_monai.networks import PIPOFAN
-from pipofan_monai.training.studies import (
+from pipofan_monai.apps.training.studies import (
     PAPER_CHANNELS,
     QUICK_DATA,
     count_parameters,
@@ -33,7 +33,7 @@ from pipofan_monai.training.studies import (
     subset_datalist,
 )
 from pipofan_monai.preprocessing import MapDatasetLabelsd, get_val_transforms
-from pipofan_monai.training import get_train_transforms
+from pipofan_monai.apps.training import get_train_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JSON = REPO / "bundle" / "configs" / "train.json"

@@ -250,7 +250,7 @@ def test_best_model_survives_resume_and_a_failed_save(demo, tmp_path, monkeypatc
 def test_best_checkpoint_extra_metadata_and_monai_label_format(tmp_path):
     from types import SimpleNamespace
 
-    from pipofan_monai.training import BestModelCheckpoint
+    from pipofan_monai.apps.training import BestModelCheckpoint
 
     net = torch.nn.Linear(2, 1)
     plans = {"network": {"channels": [4, 8]}, "class_names": ["background", "liver"]}
@@ -420,12 +420,12 @@ def test_cli_help_runs_nothing(command, monkeypatch, capsys):
         raise AssertionError(f"{command} --help ran the command")
 
     import pipofan_monai.benchmark
-    import pipofan_monai.dataset_conversion as conversion
-    import pipofan_monai.training.crossval
-    import pipofan_monai.training.studies
+    import pipofan_monai.apps.dataset_conversion as conversion
+    import pipofan_monai.apps.training.crossval
+    import pipofan_monai.apps.training.studies
 
-    for module, name in ((pipofan_monai.training.crossval, "run_crossval"),
-                         (pipofan_monai.training.studies, "run_study"),
+    for module, name in ((pipofan_monai.apps.training.crossval, "run_crossval"),
+                         (pipofan_monai.apps.training.studies, "run_study"),
                          (pipofan_monai.benchmark, "run_benchmark"), (conversion, "ensure_demo_dataset"),
                          (conversion, "generate_demo_dataset"), (conversion, "make_datalist"),
                          (torch, "load")):

@@ -24,7 +24,7 @@ from monai.data import MetaTensor, list_data_collate
 from monai.transforms import RandFlipd, Resized, ScaleIntensityRanged
 
 from pipofan_monai.preprocessing import CheckFinited, CheckSameGridd, HUWindowd, LoadCTd, MapDatasetLabelsd, SlicesToChannelsd, get_val_transforms, stack_neighbour_slices
-from pipofan_monai.training import RandSlabCropd, SlabToChannelsd, get_train_transforms
+from pipofan_monai.apps.training import RandSlabCropd, SlabToChannelsd, get_train_transforms
 
 AFFINE = torch.tensor([[2.0, 0, 0, 10], [0, 2.0, 0, 20], [0, 0, 5.0, 30], [0, 0, 0, 1]], dtype=torch.float64)
 

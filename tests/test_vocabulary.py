@@ -23,7 +23,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipofan_monai.dataset_conversion import make_datalist
+from pipofan_monai.apps.dataset_conversion import make_datalist
 from pipofan_monai.vocabulary.datasets import BUILTIN_DATASETS, get_dataset_spec
 from pipofan_monai.vocabulary.datasets import datasets_annotating
 from pipofan_monai.vocabulary.organs import (
@@ -214,8 +214,8 @@ def test_msd_pancreas_and_liver_datalists(tmp_path):
 
 # ------------------------------------------------------------------ demo: a fifth organ in one source
 def test_demo_fifth_organ(tmp_path):
-    from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
-    from pipofan_monai.dataset_conversion.demo import PANCREAS_CLASS_NAMES
+    from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
+    from pipofan_monai.apps.dataset_conversion.demo import PANCREAS_CLASS_NAMES
 
     path = generate_demo_dataset(tmp_path / "demo5", {"btcv": 1, "lits": 1, "kits19": 1, "msd_spleen": 1,
                                                        "msd_pancreas": 2}, num_test=1, shape=(48, 48, 12),
@@ -255,7 +255,7 @@ def test_demo_fifth_organ(tmp_path):
 def test_bundle_classes_tool(tmp_path):
     import shutil
 
-    from pipofan_monai.bundle_vocabulary import check_bundle_classes, classes_command, set_bundle_classes
+    from pipofan_monai.apps.bundle_vocabulary import check_bundle_classes, classes_command, set_bundle_classes
 
     repo = Path(__file__).resolve().parents[1]
     assert check_bundle_classes(repo / "bundle") == []  # the shipped bundle is consistent
@@ -320,8 +320,8 @@ def test_five_class_bundle_end_to_end(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
 
-    from pipofan_monai.bundle_vocabulary import set_bundle_classes
-    from pipofan_monai.dataset_conversion import generate_demo_dataset, load_datalist
+    from pipofan_monai.apps.bundle_vocabulary import set_bundle_classes
+    from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
 
     five = ["background", "liver", "kidney", "spleen", "pancreas"]
     demo = generate_demo_dataset(tmp_path / "demo", 2, num_test=1, shape=(64, 64, 12), pancreas=True)

@@ -9,25 +9,17 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Inference stage: the sliding-slice 2.5D inferer, the case runner (load, infer, ensemble, invert,
-post-process, save) and the atomic output writers."""
+"""Inference components (core): the sliding-slice 2.5D inferer, the slab-wise streamed inversion, the atomic
+output writers and the DICOM SEG writer. The case pipeline and the runner that use them are an application:
+:mod:`pipofan_monai.apps.inference`."""
 
 from __future__ import annotations
 
 from .inferers import SlidingSliceInferer
-from .inputs import resolve_inputs
-from .pipeline import STAGES, CasePipeline, StageTimer
-from .runner import InferenceError, SegmentationRunner
 from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
 __all__ = [
     "SlidingSliceInferer",
-    "InferenceError",
-    "SegmentationRunner",
-    "resolve_inputs",
-    "STAGES",
-    "CasePipeline",
-    "StageTimer",
     "LabelNiftiWriter",
     "AtomicNiftiWriter",
     "AtomicSaveImaged",

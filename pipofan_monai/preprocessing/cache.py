@@ -740,7 +740,7 @@ def preprocessed_cache_from_config(
     """
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.training.data import load_training_data
+    from pipofan_monai.apps.training.data import load_training_data
 
     files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
     parser = ConfigParser()

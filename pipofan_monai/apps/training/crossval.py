@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 from pipofan_monai.evaluation.tables import write_dice_table
 from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES
-from pipofan_monai.training.workflow import DEFAULT_CONFIG, best_validation_dice, run_training
+from pipofan_monai.apps.training.workflow import DEFAULT_CONFIG, best_validation_dice, run_training
 from pipofan_monai.utils import atomic_write_json
 
 __all__ = ["run_crossval", "run_crossval_workflow", "crossval_folds", "crossval_report", "fold_status"]
@@ -188,7 +188,7 @@ def _running_workflow() -> Any:
         frame = frame.f_back
     raise RuntimeError(
         "run_crossval_workflow is the 'crossval' run id of the bundle: run it with `python -m monai.bundle run "
-        "crossval --config_file bundle/configs/train.json` or call pipofan_monai.training.run_crossval(...)."
+        "crossval --config_file bundle/configs/train.json` or call pipofan_monai.apps.training.run_crossval(...)."
     )
 
 

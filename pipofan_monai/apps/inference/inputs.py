@@ -58,7 +58,7 @@ def resolve_inputs(
     Precedence: ``input_files``; else ``datalist`` (its ``datalist_key`` list, paths relative to ``dataset_dir``
     or the JSON's folder); else every NIfTI/NRRD/MHA file directly in ``dataset_dir``; else the built-in
     SYNTHETIC demo dataset's held-out ``test`` volumes (generated on first use, see
-    :py:func:`pipofan_monai.dataset_conversion.ensure_demo_dataset`).
+    :py:func:`pipofan_monai.apps.dataset_conversion.ensure_demo_dataset`).
 
     Args:
         input_files: one path or a list of paths (NIfTI/NRRD files or DICOM series folders) or item dicts.
@@ -100,7 +100,7 @@ def resolve_inputs(
         files = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
         items = as_items(files)
     else:
-        from pipofan_monai.dataset_conversion import ensure_demo_dataset
+        from pipofan_monai.apps.dataset_conversion import ensure_demo_dataset
 
         path = ensure_demo_dataset(demo_dir)
         logger.info(f"no input given: segmenting the SYNTHETIC demo dataset's held-out test volumes ({path})")

@@ -320,7 +320,7 @@ class ResumableCheckpoint:
     ``"engine": {"epoch", "iteration"}``, and every object registered with :func:`register_resumable` on the
     trainer or on ``evaluator``: the :class:`StageSwitchHandler` ("stage") and the :class:`BestModelCheckpoint`
     ("best_model": best score and its epoch). Random states need no saving when the run derives them from
-    (seed, epoch) as the bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.training.SeededItemDataset`).
+    (seed, epoch) as the bundle does (:class:`EpochSeedHandler`, :class:`~pipofan_monai.apps.training.SeededItemDataset`).
 
     The state is saved at the END of every epoch, after every handler attached before the run starts (scheduler
     step, validation, best model, metrics file), so a resume continues with exactly the state the uninterrupted

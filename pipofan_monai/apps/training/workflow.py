@@ -115,7 +115,7 @@ def run_training(
     """
     from monai.bundle import ConfigWorkflow
 
-    from pipofan_monai.training.run_dir import release_training_run
+    from pipofan_monai.apps.training.run_dir import release_training_run
 
     files = [os.fspath(config_file)] if isinstance(config_file, (str, os.PathLike)) else [os.fspath(c) for c in config_file]
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ def load_training_data(
         dataset_dir: folder the datalist's relative paths are resolved against (default: the JSON's folder).
         demo_dir: where the demo dataset lives (default: ``$PIPOFAN_DEMO_DIR`` or ``~/.cache/pipofan_monai/demo``).
     """
-    from pipofan_monai.dataset_conversion import ensure_demo_dataset, load_datalist
+    from pipofan_monai.apps.dataset_conversion import ensure_demo_dataset, load_datalist
 
     if datalist is None or datalist == "":
         datalist = ensure_demo_dataset(demo_dir)
@@ -74,10 +74,10 @@ def split_training_data(
     Raises:
         ValueError: unknown dataset ids in ``datasets`` (the message lists the datalist's and the known ones),
             items that mix having and lacking a ``dataset`` key, training volumes thinner than ``min_slices``
-            (see :func:`pipofan_monai.dataset_conversion.datalist.check_training_items`), no training item.
+            (see :func:`pipofan_monai.apps.dataset_conversion.datalist.check_training_items`), no training item.
     """
-    from pipofan_monai.dataset_conversion import select_fold, select_split
-    from pipofan_monai.dataset_conversion.datalist import check_dataset_ids, check_training_items
+    from pipofan_monai.apps.dataset_conversion import select_fold, select_split
+    from pipofan_monai.apps.dataset_conversion.datalist import check_dataset_ids, check_training_items
 
     all_items = list(data.get("training", [])) if isinstance(data, Mapping) else list(data)
     check_training_items(all_items)

@@ -18,7 +18,7 @@ so that one bad input (a 2D image, a 4D series, an unreadable file, a folder wit
 reported with its name and does not stop the other cases, existing outputs are not overwritten unless asked,
 and several checkpoints can be combined (majority vote of label maps, the paper, or mean of probabilities).
 
-Each case goes through :class:`~pipofan_monai.inference.pipeline.CasePipeline` (load -> 2.5D inference per
+Each case goes through :class:`~pipofan_monai.apps.inference.pipeline.CasePipeline` (load -> 2.5D inference per
 checkpoint -> ensemble -> invert -> post-process -> save). The network and the preprocessing come from the
 checkpoint's plans (:mod:`pipofan_monai.plans`); every checkpoint of an ensemble must carry the same plans.
 """
@@ -38,8 +38,8 @@ from monai.transforms import Compose, Orientation
 
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES
 from pipofan_monai.inference.dicom_seg import SaveDicomSegd, check_dicom_seg_input
-from pipofan_monai.inference.inputs import as_items, case_name, resolve_inputs
-from pipofan_monai.inference.pipeline import CasePipeline
+from pipofan_monai.apps.inference.inputs import as_items, case_name, resolve_inputs
+from pipofan_monai.apps.inference.pipeline import CasePipeline
 from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
 from pipofan_monai.vocabulary.masks import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
@@ -106,7 +106,7 @@ class SegmentationRunner:
         organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
         stream_slices: slices per slab of the streamed inversion + argmax (``None``: the default, 16); ``0``:
             invert the whole volume with ``Invertd`` (full-resolution probabilities in memory). See
-            :class:`~pipofan_monai.inference.CasePipeline`.
+            :class:`~pipofan_monai.apps.inference.CasePipeline`.
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class SegmentationRunner:
         self.plans = dict(plans) if plans is not None else None
         self.pipeline = CasePipeline(self.preprocessing, inferer, self.postprocessing, len(self.class_names),
                                      self.ensemble_mode, pred_key, image_key, stream_slices)
-        #: optional :class:`~pipofan_monai.inference.pipeline.StageTimer` (per-stage times of every case)
+        #: optional :class:`~pipofan_monai.apps.inference.pipeline.StageTimer` (per-stage times of every case)
         self.timer = None
         self.savers = self.pipeline.savers
         #: DICOM SEG writers of the postprocessing (bundle option ``output_format``: "dicom_seg")

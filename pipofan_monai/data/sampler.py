@@ -49,7 +49,7 @@ class PartialLabelSampler(DistributedSampler):
         num_replicas: world size (default: from torch.distributed, else 1).
         rank: this rank (default: from torch.distributed, else 0).
         item_seeds: yield ``(index, seed)`` pairs instead of indices, the seed of each draw also a function of
-            (seed, epoch) only; wrap the dataset in :class:`~pipofan_monai.training.SeededItemDataset` so that every
+            (seed, epoch) only; wrap the dataset in :class:`~pipofan_monai.apps.training.SeededItemDataset` so that every
             item's random crop and flip follow from its seed. Then an epoch's data does not depend on earlier
             epochs, on the number of workers or on a resume in between (bitwise-equal resumed runs).
     """

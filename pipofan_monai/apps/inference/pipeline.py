@@ -13,7 +13,7 @@
 -> save, with every transform timed by stage.
 
 :class:`CasePipeline` runs the bundle's own components (the ``preprocessing``, ``inferer`` and ``postprocessing``
-of ``inference.json``) on one case; :class:`~pipofan_monai.inference.runner.SegmentationRunner` calls it for every
+of ``inference.json``) on one case; :class:`~pipofan_monai.apps.inference.runner.SegmentationRunner` calls it for every
 case, and the benchmark calls it too (with a :class:`StageTimer`), so the measured pipeline is the shipped one.
 
 With several checkpoints, the postprocessing chain is split at its first ``AsDiscreted``: the part before it

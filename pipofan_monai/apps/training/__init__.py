@@ -9,8 +9,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Training stage: the 2.5D sampling transforms, the partial-label sampler, the data split, the handlers of the
-bundle's training workflow, the learning-rate schedule, cross-validation and the studies."""
+"""The training application: the data split and datasets, the handlers of the bundle's training workflow,
+the run folder, cross-validation and the studies. The components it assembles (the 2.5D sampling transforms, the
+partial-label sampler, the learning-rate schedule) are core and re-exported here for the bundle configs."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ from .handlers import (
     TrainingProgressBar,
     stage_for_epoch,
 )
-from .lr_scheduler import AuthorsLRLambda
+from pipofan_monai.optimizers.lr_scheduler import AuthorsLRLambda
 from .run_dir import prepare_training_run, release_training_run
-from .sampler import PartialLabelSampler
-from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
+from pipofan_monai.data.sampler import PartialLabelSampler
+from pipofan_monai.preprocessing.train_transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
 from .workflow import run_training
 
 __all__ = [

@@ -24,7 +24,7 @@ Studies (``python -m pipofan_monai study <name>``):
 Every row's Dice is that of the best validation epoch (the epoch whose weights the workflow keeps as
 ``model.pt``), per organ and averaged, on the split's validation volumes.
 
-Every row is one :func:`~pipofan_monai.training.run_training` of the bundle's ``train.json`` with overlays: without a
+Every row is one :func:`~pipofan_monai.apps.training.run_training` of the bundle's ``train.json`` with overlays: without a
 datalist a study runs on a dedicated synthetic demo dataset at demo scale (the overlay
 ``bundle/configs/studies/demo.json``: small widths, short schedule, CPU); with ``datalist`` it runs the full recipe
 of ``train.json`` (GPU). ``quick=True`` adds ``bundle/configs/studies/quick.json`` (tiny widths and schedule, for
@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 from pipofan_monai import bundle_dir
 from pipofan_monai.evaluation.tables import write_dice_table
-from pipofan_monai.training.workflow import DEFAULT_CONFIG, run_training
+from pipofan_monai.apps.training.workflow import DEFAULT_CONFIG, run_training
 from pipofan_monai.utils import atomic_write_json
 
 __all__ = [
@@ -164,7 +164,7 @@ def subset_datalist(datalist: Mapping, split: str, sources: Sequence[str]) -> di
     out["training"] = [it for it in out["training"] if it.get("dataset") in keep or it.get("dataset") == split_ds]
     if split_ds not in keep:
         out["splits"][split] = {**out["splits"][split], "training": []}
-    from pipofan_monai.dataset_conversion import select_split
+    from pipofan_monai.apps.dataset_conversion import select_split
 
     if not select_split(out, split)[0]:
         raise ValueError(f"no training items from sources {list(sources)} in the datalist.")
@@ -266,7 +266,7 @@ def run_study(
     """
     from monai.utils import set_determinism
 
-    from pipofan_monai.dataset_conversion import ensure_demo_dataset, load_datalist
+    from pipofan_monai.apps.dataset_conversion import ensure_demo_dataset, load_datalist
 
     spec_rows = study_rows(name)
     if rows is not None:

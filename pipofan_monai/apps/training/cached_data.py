@@ -13,9 +13,9 @@
 
 :class:`CachedSliceDataset` yields one 2.5D training sample per index by reading the ``2*context+1`` slices it
 needs from the memory map (about 0.4 MB at 256², whatever the volume's size); the draw is that of
-:class:`~pipofan_monai.training.transforms.RandSlabCropd` (organ-centred with ``pos_ratio`` from the slice lists
+:class:`~pipofan_monai.preprocessing.train_transforms.RandSlabCropd` (organ-centred with ``pos_ratio`` from the slice lists
 stored in the cache, then a random in-plane window), followed by the same ``SlabToChannelsd`` and flips as
-:func:`~pipofan_monai.training.transforms.get_train_transforms`. With the same seed it gives the same samples as
+:func:`~pipofan_monai.preprocessing.train_transforms.get_train_transforms`. With the same seed it gives the same samples as
 ``CacheDataset(data, get_train_transforms(...))``: labels identical, images equal to the old images rounded to
 float16. Random states are those of MONAI: the transforms live in ``self.transform`` (a ``Compose``), which
 ``monai.data.DataLoader`` seeds per worker (``worker_init_fn`` / ``set_rnd``).
@@ -42,7 +42,7 @@ from monai.transforms import Compose, MapTransform, RandomizableTransform, ToMet
 from pipofan_monai.plans import DEFAULT_PREPROCESSING
 from pipofan_monai.preprocessing.cache import CacheEntry, CacheSettings, PreprocessedCache
 from pipofan_monai.preprocessing.slices import stack_neighbour_slices
-from pipofan_monai.training.transforms import RandSlabCropd, SlabToChannelsd
+from pipofan_monai.preprocessing.train_transforms import RandSlabCropd, SlabToChannelsd
 
 __all__ = [
     "CACHE_MODES",
@@ -244,7 +244,7 @@ class CachedSliceDataset(_CachedVolumes):
             ``hu_window``, ``intensity``, ``context``, ``image_mode``) or a
             :class:`~pipofan_monai.preprocessing.cache.CacheSettings`; None: the defaults.
         roi_size, pos_ratio, num_samples, flip_prob, organ_free, partial_labels: the random part, as
-            :func:`~pipofan_monai.training.transforms.get_train_transforms`.
+            :func:`~pipofan_monai.preprocessing.train_transforms.get_train_transforms`.
         context: neighbour slices each side (None: the ``preprocessing`` dict's, else 1).
         num_workers: processes filling the cache (not the DataLoader's). Default 0.
         progress: progress bar while filling. Default True.
@@ -409,7 +409,7 @@ def make_train_dataset(
     if mode == "mmap":
         return CachedSliceDataset(data, cache_dir, preprocessing, num_workers=num_workers,  # type: ignore[arg-type]
                                   progress=progress, **kwargs)
-    from pipofan_monai.training.transforms import get_train_transforms
+    from pipofan_monai.preprocessing.train_transforms import get_train_transforms
 
     if transform is None:
         transform = get_train_transforms(**_transform_kwargs(preprocessing, kwargs, context=True))
