@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 from pipofan_monai.apps.dataset_conversion import download as dl
+from pipofan_monai.apps.dataset_conversion import fetch, sources
 
 REPO = Path(__file__).resolve().parents[1]
 MSD = {"msd_spleen": ("Task09_Spleen", "spleen"), "msd_pancreas": ("Task07_Pancreas", "pancreas"),
@@ -346,7 +347,7 @@ def test_given_archive_with_wrong_md5_is_left_alone(tmp_path):
 
 def _enospc_after(monkeypatch, n_ok: int):
     calls = {"n": 0}
-    real = dl._write
+    real = fetch._write
 
     def write(f, data):
         calls["n"] += 1
@@ -354,13 +355,13 @@ def _enospc_after(monkeypatch, n_ok: int):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(f, data)
 
-    monkeypatch.setattr(dl, "_write", write)
+    monkeypatch.setattr(fetch, "_write", write)
 
 
 def test_disk_full_while_downloading(server, tmp_path, monkeypatch):
     tar = _tar(_msd_tree("Task09_Spleen", "spleen", [1, 2], [3]))
     server.files["/Task09_Spleen.tar"] = tar
-    monkeypatch.setattr(dl, "CHUNK", 1024)
+    monkeypatch.setattr(fetch, "CHUNK", 1024)
     _enospc_after(monkeypatch, 2)
     with pytest.raises(dl.DiskFullError) as e:
         dl.download_dataset("msd_spleen", tmp_path, base_url=server.url, md5=_md5(tar), retries=0, progress=False)
@@ -391,7 +392,7 @@ def test_disk_full_while_unpacking_leaves_no_half_folder(tmp_path, monkeypatch):
 def test_not_enough_free_space_is_refused_before_writing(server, tmp_path, monkeypatch):
     tar = _tar(_msd_tree("Task09_Spleen", "spleen", [1], [2]))
     server.files["/Task09_Spleen.tar"] = tar
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
+    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
     with pytest.raises(dl.DiskFullError, match=rf"not enough space in {re.escape(str(tmp_path))} for downloading "
                                                rf"Task09_Spleen\.tar and unpacking it: {2 * len(tar) / 1024:.1f} KiB "
                                                r"needed, 100 B free"):
@@ -589,11 +590,11 @@ def test_verify_kits19_good_and_bad(tmp_path):
 def test_verify_btcv_zip_and_lits_folder(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for i in dl.BTCV_TRAIN_IDS:
+        for i in sources.BTCV_TRAIN_IDS:
             zf.writestr(f"RawData/Training/img/img{i:04d}.nii.gz", b"x")
             if i != 3:
                 zf.writestr(f"RawData/Training/label/label{i:04d}.nii.gz", b"x")
-        for i in dl.BTCV_TEST_IDS:
+        for i in sources.BTCV_TEST_IDS:
             zf.writestr(f"RawData/Testing/img/img{i:04d}.nii.gz", b"x")
     (tmp_path / "RawData.zip").write_bytes(buf.getvalue())
     r = dl.verify_dataset("btcv", tmp_path / "RawData.zip", progress=False)
@@ -666,10 +667,10 @@ def test_readme_commands_as_written(server, tmp_path, monkeypatch, capsys):
     assert lines[3] in out and lines[4] in out  # the verify and datalist lines are the ones printed
     # the user unpacks RawData.zip into data/BTCV (30 labeled + 20 test CTs)
     raw = tmp_path / "data/BTCV/RawData"
-    for i in dl.BTCV_TRAIN_IDS:
+    for i in sources.BTCV_TRAIN_IDS:
         _write_tree(raw, {f"Training/img/img{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2)),
                           f"Training/label/label{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2))})
-    for i in dl.BTCV_TEST_IDS:
+    for i in sources.BTCV_TEST_IDS:
         _write_tree(raw, {f"Testing/img/img{i:04d}.nii.gz": _nii_bytes(shape=(4, 4, 2))})
     _run_cli(lines[3])
     assert "btcv: data/BTCV: OK (80 files checked)" in capsys.readouterr().out
