@@ -198,7 +198,7 @@ def main(argv=None) -> None:
         return
     if args[0] not in commands:
         print(f"pipofan_monai: unknown command {args[0]!r}; the commands are: {', '.join(commands)} "
-              "(training, inference and evaluation run with python -m monai.bundle run ...; see the README).",
+              "(training, inference and evaluation run with python -m monai.bundle run ...: docs/reference/cli.md).",
               file=sys.stderr)
         raise SystemExit(2)
     if any(a in HELP_FLAGS for a in args[1:]):

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Samplers that decide which source dataset each training epoch draws from (the authors train the datasets
-alternately, one per epoch; README section "How this relates to the paper and the authors' code")."""
+alternately, one per epoch, and the default follows them)."""
 
 from __future__ import annotations
 

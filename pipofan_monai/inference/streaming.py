@@ -16,7 +16,7 @@ The bundle's postprocessing inverts the network output, ``(K, S, S, D)`` probabi
 size ``S`` (256), to the original grid with MONAI's ``Invertd`` (undo the in-plane ``Resized``, then the
 ``Orientationd``) and then takes the argmax. Done on the whole volume, as ``Invertd`` does, this materialises the
 ``K``-class float32 probabilities at the original size (4 MiB per 512² slice, plus a copy per inverted transform
-and the argmax's int64 / float32 label maps: 8.3 MiB per slice measured, README "Inference memory at real size").
+and the argmax's int64 / float32 label maps: 8.3 MiB per slice measured, docs/results/benchmarks.md).
 :class:`SlabInverter` gives the same label map holding only ``K x S x S x 4`` bytes per slice:
 
 1. the activation (``Activationsd``, the transforms before ``Invertd``) runs on the whole low-resolution output,

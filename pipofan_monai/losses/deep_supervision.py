@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Deep pyramid supervision (DPS) of PIPO-FAN's outputs and its two training stages (first the pyramid outputs,
-then the fused output; README section "The loss")."""
+then the fused output, as the authors' two training runs)."""
 
 from __future__ import annotations
 

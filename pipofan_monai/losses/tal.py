@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Target adaptive loss (TAL) for training one segmentation network on partially labeled datasets
-(Fang & Yan, IEEE TMI 2020; README section "The loss")."""
+(Fang & Yan, IEEE TMI 2020)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Building blocks of PIPO-FAN: the convolution blocks of the main path and of the pyramid branches, and the
-adaptive fusion of the pyramid outputs (README section "The network").
+adaptive fusion of the pyramid outputs.
 
 All blocks are written for ``spatial_dims`` 2 (the paper) or 3, with MONAI's ``act``/``norm`` factories.
 """

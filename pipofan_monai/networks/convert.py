@@ -10,8 +10,8 @@
 # limitations under the License.
 
 """Conversion of the authors' released PIPO-FAN checkpoints (the fused ``resnet.*`` + ``att.*`` model or the bare
-PIPO model, with or without DataParallel's ``module.`` prefix) to :class:`PIPOFAN` state dicts (README section
-"The authors' checkpoints")."""
+PIPO model, with or without DataParallel's ``module.`` prefix) to :class:`PIPOFAN` state dicts, so that their
+trained weights can be used, and compared with, in MONAI's layout."""
 
 from __future__ import annotations
 

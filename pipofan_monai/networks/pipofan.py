@@ -105,8 +105,7 @@ class PIPOFAN(nn.Module):
     softmax-normalised global scores and sums them.
 
     Defaults follow the authors' code, which produced the published numbers; the paper's variants are options
-    (``fuse_mode``, ``block``; the README section "How this relates to the paper and the authors' code" lists
-    every difference).
+    (``fuse_mode``, ``block``; every difference is listed in docs/explanation/differences-from-paper.md).
 
     Args:
         spatial_dims: number of spatial dimensions: 2 (default, the paper: 3 adjacent slices as channels) or 3.

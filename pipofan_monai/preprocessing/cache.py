@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""A persisted, memory-mapped cache of the deterministic preprocessing (issue 14; anchor: nnU-Net's preprocessed
-folder).
+"""A persisted, memory-mapped cache of the deterministic preprocessing, so that each volume is preprocessed once
+and RAM does not grow with the datasets (the idea of nnU-Net's preprocessed folder).
 
 Every volume is preprocessed ONCE by the project's own deterministic pipeline
 (:func:`~pipofan_monai.preprocessing.pipelines.get_preprocessing_transforms`: load, RAS, dataset label mapping,

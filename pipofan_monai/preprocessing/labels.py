@@ -10,7 +10,8 @@
 # limitations under the License.
 
 """Partial-label plumbing: map a source dataset's own label values to the global classes and attach the
-dataset's labeled-class mask (README section "Data"; issue 3)."""
+dataset's labeled-class mask, which the loss
+needs to tell "not labeled by this dataset" from "background"."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ready-made training and validation pipelines (README section "Data") as ``monai.transforms.Compose``.
+"""Ready-made training and validation pipelines as ``monai.transforms.Compose``.
 
 Training: load -> channel first -> RAS -> image/label grid check -> dataset label mapping + labeled mask ->
 HU window -> in-plane resize to ``spatial_size`` (slice count kept) -> 2.5D slab crop -> slices to channels

@@ -10,7 +10,7 @@
 # limitations under the License.
 
 """Declarative table of the source datasets: each one's own label values mapped to organ NAMES, and the organs
-it annotates (its partial label set; README section "Data"). The global classes are configuration (the bundle's
+it annotates (its partial label set). The global classes are configuration (the bundle's
 ``class_names``, background first, any K >= 2); :py:meth:`DatasetSpec.resolve` turns an entry into label ids
 and a labeled-class set of one vocabulary.
 

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Datalists for the paper's public datasets in their native download layouts (README section "Data").
+"""Datalists for the paper's public datasets in their native download layouts, so that
+the downloads are used as they are, without renaming.
 
 :func:`make_datalist` scans any subset of LiTS, KiTS19, MSD Task09 Spleen, BTCV, MSD Task07 Pancreas and MSD
 Task03 Liver, pairs images with labels,

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Public datasets by command, checked: ``download`` and ``verify`` (issue 16, part 2).
+"""Public datasets by command, checked: ``download`` and ``verify``: what a training
+reads must be complete and the files it expects, so every file is checked before it appears under its name.
 
 ``python -m pipofan_monai download --dataset NAME --root DIR`` fetches what is publicly downloadable and unpacks it
 into the native layout that :func:`make_datalist` scans, then prints the ``datalist`` command to run next:

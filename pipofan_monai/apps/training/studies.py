@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The paper's experiments as runnable studies (issue 9): one command trains every row of a table with the
-bundle's training workflow and writes the table as JSON, CSV and a bar chart.
+"""The paper's experiments as runnable studies, so that a table can be rerun: one command trains every row of a
+table with the bundle's training workflow and writes the table as JSON, CSV and a bar chart.
 
 Studies (``python -m pipofan_monai study <name>``):
 
