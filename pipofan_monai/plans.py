@@ -165,6 +165,8 @@ def make_plans(
         network: the network (a :class:`~pipofan_monai.networks.PIPOFAN`, its constructor arguments are read from
             ``network.get_config()``) or its constructor arguments.
         class_names: global class names, background first; ``len`` must equal the network's ``out_channels``.
+            Or the model's :class:`~pipofan_monai.vocabulary.LabelSpace`, which then also gives ``dataset_table``,
+            ``organ_table`` and ``partial_labels`` (leave those unset).
         preprocessing: the preprocessing settings (keys of :data:`DEFAULT_PREPROCESSING`; missing keys take the
             defaults).
         dataset_table: the user-defined dataset entries the training used (None: built-in only).
@@ -175,6 +177,12 @@ def make_plans(
     Raises:
         ValueError: class count differs from the network's outputs, or the in_channels differ from the context.
     """
+    if hasattr(class_names, "to_config"):  # a LabelSpace: the one source of the vocabulary
+        if dataset_table is not None or organ_table is not None or not partial_labels:
+            raise ValueError("make_plans takes a LabelSpace or class_names with tables, not both.")
+        space = class_names.to_config()
+        class_names, dataset_table, organ_table = space["class_names"], space["dataset_table"], space["organ_table"]
+        partial_labels = space["partial_labels"]
     args = dict(network.get_config() if hasattr(network, "get_config") else network)
     args.pop("_target_", None)
     prep = preprocessing_settings(**{**DEFAULT_PREPROCESSING, **{k: v for k, v in preprocessing.items() if k in PREPROCESSING_KEYS}})

@@ -155,8 +155,9 @@ class MapDatasetLabelsd(MapTransform):
             ``("background", "liver", "kidney", "spleen")``.
         organs: optional config-level ``organ_table`` (new organs or other relations). Default None.
         label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace` (class names, organ and dataset
-            tables, partial-label rule in one object); when given, ``num_classes``, ``datasets``,
-            ``partial_labels``, ``class_names`` and ``organs`` must be left at their defaults.
+            tables in one object); when given, ``num_classes``, ``datasets``, ``class_names`` and ``organs`` must
+            be left at their defaults (``partial_labels`` stays this pipeline's choice: a naive-baseline training
+            pipeline and its validation pipeline share one label space).
 
     Raises:
         ValueError: label values outside the dataset's mapping, naming the file and the values.
@@ -187,12 +188,11 @@ class MapDatasetLabelsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if label_space is not None:
             given = [n for n, v in (("num_classes", num_classes), ("datasets", datasets), ("class_names", class_names),
-                                    ("organs", organs)) if v is not None] + ([] if partial_labels else ["partial_labels"])
+                                    ("organs", organs)) if v is not None]
             if given:
                 raise ValueError(f"MapDatasetLabelsd takes either label_space or {given}, not both (they could disagree).")
             class_names, num_classes = label_space.class_names, label_space.num_classes
             datasets, organs = label_space.dataset_config, label_space.organ_config
-            partial_labels = label_space.partial_labels
         self.label_space = label_space
         num_classes = _num_classes(num_classes, class_names)
         if num_classes < 2:

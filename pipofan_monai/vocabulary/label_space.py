@@ -58,8 +58,10 @@ class LabelSpace:
         class_names: K canonical names, ``"background"`` first.
         organ_config: the config-level ``organ_table`` (user entries on top of the built-in organs), as given.
         dataset_config: the config-level ``dataset_table`` (user datasets on top of the built-ins), as given.
-        partial_labels: True: each dataset's unannotated organs are masked out of the loss and metrics (TAL);
-            False: the naive baseline (every item counts as fully labeled).
+        partial_labels: how the model was trained: True, each dataset's unannotated organs masked out of the loss
+            (TAL); False, the naive baseline (unannotated organs counted as background). Recorded with the
+            model; the masks themselves (:meth:`labeled_mask`) are always the datasets' true ones, because
+            validation Dice must skip the organs a volume does not annotate whichever way the model was trained.
 
     Example::
 
@@ -160,10 +162,8 @@ class LabelSpace:
         return dict(label_map), labeled
 
     def labeled_mask(self, dataset: str | None) -> np.ndarray:
-        """``(K,)`` float32 0/1 vector of the classes ``dataset`` annotates (all ones without partial labels or for
-        a fully labeled item); background is always 1."""
-        if not self.partial_labels:
-            return np.ones(self.num_classes, dtype=np.float32)
+        """``(K,)`` float32 0/1 vector of the classes ``dataset`` annotates (all ones for a fully labeled item);
+        background is always 1."""
         return labeled_mask(self.resolve(dataset)[1], self.num_classes)
 
     @property
