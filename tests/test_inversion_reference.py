@@ -18,7 +18,8 @@ axis-permuted storage.
 
 The prediction is asymmetric along both in-plane axes and differs per slice, so a mirrored, transposed or shifted
 slab, a slab taken from the wrong slices, or nearest instead of linear resampling of the probabilities gives a
-different map (the test checks that nearest resampling differs from the reference at many voxels)."""
+different map (the test checks that nearest resampling differs from the reference at many voxels). A second test
+runs a real PIPO-FAN checkpoint through the bundle against the same steps done here by hand."""
 
 from __future__ import annotations
 
@@ -155,3 +156,70 @@ def test_resized_inversion_equals_linear_resampling_reference(tmp_path, ramp_ckp
     assert n_wrong == 0, (f"{n_wrong} of {wrong.size} voxels differ from the linear resampling reference (first "
                           f"at {np.argwhere(wrong)[:3].tolist()})")
     assert int((got != expected).sum()) <= 3  # at most a handful of exact ties
+
+
+def _pipofan_ckpt(path: Path) -> Path:
+    from pipofan_monai.networks import PIPOFAN
+
+    torch.manual_seed(9)  # a seed whose map on this volume holds three classes (most random nets give one or two)
+    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=[8, 16, 32, 64, 64])
+    sd = net.state_dict()
+    for k in sd:  # stronger heads than the initialisation: few near ties
+        if k.endswith("head.conv.weight"):
+            sd[k].mul_(50)
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("stream_slices", [0, 16])
+def test_real_network_labels_equal_a_reference_inference(tmp_path, stream_slices):
+    """A PIPO-FAN checkpoint through the bundle (resize to 32, LPS storage, 7 slices: odd in-plane sizes) against
+    a reference run here: the config's preprocessing, the network on each slice with its two neighbours (edges
+    replicated), softmax, linear resampling with ``torch.nn.functional.interpolate``, argmax, nibabel's
+    reorientation back to storage order."""
+    from monai.data import MetaTensor
+
+    from pipofan_monai.networks import PIPOFAN
+    from pipofan_monai.plans import load_network_weights
+
+    affine = np.array([[-0.7, 0, 0, 50], [0, -0.75, 0, 60], [0, 0, 3.0, -20], [0, 0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    g = np.meshgrid(*[np.linspace(-1, 1, s) for s in (41, 35, 7)], indexing="ij")
+    hu = 180 * np.sin(3 * g[0] + 1) * np.cos(2 * g[1] - 0.5) + 60 * g[2] + rng.normal(0, 10, g[0].shape)
+    hu[g[0] ** 2 + g[1] ** 2 > 0.9] = -1000
+    src = tmp_path / "lps.nii.gz"
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), affine), str(src))
+    ckpt = _pipofan_ckpt(tmp_path / "m.pt")
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_path": str(ckpt), "fold_ckpt_paths": [],
+                   "network_channels": [8, 16, 32, 64, 64], "spatial_size": SIZE, "device": "cpu", "amp": False})
+    image = parser.get_parsed_content("preprocessing")({"image": str(src)})["image"]
+    assert isinstance(image, MetaTensor) and tuple(image.shape) == (1, SIZE, SIZE, 7)
+    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=[8, 16, 32, 64, 64])
+    load_network_weights(net, ckpt)
+    net.eval()
+    x = F.pad(image.as_tensor()[0], (1, 1), mode="replicate")  # (32, 32, 9)
+    slabs = torch.stack([x[..., z : z + 3].permute(2, 0, 1) for z in range(7)])  # (7, 3, 32, 32)
+    with torch.no_grad():
+        probs = torch.softmax(net(slabs), dim=1).permute(1, 2, 3, 0)[None]  # (1, 4, 32, 32, 7)
+    ras_shape = apply_orientation(hu, io_orientation(affine)).shape
+    up = F.interpolate(probs, size=ras_shape, mode="trilinear", align_corners=False)[0]
+    top2 = torch.topk(up, 2, dim=0).values
+    expected = apply_orientation(up.argmax(0).numpy().astype(np.uint8), _storage_ornt(affine))
+    near_tie = apply_orientation((top2[0] - top2[1]).numpy() < 1e-4, _storage_ornt(affine))
+    values, counts = np.unique(expected, return_counts=True)
+    assert len(values) >= 3 and counts.min() >= 20, (values, counts)  # not a trivial map
+    assert int((apply_orientation(apply_orientation(expected, io_orientation(affine))[::-1], _storage_ornt(affine))
+                != expected).sum()) > 100  # asymmetric: a mirrored map would differ
+
+    out = tmp_path / "out"
+    parser.update({"output_dir": str(out), "save_overlay": False, "postprocess": False, "sw_batch_size": 4,
+                   "stream_slices": stream_slices})
+    res = parser.get_parsed_content("runner").run([str(src)], str(ckpt))
+    assert res["num_ok"] == 1, res
+    got = np.asarray(nib.load(str(out / "lps_seg.nii.gz")).dataobj)
+    assert got.shape == expected.shape
+    n_wrong = int(((got != expected) & ~near_tie).sum())
+    assert n_wrong == 0, f"{n_wrong} of {got.size} voxels differ from the reference inference"
