@@ -579,3 +579,61 @@ def test_a_file_system_without_locks_still_fills(items, tmp_path, monkeypatch, c
         entries = cache.fill(items[:2], progress=False)
     assert [e.path for e in entries] == [cache.entry_path(it) for it in items[:2]]
     assert cache.last_fill == {"built": 2, "by_others": 0} and "no file lock" in caplog.text
+
+
+DCMQI = REPO.parent / "shared" / "data" / "realct" / "dcmqi_ct3slice"
+
+
+@pytest.mark.skipif(not DCMQI.is_dir(), reason=f"real CT test data not found at {DCMQI}")
+def test_a_changed_file_inside_a_dicom_series_folder_rebuilds_its_entry(tmp_path):
+    """A DICOM series is a folder: its key follows every file in it (name, size, mtime_ns, as for a single file).
+    Rewriting one slice's pixel data in place (same name, same size) rebuilds the entry, and the new entry holds
+    the new pixels in that slice only; so does replacing a file by one of the same name and size with an OLDER
+    mtime (a restored backup, ``cp -p``), which a key of the latest mtime over the folder would miss. An
+    unchanged folder is reused."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in sorted((DCMQI / "dicom").iterdir()):  # writable copies (the shared data is read-only)
+        (series / f.name).write_bytes(f.read_bytes())
+    t0 = os.stat(series / "03.dcm").st_mtime_ns
+    for k, name in enumerate(("01.dcm", "02.dcm", "03.dcm")):  # distinct, well separated mtimes
+        os.utime(series / name, ns=(t0, t0 + k * 10**9))
+    item = {"image": str(series), "label": str(DCMQI / "liver_seg.nrrd"), "dataset": "lits"}
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
+    first = cache.fill([item], progress=False)[0]
+    before = np.asarray(first.image, dtype=np.float32).copy()
+    assert cache.fill([item], progress=False)[0].path == first.path and cache.last_fill["built"] == 0  # reused
+
+    def rewrite_pixels(name: str, mtime_ns: int) -> None:
+        """Brighten the last third of the slice's pixel data (little-endian int16, the file's last element) in
+        place: same name, same size."""
+        path = series / name
+        size = path.stat().st_size
+        n = 512 * 512 * 2
+        with open(path, "r+b") as f:
+            f.seek(size - n)
+            px = np.frombuffer(f.read(n), dtype="<i2").copy()
+            px[-px.size // 3:] = np.clip(px[-px.size // 3:].astype(np.int32) + 300, -32768, 32767)
+            f.seek(size - n)
+            f.write(px.tobytes())
+        assert path.stat().st_size == size
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    def changed_slices(entry: CacheEntry, ref: np.ndarray) -> list[int]:
+        img = np.asarray(entry.image, dtype=np.float32)  # (D, S, S)
+        return [int(z) for z in np.flatnonzero(np.abs(img - ref).max(axis=(1, 2)) > 1e-2)]
+
+    # 1. one slice rewritten in place (a later mtime, as any write gives)
+    rewrite_pixels("02.dcm", t0 + 5 * 10**9)
+    assert cache.lookup(item) == (None, "source file or settings changed")
+    second = cache.fill([item], progress=False)[0]
+    assert cache.last_fill["built"] == 1 and second.path == first.path
+    assert len(changed_slices(second, before)) == 1  # exactly the rewritten slice
+    after_second = np.asarray(second.image, dtype=np.float32).copy()
+    # 2. the oldest file replaced by one of the same name and size, its mtime older still (below the folder's latest)
+    rewrite_pixels("01.dcm", t0 - 10**9)
+    assert cache.lookup(item) == (None, "source file or settings changed")
+    third = cache.fill([item], progress=False)[0]
+    assert cache.last_fill["built"] == 1
+    assert len(changed_slices(third, after_second)) == 1
+    assert cache.fill([item], progress=False)[0].path == third.path and cache.last_fill["built"] == 0  # reused

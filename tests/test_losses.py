@@ -76,9 +76,24 @@ def test_spec_vectors(name, label, mask, expected):
     np.testing.assert_allclose(val.item(), expected, rtol=1e-6, err_msg=name)
 
 
-def test_spec_vectors_values():
-    assert round(math.log(4.0), 6) == 1.386294
-    assert round(-math.log(3.0 / 4.0), 6) == 0.287682
+def test_loss_value_by_hand_on_a_mixed_batch():
+    """Logits ln(1, 2, 3, 4) give p = (0.1, 0.2, 0.3, 0.4) at every voxel. Sample 0 labels only the liver: its
+    liver voxel costs -ln 0.2, its kidney voxel (not annotated: merged with background and spleen) -ln(0.1 + 0.3 +
+    0.4); sample 1 is fully labeled: its spleen voxel costs -ln 0.4, its background voxel -ln 0.1."""
+    z = torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0])).view(1, K, 1, 1).expand(2, K, 1, 2).contiguous()
+    y = torch.tensor([[1.0, 2.0], [3.0, 0.0]]).view(2, 1, 1, 2)
+    mask = torch.tensor([LIVER_ONLY, FULL])
+    per_voxel = [math.log(5.0), math.log(1.25), math.log(2.5), math.log(10.0)]  # 1.609438 0.223144 0.916291 2.302585
+    np.testing.assert_allclose(TargetAdaptiveLoss()(z, y, mask).item(), 1.2628643, rtol=1e-6)
+    np.testing.assert_allclose(TargetAdaptiveLoss()(z, y, mask).item(), sum(per_voxel) / 4, rtol=1e-6)
+    np.testing.assert_allclose(TargetAdaptiveLoss(reduction="sum")(z, y, mask).item(), 5.0514573, rtol=1e-6)
+    np.testing.assert_allclose(TargetAdaptiveLoss(reduction="none")(z, y, mask).flatten().numpy(), per_voxel,
+                               rtol=1e-6)
+    # class weights: the merged kidney voxel takes the background weight 0.5, not the kidney's 2
+    w = [0.5, 1.0, 2.0, 3.0]
+    expected = (per_voxel[0] * 1.0 + per_voxel[1] * 0.5 + per_voxel[2] * 3.0 + per_voxel[3] * 0.5) / 5.0
+    np.testing.assert_allclose(expected, 1.1242352, rtol=1e-6)
+    np.testing.assert_allclose(TargetAdaptiveLoss(class_weights=w)(z, y, mask).item(), expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- brute-force agreement

@@ -85,7 +85,8 @@ _LOCKS = ".locks"
 
 def source_fingerprint(path: str | os.PathLike) -> dict:
     """``{"path", "size", "mtime_ns"}`` of a source file (absolute path); for a folder (a DICOM series) the size
-    and latest ``mtime_ns`` over its files, plus their count.
+    and latest ``mtime_ns`` over its files, their count and a digest of every file's relative path, size and
+    ``mtime_ns`` (so a file replaced by one of the same name and size but an older mtime changes the key too).
 
     Raises:
         FileNotFoundError: naming the path.
@@ -97,12 +98,14 @@ def source_fingerprint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"source file not found: {p!r}.") from None
     if not os.path.isdir(p):
         return {"path": p, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-    size, mtime, count = 0, int(st.st_mtime_ns), 0
+    size, mtime, listing = 0, int(st.st_mtime_ns), []
     for root, _, files in os.walk(p):
         for name in files:
-            s = os.stat(os.path.join(root, name))
-            size, mtime, count = size + int(s.st_size), max(mtime, int(s.st_mtime_ns)), count + 1
-    return {"path": p, "size": size, "mtime_ns": mtime, "files": count}
+            f = os.path.join(root, name)
+            s = os.stat(f)
+            size, mtime = size + int(s.st_size), max(mtime, int(s.st_mtime_ns))
+            listing.append([os.path.relpath(f, p), int(s.st_size), int(s.st_mtime_ns)])
+    return {"path": p, "size": size, "mtime_ns": mtime, "files": len(listing), "listing": _digest(sorted(listing))}
 
 
 def _digest(obj: Any) -> str:
