@@ -558,7 +558,9 @@ def test_training_ct_check_can_be_relaxed_for_a_real_ct_without_air(items, tmp_p
         assert [c.mode for c in checks] == ["off"], ref
     for ref in ("train#dataset", "validate#dataset"):
         assert parser.get_parsed_content(f"{ref}#ct_check") == "off"
+    # the test's own datalist: the default (the demo dataset in the user's cache folder) is not the test's to write
     cache, _ = preprocessed_cache_from_config(str(REPO / "bundle/configs/train.json"), cache_dir=tmp_path / "c2",
+                                              datalist=str(Path(items[0]["image"]).parents[1] / "datalist.json"),
                                               ct_check="off")
     assert cache.config.ct_check == "off"
     ds = make_train_dataset([item], "mmap", tmp_path / "c3", progress=False, ct_check="off", **KW)
