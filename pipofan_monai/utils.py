@@ -48,6 +48,7 @@ __all__ = [
     "remove_stale_temporaries",
     "fsync_dir",
     "pid_alive",
+    "end_with_parent",
     "as_bool",
     "filename_of",
     "refuse_help",
@@ -181,6 +182,48 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def end_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+    """Make this (worker) process end when its parent process ends, also when the parent is SIGKILLed.
+
+    Call it first thing in a worker process (e.g. a ``ProcessPoolExecutor`` initializer). On Linux the kernel
+    sends this process SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG, SIGTERM)``); everywhere, a daemon
+    thread checks the parent's pid every ``poll_s`` seconds and ends the process when the parent is gone (it is
+    reparented). SIGTERM is reset to its default action here, because a forked worker inherits the parent's
+    Python handlers (a training's graceful-stop handler would keep the worker alive).
+
+    Args:
+        parent_pid: the pid of the process that started this one (None: ``os.getppid()`` now). Pass the parent's
+            ``os.getpid()`` from the parent, so that a parent that died before this call is noticed too.
+        poll_s: seconds between two checks of the fallback watch.
+    """
+    import signal
+    import sys
+    import threading
+
+    parent = os.getppid() if parent_pid is None else int(parent_pid)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl here: the watch below still ends the process
+            pass
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(128 + int(signal.SIGTERM))  # the parent is gone: end now (no cleanup that could block)
+
+    if os.getppid() != parent:
+        os._exit(128 + int(signal.SIGTERM))
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def temporary_name_of(entry: str) -> tuple[str, int] | None:

@@ -62,7 +62,7 @@ from filelock import FileLock, Timeout
 
 from pipofan_monai.dataset_conversion.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
-from pipofan_monai.utils import fsync_dir, pid_alive, root_error
+from pipofan_monai.utils import end_with_parent, fsync_dir, pid_alive, root_error
 
 __all__ = [
     "CACHE_FORMAT",
@@ -678,7 +678,8 @@ class _Builders:
         if self.n > 1:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
             threads = max(1, (os.cpu_count() or 1) // self.n)
-            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init,
+                                            initargs=(threads, os.getpid()))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -718,7 +719,8 @@ def _failure(name: Any, e: BaseException) -> str:
     return f"{name}: {type(e).__name__}: {e}"
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
+    end_with_parent(parent_pid)  # a killed fill (or training) never leaves its builders behind
     torch.set_num_threads(threads)
 
 
