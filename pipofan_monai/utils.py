@@ -31,6 +31,7 @@ folder, fsync, rename), downloads keep a resumable ``.part`` file, and unpacking
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ __all__ = [
     "fsync_dir",
     "pid_alive",
     "end_with_parent",
+    "is_disk_full",
+    "write_error",
     "as_bool",
     "filename_of",
     "refuse_help",
@@ -167,6 +170,50 @@ def root_error(e: BaseException) -> BaseException:
     while isinstance(e, RuntimeError) and str(e).startswith("applying transform") and e.__cause__ is not None:
         e = e.__cause__
     return e
+
+
+#: a short write as numpy's ``tofile`` reports it (no errno): on a regular file, the disk or the quota is full
+_SHORT_WRITE_RE = re.compile(r"\d+ requested and \d+ written")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` means that no space is left: ``ENOSPC``, ``EDQUOT`` (quota), or a short write without an errno
+    (numpy's ``OSError: 2621440 requested and 2580352 written``)."""
+    if not isinstance(e, OSError):
+        return False
+    return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or (
+        e.errno is None and bool(_SHORT_WRITE_RE.search(str(e))))
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> OSError:
+    """The error to raise when writing ``path`` failed with ``e``: an ``OSError`` with ``e``'s errno whose message
+    names the file and the cause. A full disk (see :func:`is_disk_full`) becomes ``OSError(ENOSPC, "could not write
+    <file>: No space left on device (<free> free in <folder>) ...")``. The one place that words write failures
+    (inference outputs, cache entries); raise it ``from e``."""
+    import shutil
+
+    name = os.fspath(path)
+    if not is_disk_full(e):
+        return OSError(e.errno if e.errno is not None else errno.EIO,
+                       f"could not write {name}: {e.strerror or e}")
+    folder = os.path.dirname(os.path.abspath(name))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # a file of a folder not yet in place (published when complete)
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = f"free space in {folder} unknown"
+    detail = "" if e.errno is not None else f"; the writer reported: {e}"
+    return OSError(errno.ENOSPC, f"could not write {name}: {os.strerror(errno.ENOSPC)} ({free}{detail}). "
+                   "Free some disk space (or write elsewhere) and run again.")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def pid_alive(pid: int) -> bool:
