@@ -73,6 +73,8 @@ class LoadCTd(LoadImaged):
             path = d[key]
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(os.fspath(path))):
                 raise FileNotFoundError(f"{key} file not found: {os.fspath(path)!r}.")
+            if isinstance(path, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(os.fspath(path))):
+                check_dicom_folder(os.path.expanduser(os.fspath(path)))  # a series ITK would stack on a wrong grid
             try:
                 out = self._loader(path, reader)
             except Exception as e:  # re-raised with the key and file name, original error chained
@@ -409,17 +411,23 @@ class CheckVolumed(MapTransform):
         return d
 
 
-def check_dicom_folder(path: str | os.PathLike) -> list[str]:
-    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them).
+def check_dicom_folder(path: str | os.PathLike, check_geometry: bool = True) -> list[str]:
+    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them), after checking that the
+    series ``ITKReader`` reads has a regular slice geometry. :class:`LoadCTd` calls it for every folder it loads,
+    so inference and training data are checked alike.
 
     Args:
         path: a folder.
+        check_geometry: check the slice positions and orientations of the series that is read
+            (:func:`~pipofan_monai.preprocessing.dicom_geometry.dicom_geometry_problem`, headers only).
 
     Returns:
         the series UIDs; ``ITKReader`` reads the first one (a warning is logged when there are several).
 
     Raises:
-        ValueError: the folder holds no DICOM series (message names the folder and what it contains).
+        ValueError: the folder holds no DICOM series (message names the folder and what it contains), or its
+            series has a missing slice (uneven positions), duplicate positions, mixed orientations or a gantry
+            tilt (message names the folder, the files, their positions and the expected spacing).
     """
     import itk
 
@@ -439,4 +447,15 @@ def check_dicom_folder(path: str | os.PathLike) -> list[str]:
             f"folder {folder} contains {len(uids)} DICOM series; reading the first one ({uids[0]}). Put each series "
             "in its own folder to segment the others."
         )
+    if check_geometry:
+        from pipofan_monai.preprocessing.dicom_geometry import dicom_geometry_problem, read_slice_headers
+
+        try:
+            headers = read_slice_headers([str(f) for f in gen.GetFileNames(uids[0])])
+        except RuntimeError as e:  # an unreadable header: the reader reports it with the file name
+            logger.debug(f"folder {folder}: slice geometry not checked ({e})")
+            headers = []
+        problem = dicom_geometry_problem(folder, headers)
+        if problem is not None:
+            raise ValueError(problem)
     return uids
