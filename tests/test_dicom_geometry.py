@@ -184,3 +184,27 @@ def test_synthetic_broken_series_are_refused(tmp_path, case, expected):
     with pytest.raises(ValueError) as err:
         LoadCTd("image")({"image": str(folder)})
     assert f"DICOM series in folder {folder} " in str(err.value) and expected in str(err.value), str(err.value)
+
+
+def test_inference_refuses_a_series_with_a_missing_slice_and_writes_nothing(tmp_path):
+    """The bundle's inference runner (what ``pipofan segment`` runs) reports the gap instead of exit 0."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from pipofan_monai.inference import InferenceError
+    from pipofan_monai.networks import PIPOFAN
+
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    torch.save(PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=[8, 16, 32, 64, 64]).state_dict(),
+               tmp_path / "model.pt")
+    folder = _write_series(tmp_path / "series", np.delete(2.0 * np.arange(8), 4))
+    parser = ConfigParser()
+    parser.read_config(str(repo / "bundle" / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(repo / "bundle"), "network_channels": [8, 16, 32, 64, 64], "spatial_size": 32,
+                   "output_dir": str(tmp_path / "out"), "device": "cpu", "amp": False, "save_overlay": False})
+    with pytest.raises(InferenceError) as err:
+        parser.get_parsed_content("runner").run([str(folder)], tmp_path / "model.pt")
+    msg = str(err.value)
+    assert "uneven slice positions (about 1 slice(s) missing)" in msg and "expected 2.000 mm" in msg, msg
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
