@@ -155,3 +155,25 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
         assert sorted(p.name for p in (mnt / "cache").iterdir()) == [".locks"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+# --------------------------------------------------------------------------------------- moved source files
+def test_moved_sources_are_not_taken_from_the_cache(tmp_path):
+    """What docs/reference/reliability.md states: a cache never stands in for its source files. After the sources
+    are moved, the old datalist is refused naming every missing file, the cache names the missing source, and the
+    datalist of the new location rebuilds every entry (the key holds the absolute paths, size and mtime)."""
+    datalist = generate_demo_dataset(tmp_path / "demo", num_cases_per_source=1, num_test=0, shape=(16, 16, 8), seed=0)
+    items = load_datalist(datalist)["training"][:2]
+    cache = PreprocessedCache(tmp_path / "cache", spatial_size=16)
+    cache.fill(items, progress=False)
+    (tmp_path / "abs.json").write_text(json.dumps({"training": items}))  # absolute paths, kept in place
+    (tmp_path / "demo").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError) as err:
+        load_datalist(tmp_path / "abs.json")
+    for item in items:
+        assert item["image"] in str(err.value) and item["label"] in str(err.value)
+    with pytest.raises(FileNotFoundError, match=f"source file not found: '{items[0]['image']}'"):
+        cache.fill(items, progress=False)
+    moved = load_datalist(tmp_path / "moved" / "datalist.json")["training"][:2]
+    cache.fill(moved, progress=False)
+    assert cache.last_fill == {"built": 2, "by_others": 0}
