@@ -81,7 +81,7 @@ def test_mixed_orientations():
 def test_gantry_tilt():
     tilt = 15.0
     z = 2.0 * np.arange(10)
-    msg = dicom_geometry_problem("/d", _headers(z, shift=(0.0, np.tan(np.radians(tilt)))), ) or ""
+    msg = dicom_geometry_problem("/d", _headers(z, shift=(0.0, np.tan(np.radians(tilt))))) or ""
     assert "is tilted: its slices are stacked along a direction 15.00 degrees off their normal" in msg
     msg = dicom_geometry_problem("/d", _headers(z, shift=(0.0, np.tan(np.radians(tilt))), tilt=tilt))
     assert "(GantryDetectorTilt 15 degrees)" in msg
@@ -126,7 +126,7 @@ def test_training_cache_refuses_a_series_with_a_missing_slice(real_series, tmp_p
 # ----------------------------------------------------------------------------------- synthetic DICOM files
 def _write_series(folder: Path, z, shift=(0.0, 0.0), orientations=None, tilt=None) -> Path:
     """A tiny CT series (8x8 slices) written with pydicom, one file per position in ``z``."""
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -163,12 +163,12 @@ def test_synthetic_regular_series_loads(tmp_path):
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("missing", "uneven slice positions (about 1 slice(s) missing): slice002.dcm at 4.000 mm and slice003.dcm at "
-                "8.000 mm are 4.000 mm apart; expected 2.000 mm"),
+    ("missing", ("uneven slice positions (about 1 slice(s) missing): slice002.dcm at 4.000 mm and slice003.dcm at "
+                 "8.000 mm are 4.000 mm apart; expected 2.000 mm")),
     ("duplicate", "duplicate slice position(s): slice002.dcm and slice003.dcm are both at 4.000 mm"),
     ("orientation", "mixes slice orientations"),
-    ("tilt", "is tilted: its slices are stacked along a direction 20.00 degrees off their normal "
-             "(GantryDetectorTilt 20 degrees)"),
+    ("tilt", ("is tilted: its slices are stacked along a direction 20.00 degrees off their normal "
+              "(GantryDetectorTilt 20 degrees)")),
 ])
 def test_synthetic_broken_series_are_refused(tmp_path, case, expected):
     z, kw = 2.0 * np.arange(6), {}

@@ -93,7 +93,8 @@ def test_workers_end_with_their_parent(tmp_path, how, sig):
         while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
             time.sleep(0.2)
             workers = _children(parent.pid)
-        assert len(workers) == 2, f"expected 2 workers, got {workers}; child said:\n{parent.stdout.read() if parent.poll() is not None else ''}"
+        said = parent.stdout.read() if parent.poll() is not None else ""
+        assert len(workers) == 2, f"expected 2 workers, got {workers}; the fill said:\n{said}"
         time.sleep(1.0)  # both are building (sleeping in preprocess), the parent waits on them
         os.kill(parent.pid, sig)
         parent.wait(timeout=30)
@@ -101,7 +102,8 @@ def test_workers_end_with_their_parent(tmp_path, how, sig):
         while any(_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = sorted(p for p in workers if _alive(p))
-        assert not left, f"workers {left} outlived their parent (killed by {sig.name}); now children of {[_state(p)[1] for p in left]}"
+        parents = [_state(p)[1] for p in left]
+        assert not left, f"workers {left} outlived their parent (killed by {sig.name}); now children of {parents}"
     finally:
         for p in workers:  # ours: never leave them behind when the test fails
             if _alive(p):

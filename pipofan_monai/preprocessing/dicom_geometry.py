@@ -75,12 +75,9 @@ def read_slice_headers(files: Sequence[str]) -> list[SliceHeader]:
         io.SetFileName(str(f))
         io.ReadImageInformation()
         md = io.GetMetaDataDictionary()
-
-        def tag(key: str) -> str | None:
-            return str(md[key]) if md.HasKey(key) else None
-
-        tilt = _numbers(tag("0018|1120"), 1)
-        out.append(SliceHeader(str(f), _numbers(tag("0020|0032"), 3), _numbers(tag("0020|0037"), 6),  # type: ignore
+        tag = {k: (str(md[k]) if md.HasKey(k) else None) for k in ("0018|1120", "0020|0032", "0020|0037")}
+        tilt = _numbers(tag["0018|1120"], 1)
+        out.append(SliceHeader(str(f), _numbers(tag["0020|0032"], 3), _numbers(tag["0020|0037"], 6),  # type: ignore
                                None if tilt is None else tilt[0]))
     return out
 
@@ -146,10 +143,11 @@ def _uneven(folder: str, hs: Sequence[SliceHeader], z: np.ndarray, steps: np.nda
     if not bad.size:
         return None
     gaps = "; ".join(f"{_name(hs[i])} at {z[i]:.3f} mm and {_name(hs[i + 1])} at {z[i + 1]:.3f} mm are "
-                     f"{steps[i]:.3f} mm apart" for i in bad[:3]) + (f"; and {bad.size - 3} more" if bad.size > 3 else "")
+                     f"{steps[i]:.3f} mm apart" for i in bad[:3])
+    gaps += f"; and {bad.size - 3} more" if bad.size > 3 else ""
     uniform = (z[-1] - z[0]) / (len(z) - 1)
     misplaced = float(np.abs(z - (z[0] + uniform * np.arange(len(z)))).max())
-    missing = int(round(float(np.sum(np.maximum(steps[bad] / expected - 1, 0)))))
+    missing = round(float(np.sum(np.maximum(steps[bad] / expected - 1, 0))))
     cause = f"about {missing} slice(s) missing" if missing and (steps[bad] > expected).all() else "uneven spacing"
     return (f"DICOM series in folder {folder} has uneven slice positions ({cause}): {gaps}; expected "
             f"{expected:.3f} mm (the median spacing of its {len(z)} slices). Read as one volume it would be placed "
