@@ -16,6 +16,10 @@ Readers: MONAI's ``LoadImaged`` picks ``NibabelReader`` for NIfTI and ``ITKReade
 and other ITK formats; both return RAS affines (ITK's LPS is converted), so a DICOM image and a NIfTI label
 line up after ``Orientationd(axcodes="RAS")``.
 
+A DICOM series folder is checked before it is read (:func:`check_dicom_folder`, called by :class:`LoadCTd`): a
+series with uneven slice positions (a missing slice), duplicate positions, mixed orientations or a gantry tilt
+raises ``ValueError`` naming the folder, the files and the gap, instead of being stacked on a uniform wrong grid.
+
 Checks right after loading, each raising ``ValueError`` naming the file: :class:`CheckAffined` (a NaN or
 singular voxel-to-world matrix, e.g. a zero slice spacing, would otherwise give an output with a wrong or
 identity affine) and :class:`CheckCTIntensityd` (a label map, a segmentation or raw unscaled values given as
