@@ -115,8 +115,8 @@ def test_workers_end_with_their_parent(tmp_path, how, sig):
 
 
 def test_end_with_parent_in_a_forked_child(tmp_path):
-    """The fallback watch alone (no prctl: the middle process ends normally, so the kernel's parent-death signal is
-    what also fires; either way the grandchild must end within the poll interval)."""
+    """A process that called ``end_with_parent`` ends when its parent exits normally (the parent-death signal and
+    the pid watch both apply; either ends it within seconds)."""
     marker = tmp_path / "grandchild.pid"
     mid = os.fork()
     if mid == 0:  # middle process: starts a grandchild that watches it, then exits
