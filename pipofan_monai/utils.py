@@ -31,6 +31,7 @@ folder, fsync, rename), downloads keep a resumable ``.part`` file, and unpacking
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -48,6 +49,9 @@ __all__ = [
     "remove_stale_temporaries",
     "fsync_dir",
     "pid_alive",
+    "end_with_parent",
+    "is_disk_full",
+    "write_error",
     "as_bool",
     "filename_of",
     "refuse_help",
@@ -168,6 +172,50 @@ def root_error(e: BaseException) -> BaseException:
     return e
 
 
+#: a short write as numpy's ``tofile`` reports it (no errno): on a regular file, the disk or the quota is full
+_SHORT_WRITE_RE = re.compile(r"\d+ requested and \d+ written")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` means that no space is left: ``ENOSPC``, ``EDQUOT`` (quota), or a short write without an errno
+    (numpy's ``OSError: 2621440 requested and 2580352 written``)."""
+    if not isinstance(e, OSError):
+        return False
+    return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or (
+        e.errno is None and bool(_SHORT_WRITE_RE.search(str(e))))
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> OSError:
+    """The error to raise when writing ``path`` failed with ``e``: an ``OSError`` with ``e``'s errno whose message
+    names the file and the cause. A full disk (see :func:`is_disk_full`) becomes ``OSError(ENOSPC, "could not write
+    <file>: No space left on device (<free> free in <folder>) ...")``. The one place that words write failures
+    (inference outputs, cache entries); raise it ``from e``."""
+    import shutil
+
+    name = os.fspath(path)
+    if not is_disk_full(e):
+        return OSError(e.errno if e.errno is not None else errno.EIO,
+                       f"could not write {name}: {e.strerror or e}")
+    folder = os.path.dirname(os.path.abspath(name))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # a file of a folder not yet in place (published when complete)
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = f"free space in {folder} unknown"
+    detail = "" if e.errno is not None else f"; the writer reported: {e}"
+    return OSError(errno.ENOSPC, f"could not write {name}: {os.strerror(errno.ENOSPC)} ({free}{detail}). "
+                   "Free some disk space (or write elsewhere) and run again.")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists on this machine (one owned by another user counts as alive)."""
     if pid == os.getpid():
@@ -181,6 +229,48 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def end_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+    """Make this (worker) process end when its parent process ends, also when the parent is SIGKILLed.
+
+    Call it first thing in a worker process (e.g. a ``ProcessPoolExecutor`` initializer). On Linux the kernel
+    sends this process SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG, SIGTERM)``); everywhere, a daemon
+    thread checks the parent's pid every ``poll_s`` seconds and ends the process when the parent is gone (it is
+    reparented). SIGTERM is reset to its default action here, because a forked worker inherits the parent's
+    Python handlers (a training's graceful-stop handler would keep the worker alive).
+
+    Args:
+        parent_pid: the pid of the process that started this one (None: ``os.getppid()`` now). Pass the parent's
+            ``os.getpid()`` from the parent, so that a parent that died before this call is noticed too.
+        poll_s: seconds between two checks of the fallback watch.
+    """
+    import signal
+    import sys
+    import threading
+
+    parent = os.getppid() if parent_pid is None else int(parent_pid)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl here: the watch below still ends the process
+            pass
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(128 + int(signal.SIGTERM))  # the parent is gone: end now (no cleanup that could block)
+
+    if os.getppid() != parent:
+        os._exit(128 + int(signal.SIGTERM))
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def temporary_name_of(entry: str) -> tuple[str, int] | None:

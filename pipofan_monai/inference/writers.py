@@ -30,7 +30,6 @@ every writer exception into a ``RuntimeError`` about missing writer libraries.
 
 from __future__ import annotations
 
-import errno
 import gzip
 import logging
 import os
@@ -41,7 +40,7 @@ from typing import Any, Hashable, Iterable, Mapping
 import numpy as np
 from monai.data import NibabelWriter
 from monai.transforms import SaveImaged
-from pipofan_monai.utils import atomic_path, remove_stale_temporaries
+from pipofan_monai.utils import atomic_path, remove_stale_temporaries, write_error
 
 __all__ = [
     "AtomicNiftiWriter",
@@ -160,8 +159,9 @@ class AtomicNiftiWriter(NibabelWriter):
     """``monai.data.NibabelWriter`` that writes atomically (temporary file in the same folder, fsync,
     ``os.replace``) and reports write errors with the file name and the cause.
 
-    A full disk raises ``OSError(ENOSPC, "could not write <file>: No space left on device")``; the temporary
-    file is removed and a previous file under the final name is left untouched. Use with
+    A full disk raises ``OSError(ENOSPC, "could not write <file>: No space left on device (<free> free in
+    <folder>) ...")`` (worded by :func:`pipofan_monai.utils.write_error`); the temporary file is removed and a
+    previous file under the final name is left untouched. Use with
     :class:`AtomicSaveImaged` (or ``SaveImaged(writer=AtomicNiftiWriter)``, which writes atomically too but
     reports errors as MONAI does).
     """
@@ -184,9 +184,7 @@ class AtomicNiftiWriter(NibabelWriter):
             with atomic_path(filename) as tmp:
                 super().write(tmp, verbose=verbose, **obj_kwargs)
         except OSError as e:
-            cause = e.strerror or str(e)
-            err = OSError(e.errno if e.errno is not None else errno.EIO, f"could not write {os.fspath(filename)}: "
-                          f"{cause}" + (" (free some disk space and run again)" if e.errno == errno.ENOSPC else ""))
+            err = write_error(filename, e)
             _record(err)
             raise err from e
         except Exception as e:

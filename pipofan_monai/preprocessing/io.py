@@ -16,6 +16,10 @@ Readers: MONAI's ``LoadImaged`` picks ``NibabelReader`` for NIfTI and ``ITKReade
 and other ITK formats; both return RAS affines (ITK's LPS is converted), so a DICOM image and a NIfTI label
 line up after ``Orientationd(axcodes="RAS")``.
 
+A DICOM series folder is checked before it is read (:func:`check_dicom_folder`, called by :class:`LoadCTd`): a
+series with uneven slice positions (a missing slice), duplicate positions, mixed orientations or a gantry tilt
+raises ``ValueError`` naming the folder, the files and the gap, instead of being stacked on a uniform wrong grid.
+
 Checks right after loading, each raising ``ValueError`` naming the file: :class:`CheckAffined` (a NaN or
 singular voxel-to-world matrix, e.g. a zero slice spacing, would otherwise give an output with a wrong or
 identity affine) and :class:`CheckCTIntensityd` (a label map, a segmentation or raw unscaled values given as
@@ -73,6 +77,8 @@ class LoadCTd(LoadImaged):
             path = d[key]
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(os.fspath(path))):
                 raise FileNotFoundError(f"{key} file not found: {os.fspath(path)!r}.")
+            if isinstance(path, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(os.fspath(path))):
+                check_dicom_folder(os.path.expanduser(os.fspath(path)))  # a series ITK would stack on a wrong grid
             try:
                 out = self._loader(path, reader)
             except Exception as e:  # re-raised with the key and file name, original error chained
@@ -409,17 +415,23 @@ class CheckVolumed(MapTransform):
         return d
 
 
-def check_dicom_folder(path: str | os.PathLike) -> list[str]:
-    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them).
+def check_dicom_folder(path: str | os.PathLike, check_geometry: bool = True) -> list[str]:
+    """Series UIDs of the DICOM series in a folder (as MONAI's ``ITKReader`` groups them), after checking that the
+    series ``ITKReader`` reads has a regular slice geometry. :class:`LoadCTd` calls it for every folder it loads,
+    so inference and training data are checked alike.
 
     Args:
         path: a folder.
+        check_geometry: check the slice positions and orientations of the series that is read
+            (:func:`~pipofan_monai.preprocessing.dicom_geometry.dicom_geometry_problem`, headers only).
 
     Returns:
         the series UIDs; ``ITKReader`` reads the first one (a warning is logged when there are several).
 
     Raises:
-        ValueError: the folder holds no DICOM series (message names the folder and what it contains).
+        ValueError: the folder holds no DICOM series (message names the folder and what it contains), or its
+            series has a missing slice (uneven positions), duplicate positions, mixed orientations or a gantry
+            tilt (message names the folder, the files, their positions and the expected spacing).
     """
     import itk
 
@@ -439,4 +451,15 @@ def check_dicom_folder(path: str | os.PathLike) -> list[str]:
             f"folder {folder} contains {len(uids)} DICOM series; reading the first one ({uids[0]}). Put each series "
             "in its own folder to segment the others."
         )
+    if check_geometry:
+        from pipofan_monai.preprocessing.dicom_geometry import dicom_geometry_problem, read_slice_headers
+
+        try:
+            headers = read_slice_headers([str(f) for f in gen.GetFileNames(uids[0])])
+        except RuntimeError as e:  # an unreadable header: the reader reports it with the file name
+            logger.debug(f"folder {folder}: slice geometry not checked ({e})")
+            headers = []
+        problem = dicom_geometry_problem(folder, headers)
+        if problem is not None:
+            raise ValueError(problem)
     return uids

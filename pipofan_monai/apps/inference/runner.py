@@ -43,7 +43,6 @@ from pipofan_monai.apps.inference.pipeline import CasePipeline
 from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
 from pipofan_monai.vocabulary.masks import get_labeled_mask
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
-from pipofan_monai.preprocessing.io import check_dicom_folder
 from pipofan_monai.vocabulary.organs import validate_class_names
 from pipofan_monai.utils import as_bool, root_error
 
@@ -244,9 +243,6 @@ class SegmentationRunner:
         return (label, pred, False), labeled
 
     def _segment(self, item: Mapping, nets: Sequence[torch.nn.Module]) -> dict:
-        image_path = item[self.image_key]
-        if os.path.isdir(image_path):
-            check_dicom_folder(image_path)
         return self.pipeline(item, nets, self.timer, getattr(self, "_ckpt_names", None))
 
     # ------------------------------------------------------------------ main
