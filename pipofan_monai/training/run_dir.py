@@ -211,6 +211,8 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
+    logger.warning("SIGTERM: stopping the training; last.pt keeps the last completed epoch, --resume True "
+                   "continues from it")
     raise SystemExit(128 + signum)
 
 
