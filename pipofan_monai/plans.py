@@ -59,6 +59,7 @@ __all__ = [
     "read_plans",
     "resolve_plans",
     "check_plans_match",
+    "plans_differences",
     "load_network_weights",
     "PlansState",
     "check_state_dict_values",
@@ -298,13 +299,41 @@ def _differences(plans: Mapping[str, Any], explicit: Mapping[str, Any]) -> list[
     return out
 
 
-def check_plans_match(reference: Mapping[str, Any], other: Mapping[str, Any], what: str) -> None:
-    """Raise :class:`PlansMismatchError` when two plans differ in network, classes or preprocessing."""
-    diffs = [
-        f"{key}: {reference.get(key)!r} vs {other.get(key)!r}"
-        for key in ("network", "class_names", "preprocessing")
-        if _plain(reference.get(key)) != _plain(other.get(key))
-    ]
+def _setting_name(group: str, key: str) -> str:
+    """The config setting behind a plans entry: ``network_channels``, ``network_def#block``, ``spatial_size``..."""
+    if group == "network":
+        return "network_channels" if key == "channels" else f"network_def#{key}"
+    return key
+
+
+def plans_differences(reference: Mapping[str, Any], other: Mapping[str, Any],
+                      labels: tuple[str, str] | None = None) -> list[str]:
+    """Every setting in which two plans differ, one ``setting: A vs B`` each (``setting: label0 A, label1 B``
+    with ``labels``): the network's arguments, the class names and the preprocessing, named as the config names
+    them (``network_channels``, ``network_def#<argument>``, ``class_names``, ``spatial_size``, ...)."""
+
+    def show(a: Any, b: Any) -> str:
+        return f"{a!r} vs {b!r}" if labels is None else f"{labels[0]} {a!r}, {labels[1]} {b!r}"
+
+    out = []
+    for group in ("network", "class_names", "preprocessing"):
+        a, b = _plain(reference.get(group)), _plain(other.get(group))
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in [*a, *(k for k in b if k not in a)]:
+                if a.get(key) != b.get(key):
+                    out.append(f"{_setting_name(group, key)}: {show(a.get(key), b.get(key))}")
+        else:
+            out.append(f"{group}: {show(a, b)}")
+    return out
+
+
+def check_plans_match(reference: Mapping[str, Any], other: Mapping[str, Any], what: str,
+                      labels: tuple[str, str] | None = None) -> None:
+    """Raise :class:`PlansMismatchError` when two plans differ in network, classes or preprocessing, naming every
+    differing setting with both values (:func:`plans_differences`)."""
+    diffs = plans_differences(reference, other, labels)
     if diffs:
         raise PlansMismatchError(f"{what} were trained with different settings: " + "; ".join(diffs))
 
@@ -456,9 +485,17 @@ class PlansState:
     def state_dict(self) -> dict[str, Any]:
         return dict(self.plans)
 
+    def check_compatible(self, state: Mapping[str, Any], source: str | os.PathLike = "the checkpoint") -> None:
+        """Raise :class:`PlansMismatchError` when the plans ``state`` saved in ``source`` differ from this run's,
+        naming every differing setting with the checkpoint's and this run's value. :class:`ResumableCheckpoint`
+        calls it before it loads any weights, so a resume with another width or class list names the setting
+        instead of failing on the first mismatching tensor."""
+        name = os.path.basename(os.fspath(source)) or "the checkpoint"
+        check_plans_match(state, self.plans, f"{name} and this run", labels=(name, "this run"))
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restoring a resumed run keeps the current plans; a resume with other settings is an error."""
-        check_plans_match(self.plans, state, "the resumed checkpoint and this run")
+        self.check_compatible(state)
 
 
 def check_state_dict_values(state: Mapping[str, torch.Tensor], ckpt_name: str = "<checkpoint>") -> None:

@@ -20,11 +20,13 @@ from .crossval import run_crossval, run_crossval_workflow
 from .data import SeededItemDataset, load_training_data, split_training_data
 from .handlers import (
     BestModelCheckpoint,
+    DivergenceGuard,
     EpochProgressLogger,
     EpochSeedHandler,
     MetricsFileWriter,
     ResumableCheckpoint,
     StageSwitchHandler,
+    TrainingDivergedError,
     TrainingProgressBar,
     stage_for_epoch,
 )
@@ -43,11 +45,13 @@ __all__ = [
     "load_training_data",
     "split_training_data",
     "BestModelCheckpoint",
+    "DivergenceGuard",
     "EpochProgressLogger",
     "EpochSeedHandler",
     "MetricsFileWriter",
     "ResumableCheckpoint",
     "StageSwitchHandler",
+    "TrainingDivergedError",
     "TrainingProgressBar",
     "stage_for_epoch",
     "AuthorsLRLambda",

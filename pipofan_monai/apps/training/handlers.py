@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite handlers for the PIPO-FAN training workflow: stage switch, progress with ETA, metrics file and an
-atomic resumable checkpoint."""
+"""Ignite handlers for the PIPO-FAN training workflow: stage switch, progress with ETA, metrics file, an
+atomic resumable checkpoint and the stop of a diverged training."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ __all__ = [
     "BestModelCheckpoint",
     "EpochSeedHandler",
     "TrainingProgressBar",
+    "DivergenceGuard",
+    "TrainingDivergedError",
     "register_resumable",
     "loss_of",
     "stage_for_epoch",
@@ -141,6 +143,77 @@ def loss_of(output: Any) -> float | None:
     if isinstance(output, Mapping) and "loss" in output:
         return float(output["loss"])
     return None
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training diverged: its loss or weights are not finite, or beyond the configured limit."""
+
+
+class DivergenceGuard:
+    """Stop the training at the first iteration whose loss or weights blow up, before anything saves them.
+
+    After every optimizer step (``ITERATION_COMPLETED``) the iteration's loss and the largest absolute value of the
+    network's parameters are checked: NaN, infinite, or beyond ``limit`` (``divergence_limit`` in train.json) is
+    divergence, and :class:`TrainingDivergedError` names the epoch, the iteration and the learning rate. The
+    exception ends the run before the epoch's end: the validation (so the best model ``model.pt``) and the
+    end-of-epoch ``last.pt`` of :class:`ResumableCheckpoint` never see the diverged weights, and both keep the last
+    completed epoch's. The loss itself refuses non-finite logits too (a check of its input); with the weights
+    checked after every step, a blow-up is caught here one forward pass earlier, with the training's context.
+
+    The limit is generous on purpose: the paper's loss is a few units (cross-entropy summed over the pyramid's
+    outputs) and trained weights stay within about +-10, so 1e6 is never reached by a training that learns,
+    while an optimizer step of a too large learning rate (1e6 with RMSprop moves every weight by ~1e7 at once)
+    or a finite blow-up (loss 1e14) crosses it at once.
+
+    Args:
+        network: the trained network (a DDP wrapper is unwrapped).
+        optimizer: to name the learning rate in the message (optional).
+        limit: largest allowed ``|loss|`` and ``max |weight|``; ``None`` or ``inf`` checks finiteness only.
+    """
+
+    def __init__(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 limit: float | None = 1e6):
+        limit = math.inf if limit is None else float(limit)
+        if not limit > 0:
+            raise ValueError(f"divergence_limit must be > 0 (or null for finiteness only), got {limit}.")
+        self.network = network
+        self.optimizer = optimizer
+        self.limit = limit
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def largest_weight(self) -> float:
+        """``max |w|`` over the network's parameters (NaN when any is NaN)."""
+        params = [p.detach() for p in _unwrap(self.network).parameters() if p.numel()]
+        if not params:
+            return 0.0
+        return float(torch.stack(torch._foreach_norm(params, math.inf)).max())
+
+    def _blown(self, value: float) -> bool:
+        return not math.isfinite(value) or abs(value) > self.limit
+
+    def __call__(self, engine: Engine) -> None:
+        loss = loss_of(engine.state.output)
+        weight = self.largest_weight()
+        problems = []
+        if loss is not None and self._blown(loss):
+            problems.append(f"loss {loss:.3g}")
+        if self._blown(weight):
+            problems.append(f"largest weight {weight:.3g}")
+        if not problems:
+            return
+        state = engine.state
+        length = state.epoch_length or state.iteration
+        in_epoch = (state.iteration - 1) % length + 1
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+        raise TrainingDivergedError(
+            f"training diverged at epoch {state.epoch}, iteration {in_epoch}/{length} (iteration {state.iteration} "
+            f"overall), learning rate {'unknown' if lr is None else f'{lr:.3g}'}: " + " and ".join(problems)
+            + f" (not finite or beyond divergence_limit {self.limit:g}). Stopped before saving: last.pt keeps the "
+            "last completed epoch and model.pt the best validated one. Train again with a lower learning_rate "
+            "(--resume True would continue with the learning rate saved in last.pt)."
+        )
 
 
 class _EpochLoss:
@@ -400,9 +473,22 @@ class ResumableCheckpoint:
         if absent:
             logger.warning(f"{self.save_path} has no saved {absent} (written by an older version): they start "
                            "fresh, so the resumed run can differ from an uninterrupted one")
+        for name, obj in objects.items():  # settings first: a changed setting is named before any weight loads
+            if name in ckpt and hasattr(obj, "check_compatible"):
+                try:
+                    obj.check_compatible(ckpt[name], self.save_path)
+                except ValueError as e:
+                    raise type(e)(f"cannot resume from {self.save_path}: {e}. Resume with that run's settings, or "
+                                  "start a new run without --resume True.") from None
         for name, obj in objects.items():
             if name in ckpt:
-                self._unwrap(obj).load_state_dict(ckpt[name])
+                try:
+                    self._unwrap(obj).load_state_dict(ckpt[name])
+                except (RuntimeError, KeyError, ValueError) as e:  # e.g. a last.pt without plans, other widths
+                    lines = str(e).strip().splitlines()
+                    more = f" (and {len(lines) - 3} more lines)" if len(lines) > 3 else ""
+                    raise ValueError(f"cannot resume from {self.save_path}: its {name!r} does not fit this run: "
+                                     + " ".join(line.strip() for line in lines[:3]) + more) from None
         epoch, iteration = int(ckpt["engine"]["epoch"]), int(ckpt["engine"]["iteration"])
         if engine.state.max_epochs is not None and epoch >= engine.state.max_epochs:
             logger.warning(f"the checkpoint is at epoch {epoch} >= max_epochs {engine.state.max_epochs}: nothing to do")

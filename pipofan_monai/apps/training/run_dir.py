@@ -14,7 +14,8 @@ and leftovers of killed saves removed.
 
 The bundle's ``initialize`` calls :func:`prepare_training_run` before anything is built or written (after
 :func:`pipofan_monai.utils.refuse_help`); ``finalize`` calls :func:`release_training_run`. The lock is also released
-when the process exits.
+when the process exits, also when it ends by SIGTERM (a cluster's preemption or time limit: the signal becomes
+``SystemExit(143)``, so exit handlers run and a requeued job on another host finds no lock of a dead run).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ __all__ = [
     "remove_stale_temporaries",  # pipofan_monai.utils's, used by prepare_training_run
     "prepare_training_run",
     "release_training_run",
+    "exit_cleanly_on_sigterm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ HISTORY_DIR = "previous_runs"
 _RUN_FILES = ("last.pt", "metrics.json", "metrics.csv", "training_curves.png")
 _EVENTS_PREFIX = "events.out.tfevents."
 _held: dict[Path, dict] = {}
+_sigterm_owner: int | None = None  # the process whose SIGTERM handler is ours
 
 
 class RunFolderInUseError(RuntimeError):
@@ -201,6 +206,38 @@ def set_aside_previous_run(
     return dest
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    if os.getpid() != _sigterm_owner:  # a forked worker inherited the handler: end it as the default action does
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    logger.warning("SIGTERM: stopping the training; last.pt keeps the last completed epoch, --resume True "
+                   "continues from it")
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_sigterm(enable: bool = True) -> None:
+    """Turn SIGTERM into ``SystemExit(143)`` in this process while it trains (``enable=False`` restores the default).
+
+    SIGTERM is how SLURM and other schedulers preempt or end a job. By default it ends Python at once, without
+    exit handlers, which leaves the output folder's lock behind: harmless on the same host (a dead process's lock
+    is taken over), but a requeued job whose rank 0 starts on another host could not tell it from a live run.
+    As ``SystemExit`` it unwinds like Ctrl-C: an atomic save in progress removes its temporary file (the previous
+    ``last.pt`` / ``model.pt`` stay), and the lock is released. Installed only from the main thread and only over
+    the default handler (an application with its own handler keeps it); forked workers keep the default action.
+    """
+    global _sigterm_owner
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if enable and current == signal.SIG_DFL:
+        _sigterm_owner = os.getpid()
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    elif not enable and current is _exit_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_owner = None
+
+
 def prepare_training_run(
     output_dir: str | os.PathLike,
     resume: bool = False,
@@ -211,7 +248,8 @@ def prepare_training_run(
 ) -> None:
     """Bundle ``initialize`` step before anything is built or written.
 
-    Says loudly when no datalist is given (the synthetic demo), takes the output folder's lock, removes temporary
+    Says loudly when no datalist is given (the synthetic demo), takes the output folder's lock (SIGTERM then ends
+    the process cleanly, :func:`exit_cleanly_on_sigterm`), removes temporary
     files of interrupted saves and, for a new (non-resume) run, moves an earlier run's history aside
     (:func:`set_aside_previous_run`).
 
@@ -231,11 +269,13 @@ def prepare_training_run(
     if not enabled:
         return
     acquire_run_lock(output_dir)
+    exit_cleanly_on_sigterm()
     remove_stale_temporaries([output_dir] + ([ckpt_dir] if ckpt_dir else []))
     if not resume:
         set_aside_previous_run(output_dir, ckpt_dir, resume_path)
 
 
 def release_training_run(output_dir: str | os.PathLike) -> None:
-    """Bundle ``finalize`` step: release the output folder's lock."""
+    """Bundle ``finalize`` step: release the output folder's lock (and SIGTERM's default action)."""
     release_run_lock(output_dir)
+    exit_cleanly_on_sigterm(False)
