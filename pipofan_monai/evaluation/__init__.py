@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Evaluation: per-organ metrics, summaries, reports and a partial-label validation metric."""
+"""Evaluation: per-organ metrics, summaries, reports, a partial-label validation metric and per-organ statistics
+(volume, HU) of a segmentation."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pipofan_monai.evaluation.metrics import (
     summarize,
     write_reports,
 )
+from pipofan_monai.evaluation.statistics import organ_statistics, write_statistics_csv, write_statistics_json
 
 __all__ = [
     "METRIC_NAMES",
@@ -33,8 +35,11 @@ __all__ = [
     "format_table",
     "mean_std",
     "organ_metrics",
+    "organ_statistics",
     "partial_dice",
     "per_class_dice_metrics",
     "summarize",
     "write_reports",
+    "write_statistics_csv",
+    "write_statistics_json",
 ]
