@@ -81,6 +81,8 @@ class StageTimer:
         self.device = torch.device(device) if device is not None else None
         self.seconds: dict[str, float] = {s: 0.0 for s in STAGES}
         self.transforms: list[list] = []
+        #: ``(stage, name, start, end)`` per measurement (``time.perf_counter`` seconds): when each stage ran
+        self.spans: list[tuple[str, str, float, float]] = []
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -94,9 +96,11 @@ class StageTimer:
             yield
         finally:
             self._sync()
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt = t1 - t0
             self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
             self.transforms.append([name or stage, stage, dt])
+            self.spans.append((stage, name or stage, t0, t1))
 
     @property
     def total(self) -> float:
@@ -199,10 +203,15 @@ class CasePipeline:
         Returns:
             the final data dict (``pred`` on the original grid, after the postprocessing, saved by its savers).
         """
+        path = item if isinstance(item, str) else item[self.image_key]
+        return self.process(self.load(path, timer or _no_timer), nets, timer, names)
+
+    def process(self, d: dict, nets: Sequence[torch.nn.Module], timer: Callable | None = None,
+                names: Sequence[str] | None = None) -> dict:
+        """Segment a case loaded by :py:meth:`load` (the rest of :py:meth:`__call__`: network, ensemble, inversion,
+        post-processing, saving); the runner loads the next case in the background while this runs."""
         timer = timer or _no_timer
         names = list(names) if names else [f"network {i}" for i in range(len(nets))]
-        path = item if isinstance(item, str) else item[self.image_key]
-        d = self.load(path, timer)
         streamer = self.streamer
         if streamer is not None:
             reason = streamer.why_not(d[self.image_key])
