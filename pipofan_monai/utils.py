@@ -352,6 +352,8 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
   --save_probabilities True   --save_overlay False   --postprocess False
   --output_format dicom_seg  or  "['nifti','dicom_seg']"   DICOM SEG beside/instead of NIfTI (DICOM series inputs;
                                                            pip install "pipofan-monai[dicom]")
+  --organs liver,spleen   write only these organs     --statistics True   per-organ volume / HU tables
+  --report_file DIR/report.json   the run report     --mirror_folders True   patientA/ct.nii.gz, patientB/ct.nii.gz
 See bundle/docs/README.md for all keys. Nothing was run.""",
 }
 
