@@ -96,7 +96,7 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
 
 
 def _search(folder: str) -> list[str]:
-    entries = sorted(e for e in os.scandir(folder) if not e.name.startswith("."))
+    entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
     files = [e for e in entries if e.is_file()]
     images = [e.path for e in files if e.name.lower().endswith(_IMAGE_SUFFIXES)]
     others = [e for e in files if not e.name.lower().endswith(_IMAGE_SUFFIXES + _NOT_DICOM)]
