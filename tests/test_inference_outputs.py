@@ -119,6 +119,9 @@ def test_default_model_of_the_bundle_does_not_decide_the_plans(tmp_path):
     assert runner.plans["preprocessing"]["spatial_size"] == 32
     res = runner.run([str(image)], plain)
     assert res["num_ok"] == 1 and (tmp_path / "a" / "case_seg.nii.gz").is_file()
+    # parsed without settings or a run id (as MONAI Label serves the bundle): built from models/model.pt
+    net = _parser(bundle_root=str(bundle)).get_parsed_content("network_def")
+    assert net.get_config()["channels"] == [16, 32, 64, 128, 128]
     # the bundle's run ids: the plans come from the checkpoints they run
     parser = _parser(bundle_root=str(bundle), output_dir=str(tmp_path / "b"), input_files=[str(image)],
                      num_folds=2)
@@ -236,6 +239,12 @@ def test_report_json_lists_models_cases_stages_and_failures(tmp_path):
     assert set(ok["stages"]) == {"load", "network", "postprocess", "write"} and ok["stages"]["network"] > 0
     assert ok["stages"]["write"] > 0 and abs(sum(ok["stages"].values()) - ok["seconds"]) < 0.05
     assert bad["status"] == "failed" and "2D image" in bad["error"] and bad["image"] == str(flat)
+    # a run that stops before its first case (no such checkpoint) still leaves its report, saying why
+    early = tmp_path / "o3" / "report.json"
+    with pytest.raises(FileNotFoundError):
+        _threshold_runner(tmp_path / "o3", report_file=str(early)).run([str(good)], tmp_path / "missing.pt")
+    rep = json.loads(early.read_text())
+    assert rep["error"].startswith("FileNotFoundError: checkpoint not found") and rep["cases"] == []
 
 
 def test_next_case_loads_while_the_current_one_is_in_the_network(tmp_path):

@@ -52,6 +52,8 @@ __all__ = ["STAGES", "StageTimer", "stage_of", "CasePipeline", "check_network_ou
 
 #: the stages of a case, in order
 STAGES = ("load", "preprocess", "network", "ensemble", "invert", "postprocess", "save")
+#: stages that run on the host only (timed without synchronising the device)
+_HOST_STAGES = ("load", "preprocess")
 
 
 def stage_of(transform: Any) -> str:
@@ -90,12 +92,17 @@ class StageTimer:
 
     @contextlib.contextmanager
     def __call__(self, stage: str, name: str | None = None) -> Iterator[None]:
-        self._sync()
+        # reading and preprocessing run on the CPU, possibly in the runner's prefetch thread while the network runs:
+        # a device synchronisation there would make the loading wait for the network
+        sync = stage not in _HOST_STAGES
+        if sync:
+            self._sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            if sync:
+                self._sync()
             t1 = time.perf_counter()
             dt = t1 - t0
             self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
