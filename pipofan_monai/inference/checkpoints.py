@@ -28,9 +28,20 @@ from typing import Any, Sequence
 
 from pipofan_monai.plans import PlansMismatchError, resolve_plans
 
-__all__ = ["run_plans", "model_files"]
+__all__ = ["use_checkpoints", "run_plans", "model_files"]
 
 logger = logging.getLogger("pipofan.inference")
+
+
+def use_checkpoints(selection: list, paths: Sequence[str | os.PathLike]) -> list:
+    """Name the checkpoints of this run in the config's ``run_ckpt_paths`` list (in place, so that the plans,
+    resolved after it, read them); a run id evaluated again replaces them instead of adding to them.
+
+    Returns:
+        ``selection``, now holding ``paths``.
+    """
+    selection[:] = [os.fspath(p) for p in paths]
+    return selection
 
 
 def run_plans(run_ckpts: Sequence[str | os.PathLike] | None, given: str | os.PathLike | None,
