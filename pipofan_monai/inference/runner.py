@@ -173,7 +173,9 @@ class SegmentationRunner:
         self.outputs = OutputPlan(self.savers, self.seg_writers, self.output_dir, overwrite,
                                   as_bool(save_overlay, "save_overlay"), as_bool(mirror_folders, "mirror_folders"),
                                   image_key)
-        self.extras = CaseExtras(self.pipeline.pre[0], self.class_names, dict(organs) if organs else None, datasets,
+        # its own copy of the loader: the overview and the statistics re-read a case in the main thread while the
+        # prefetch thread reads the next one
+        self.extras = CaseExtras(copy.deepcopy(self.pipeline.pre[0]), self.class_names, dict(organs) if organs else None, datasets,
                                  tuple(float(v) for v in hu_window), as_bool(evaluate, "evaluate"),
                                  self.outputs.save_overlay, self.statistics, statistics_organs, image_key)
 
