@@ -173,3 +173,25 @@ def test_inputs_files_dicom_series_and_folders(tmp_path):
         expand_inputs(tmp_path / "missing.nii.gz")
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m.pt")]) == 2
+
+
+REALCT = REPO.parent / "shared" / "data" / "realct"
+
+
+@pytest.mark.skipif(not (REALCT / "dcmqi_ct3slice" / "dicom").is_dir(), reason="real CT data not present")
+def test_dicom_series_to_nifti_and_dicom_seg(tmp_path):
+    """A real DICOM series (dcmqi's 3-slice CT, 512 x 512 x 3) gets both outputs on its own grid; a NIfTI input with DICOM SEG output
+    is refused before anything is computed (exit 2, nothing written)."""
+    import pydicom
+
+    series = REALCT / "dcmqi_ct3slice" / "dicom"
+    ckpt = _ckpt(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    assert main([str(series), "-o", str(out), "--model", str(ckpt), "--device", "cpu",
+                 "--output_type", "nifti", "dicom_seg"]) == 0
+    assert _labels(out / "dicom_seg.nii.gz").shape == (512, 512, 3)
+    seg = pydicom.dcmread(out / "dicom_seg.dcm")
+    assert seg.Modality == "SEG" and seg.NumberOfFrames > 0
+    nii = _ct(tmp_path / "in" / "ct.nii.gz")
+    assert main([str(nii), "-o", str(tmp_path / "o2"), "--model", str(ckpt), "--output_type", "dicom_seg"]) == 2
+    assert not (tmp_path / "o2" / "ct_seg.dcm").exists()
