@@ -9,14 +9,16 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Inference stage: the sliding-slice 2.5D inferer, the case runner (load, infer, ensemble, invert,
-post-process, save) and the atomic output writers."""
+"""Inference stage: the sliding-slice 2.5D inferer, the case pipeline (load, infer, ensemble, invert, post-process,
+save), the run's output plan and reporter, the runner that drives them, and the atomic output writers."""
 
 from __future__ import annotations
 
 from .inferers import SlidingSliceInferer
 from .inputs import resolve_inputs
+from .outputs import OutputPlan
 from .pipeline import STAGES, CasePipeline, StageTimer
+from .report import RunReporter
 from .runner import InferenceError, SegmentationRunner
 from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
@@ -25,6 +27,8 @@ __all__ = [
     "InferenceError",
     "SegmentationRunner",
     "resolve_inputs",
+    "OutputPlan",
+    "RunReporter",
     "STAGES",
     "CasePipeline",
     "StageTimer",
