@@ -15,6 +15,7 @@ the target adaptive loss for partially labeled datasets, 2.5D transforms and inf
 from __future__ import annotations
 
 __version__ = "0.2.0"
+__all__ = ["bundle_dir", "segment", "__version__"]
 
 
 def bundle_dir():
@@ -31,3 +32,13 @@ def bundle_dir():
         if (candidate / "configs" / "train.json").is_file():
             return candidate
     raise FileNotFoundError(f"the bundle folder was found neither at {here.parent / 'bundle'} nor at {here / 'bundle'}.")
+
+
+def __getattr__(name: str):
+    """``pipofan_monai.segment`` (:func:`pipofan_monai.apps.segment.segment`) imported on first use, so that
+    ``import pipofan_monai`` stays light (no torch, no MONAI)."""
+    if name == "segment":
+        from pipofan_monai.apps.segment import segment
+
+        return segment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import IO, Any, Collection, Iterable, Iterator, Mapping
 
@@ -52,6 +53,9 @@ __all__ = [
     "end_with_parent",
     "is_disk_full",
     "write_error",
+    "process_start_time",
+    "claim_file",
+    "release_claim",
     "as_bool",
     "filename_of",
     "refuse_help",
@@ -271,6 +275,75 @@ def end_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None:
     if os.getppid() != parent:
         os._exit(128 + int(signal.SIGTERM))
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+def process_start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot, Linux ``/proc``), to tell a reused pid apart; None
+    where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat; fields after the "(comm)" start at field 3
+
+
+def _holder_alive(holder: Mapping) -> bool:
+    """Whether the process that wrote a claim or lock (``{"pid", "start"}``) still runs (and is not a reused pid)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    start, now = holder.get("start"), process_start_time(pid)
+    return start is None or now is None or start == now
+
+
+def claim_file(path: str | os.PathLike, **info: Any) -> dict | None:
+    """Claim a piece of work across processes: create ``path`` exclusively (``O_CREAT | O_EXCL``) holding this
+    process's pid, its start time and ``info`` as JSON.
+
+    A claim of a process that no longer runs (killed) is taken over with a warning; this process's own claim counts
+    as held by it. Release with :func:`release_claim`.
+
+    Returns:
+        None when this process holds the claim now, else the holder's record (``{"pid", "start", ...}``) of the
+        other live process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "start": process_start_time(os.getpid()), **info}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("pid") == os.getpid():
+                return None
+            if holder and not _holder_alive(holder):
+                logger.warning(f"taking over the claim {path} of process {holder.get('pid')} (no longer running)")
+                path.unlink(missing_ok=True)
+                continue
+            if not holder:  # being written right now, or left empty by a kill: wait for it to age
+                with contextlib.suppress(OSError):
+                    if os.path.getmtime(path) < time.time() - 60:
+                        path.unlink(missing_ok=True)
+                        continue
+                return {"pid": None}
+            return holder
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        return None
+    return {"pid": None}
+
+
+def release_claim(path: str | os.PathLike) -> None:
+    """Remove a claim of :func:`claim_file` if this process holds it."""
+    path = Path(path)
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def temporary_name_of(entry: str) -> tuple[str, int] | None:
@@ -367,6 +440,8 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
   --save_probabilities True   --save_overlay False   --postprocess False
   --output_format dicom_seg  or  "['nifti','dicom_seg']"   DICOM SEG beside/instead of NIfTI (DICOM series inputs;
                                                            pip install "pipofan-monai[dicom]")
+  --organs liver,spleen   write only these organs     --statistics True   per-organ volume / HU tables
+  --report_file DIR/report.json   the run report     --mirror_folders True   patientA/ct.nii.gz, patientB/ct.nii.gz
 See bundle/docs/README.md for all keys. Nothing was run.""",
 }
 

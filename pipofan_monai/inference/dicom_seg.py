@@ -716,6 +716,9 @@ class SaveDicomSegd(MapTransform):
         self.segment_codes = segment_codes
         self.organs = organs
         self.kwargs = kwargs
+        #: mirror the source's folders relative to this folder (MONAI's ``data_root_dir``; set by the run's output
+        #: plan when inputs come from several folders)
+        self.data_root_dir = ""
 
     def source_of(self, d: Mapping[Hashable, Any]) -> str:
         """The source DICOM path of an item."""
@@ -730,7 +733,8 @@ class SaveDicomSegd(MapTransform):
         """``<output_dir>/<name>_<postfix>.dcm`` for a source path."""
         from monai.data.folder_layout import FolderLayout
 
-        layout = FolderLayout(self.output_dir, postfix=self.output_postfix, extension=".dcm")
+        layout = FolderLayout(self.output_dir, postfix=self.output_postfix, extension=".dcm",
+                              makedirs=bool(self.data_root_dir), data_root_dir=self.data_root_dir)
         return str(layout.filename(subject=os.fspath(source)))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

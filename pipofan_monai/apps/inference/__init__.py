@@ -10,10 +10,14 @@
 # limitations under the License.
 
 """The inference application: input resolution (files, DICOM folders, datalists, the demo), the case pipeline
-(load, infer, ensemble, invert, post-process, save) and the runner that segments a list of cases."""
+(load, infer, ensemble, invert, post-process, save), the run's output plan (names, overwrite / skip, claims) and
+reporter (log, failures, report.json, pictures), and the runner that drives them over a list of cases."""
 
 from .inputs import resolve_inputs
+from .outputs import OutputPlan
 from .pipeline import STAGES, CasePipeline, StageTimer
+from .report import RunReporter
 from .runner import InferenceError, SegmentationRunner
 
-__all__ = ["resolve_inputs", "STAGES", "CasePipeline", "StageTimer", "InferenceError", "SegmentationRunner"]
+__all__ = ["resolve_inputs", "OutputPlan", "RunReporter", "STAGES", "CasePipeline", "StageTimer", "InferenceError",
+           "SegmentationRunner"]

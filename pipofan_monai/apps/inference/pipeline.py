@@ -52,6 +52,8 @@ __all__ = ["STAGES", "StageTimer", "stage_of", "CasePipeline", "check_network_ou
 
 #: the stages of a case, in order
 STAGES = ("load", "preprocess", "network", "ensemble", "invert", "postprocess", "save")
+#: stages that run on the host only (timed without synchronising the device)
+_HOST_STAGES = ("load", "preprocess")
 
 
 def stage_of(transform: Any) -> str:
@@ -81,6 +83,8 @@ class StageTimer:
         self.device = torch.device(device) if device is not None else None
         self.seconds: dict[str, float] = {s: 0.0 for s in STAGES}
         self.transforms: list[list] = []
+        #: ``(stage, name, start, end)`` per measurement (``time.perf_counter`` seconds): when each stage ran
+        self.spans: list[tuple[str, str, float, float]] = []
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -88,15 +92,22 @@ class StageTimer:
 
     @contextlib.contextmanager
     def __call__(self, stage: str, name: str | None = None) -> Iterator[None]:
-        self._sync()
+        # reading and preprocessing run on the CPU, possibly in the runner's prefetch thread while the network runs:
+        # a device synchronisation there would make the loading wait for the network
+        sync = stage not in _HOST_STAGES
+        if sync:
+            self._sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
-            dt = time.perf_counter() - t0
+            if sync:
+                self._sync()
+            t1 = time.perf_counter()
+            dt = t1 - t0
             self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
             self.transforms.append([name or stage, stage, dt])
+            self.spans.append((stage, name or stage, t0, t1))
 
     @property
     def total(self) -> float:
@@ -199,10 +210,15 @@ class CasePipeline:
         Returns:
             the final data dict (``pred`` on the original grid, after the postprocessing, saved by its savers).
         """
+        path = item if isinstance(item, str) else item[self.image_key]
+        return self.process(self.load(path, timer or _no_timer), nets, timer, names)
+
+    def process(self, d: dict, nets: Sequence[torch.nn.Module], timer: Callable | None = None,
+                names: Sequence[str] | None = None) -> dict:
+        """Segment a case loaded by :py:meth:`load` (the rest of :py:meth:`__call__`: network, ensemble, inversion,
+        post-processing, saving); the runner loads the next case in the background while this runs."""
         timer = timer or _no_timer
         names = list(names) if names else [f"network {i}" for i in range(len(nets))]
-        path = item if isinstance(item, str) else item[self.image_key]
-        d = self.load(path, timer)
         streamer = self.streamer
         if streamer is not None:
             reason = streamer.why_not(d[self.image_key])

@@ -18,6 +18,11 @@ so that one bad input (a 2D image, a 4D series, an unreadable file, a folder wit
 reported with its name and does not stop the other cases, existing outputs are not overwritten unless asked,
 and several checkpoints can be combined (majority vote of label maps, the paper, or mean of probabilities).
 
+The run is split in three parts: the output plan (:mod:`pipofan_monai.apps.inference.outputs`: names, mirrored
+folders, overwrite / skip, DICOM SEG pre-checks, claims), the reporter (:mod:`pipofan_monai.apps.inference.report`:
+log, failures, evaluation, overview pictures, statistics, ``report.json``) and the loop here, which loads the
+next case in a background thread while the current one is in the network.
+
 Each case goes through :class:`~pipofan_monai.apps.inference.pipeline.CasePipeline` (load -> 2.5D inference per
 checkpoint -> ensemble -> invert -> post-process -> save). The network and the preprocessing come from the
 checkpoint's plans (:mod:`pipofan_monai.plans`); every checkpoint of an ensemble must carry the same plans.
@@ -29,44 +34,31 @@ import copy
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
-from monai.data.folder_layout import FolderLayout
-from monai.transforms import Compose, Orientation
+from monai.transforms import Compose
 
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES
-from pipofan_monai.inference.dicom_seg import SaveDicomSegd, check_dicom_seg_input
+from pipofan_monai.inference.dicom_seg import SaveDicomSegd
 from pipofan_monai.apps.inference.inputs import as_items, case_name, resolve_inputs
-from pipofan_monai.apps.inference.pipeline import CasePipeline
-from pipofan_monai.inference.writers import output_is_complete, remove_stale_temp_files
-from pipofan_monai.vocabulary.masks import get_labeled_mask
+from pipofan_monai.apps.inference.outputs import CaseSkipped, OutputPlan, parse_overwrite
+from pipofan_monai.apps.inference.pipeline import CasePipeline, StageTimer
+from pipofan_monai.apps.inference.report import CaseExtras, RunReporter
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
-from pipofan_monai.vocabulary.organs import validate_class_names
+from pipofan_monai.preprocessing.io import check_dicom_folder
 from pipofan_monai.utils import as_bool, root_error
 
 __all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]
 
 logger = logging.getLogger("pipofan.inference")
 
+_parse_overwrite = parse_overwrite  # the name earlier code imported
+
 
 class InferenceError(RuntimeError):
     """Raised at the end of a run in which some inputs failed; the message lists every failure."""
-
-
-# ---------------------------------------------------------------------------------------------- runner
-def _parse_overwrite(overwrite: Any) -> bool | str:
-    if isinstance(overwrite, str):
-        low = overwrite.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no", ""):
-            return False
-        if low == "skip":
-            return "skip"
-        raise ValueError(f"overwrite must be true, false or 'skip', got {overwrite!r}.")
-    return bool(overwrite)
 
 
 class SegmentationRunner:
@@ -103,6 +95,20 @@ class SegmentationRunner:
         plans: the plans the network and preprocessing were built from (:func:`pipofan_monai.plans.resolve_plans`);
             each checkpoint that carries plans must match them (clear error naming both otherwise).
         organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
+        statistics: write ``<name>_statistics.json`` per case beside its label map and ``statistics.csv`` for the
+            run (:mod:`pipofan_monai.evaluation.statistics`: volume, HU, bounding box per organ, on the final label
+            map on the original grid with the original CT's HU).
+        statistics_organs: organs whose statistics are reported (None: every class).
+        report_file: write the run report (``report.json``, see :mod:`pipofan_monai.apps.inference.report`) there
+            (None: no report file).
+        prefetch: load and preprocess the next case in a background thread while the current one is in the
+            network (holds two preprocessed cases in memory).
+        device: the compute device (for the report).
+        keep_results: keep each case's final label map (``case["label"]``) in the returned summary (the Python
+            API's in-memory results).
+        mirror_folders: when two inputs in different folders share a name, mirror the input folders under the
+            output folder (relative to the inputs' common parent) instead of refusing the second as a clash (see
+            :mod:`pipofan_monai.apps.inference.outputs`).
         stream_slices: slices per slab of the streamed inversion + argmax (``None``: the default, 16); ``0``:
             invert the whole volume with ``Invertd`` (full-resolution probabilities in memory). See
             :class:`~pipofan_monai.apps.inference.CasePipeline`.
@@ -128,27 +134,32 @@ class SegmentationRunner:
         plans: Mapping[str, Any] | None = None,
         organs: Mapping[str, Any] | None = None,
         stream_slices: int | None = None,
+        statistics: bool = False,
+        statistics_organs: Sequence[str] | None = None,
+        report_file: str | os.PathLike | None = None,
+        prefetch: bool = True,
+        device: Any = None,
+        keep_results: bool = False,
+        mirror_folders: bool = False,
     ) -> None:
         self.network = network
         self.preprocessing = preprocessing if isinstance(preprocessing, Compose) else Compose(preprocessing)
         self.inferer = inferer
         self.postprocessing = postprocessing if isinstance(postprocessing, Compose) else Compose(postprocessing)
         self.ensemble_mode = str(ensemble_mode).lower()
-        self.overwrite = _parse_overwrite(overwrite)
-        self.save_overlay = as_bool(save_overlay, "save_overlay")
-        self.evaluate = as_bool(evaluate, "evaluate")
-        self.report_dir = report_dir
         self.class_names = list(class_names)
-        self.organs = dict(organs) if organs else None
-        self.datasets = datasets
-        self.hu_window = tuple(float(v) for v in hu_window)
         self.fail_on_error = as_bool(fail_on_error, "fail_on_error")
         self.pred_key = pred_key
         self.image_key = image_key
         self.plans = dict(plans) if plans is not None else None
+        self.report_dir = report_dir
+        self.report_file = report_file
+        self.prefetch = as_bool(prefetch, "prefetch")
+        self.device = device
+        self.keep_results = bool(keep_results)
         self.pipeline = CasePipeline(self.preprocessing, inferer, self.postprocessing, len(self.class_names),
                                      self.ensemble_mode, pred_key, image_key, stream_slices)
-        #: optional :class:`~pipofan_monai.apps.inference.pipeline.StageTimer` (per-stage times of every case)
+        #: optional :class:`~pipofan_monai.apps.inference.pipeline.StageTimer` for callers that drive the pipeline
         self.timer = None
         self.savers = self.pipeline.savers
         #: DICOM SEG writers of the postprocessing (bundle option ``output_format``: "dicom_seg")
@@ -158,15 +169,23 @@ class SegmentationRunner:
             self.output_dir = str(label_savers[0].saver.folder_layout.output_dir)
         else:
             self.output_dir = str(self.seg_writers[0].output_dir if self.seg_writers else (report_dir or "."))
+        self.statistics = as_bool(statistics, "statistics")
+        self.outputs = OutputPlan(self.savers, self.seg_writers, self.output_dir, overwrite,
+                                  as_bool(save_overlay, "save_overlay"), as_bool(mirror_folders, "mirror_folders"),
+                                  image_key)
+        # its own copy of the loader: the overview and the statistics re-read a case in the main thread while the
+        # prefetch thread reads the next one
+        self.extras = CaseExtras(copy.deepcopy(self.pipeline.pre[0]), self.class_names, dict(organs) if organs else None, datasets,
+                                 tuple(float(v) for v in hu_window), as_bool(evaluate, "evaluate"),
+                                 self.outputs.save_overlay, self.statistics, statistics_organs, image_key)
 
-    # ------------------------------------------------------------------ helpers
-    def _label_names(self) -> list[str] | None:
-        """The vocabulary for mapping labels by organ name, or None when the names are not organs of the table
-        (e.g. ``class1`` placeholders of a checkpoint without plans): labels are then mapped by class id."""
-        try:
-            return list(validate_class_names(self.class_names, self.organs))
-        except ValueError:
-            return None
+    @property
+    def overwrite(self) -> bool | str:
+        return self.outputs.overwrite
+
+    @property
+    def save_overlay(self) -> bool:
+        return self.outputs.save_overlay
 
     @property
     def num_classes(self) -> int:
@@ -174,20 +193,19 @@ class SegmentationRunner:
 
     def output_paths(self, image_path: str) -> list[str]:
         """Files the postprocessing's ``SaveImaged`` / ``SaveDicomSegd`` transforms write for ``image_path`` (+ the
-        overview PNG)."""
-        paths = []
-        for t in self.savers:
-            saver = t.saver
-            kw = saver.fname_formatter({"filename_or_obj": image_path}, saver)
-            paths.append(str(saver.folder_layout.filename(**kw)))
-        paths.extend(t.output_path(image_path) for t in self.seg_writers)
-        if self.save_overlay:
-            paths.append(self.overlay_path(image_path))
+        overview PNG and the statistics)."""
+        paths = self.outputs.paths(image_path)
+        if self.statistics:
+            paths.append(self.statistics_path(image_path))
         return paths
 
     def overlay_path(self, image_path: str) -> str:
-        """``<output_dir>/<name>_overview.png``."""
-        return str(FolderLayout(self.output_dir, postfix="overview", extension=".png").filename(subject=image_path))
+        """``<case folder>/<name>_overview.png``."""
+        return self.outputs.overlay_path(image_path)
+
+    def statistics_path(self, image_path: str) -> str:
+        """``<case folder>/<name>_statistics.json``."""
+        return os.path.join(self.outputs.case_dir(image_path), f"{case_name(image_path)}_statistics.json")
 
     def _networks(self, ckpt_path: str | os.PathLike | Sequence) -> list[torch.nn.Module]:
         paths = [ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path)
@@ -211,39 +229,51 @@ class SegmentationRunner:
             logger.info(f"ensemble of {len(nets)} checkpoints, mode {self.ensemble_mode!r}")
         return nets
 
-    def _load_label(self, item: Mapping, pred: Any) -> tuple[tuple | None, list[int] | None]:
-        """``((label, pred, reoriented), labeled classes)``: the item's label mapped to the global classes and the
-        prediction on one grid (both reoriented to RAS when the files are stored differently), or ``(None, None)``
-        without a label."""
-        if not isinstance(item.get("label"), str):
-            return None, None
-        from pipofan_monai.preprocessing import LoadCTd, MapDatasetLabelsd
+    # ------------------------------------------------------------------ one case
+    def _load(self, item: Mapping, timer: StageTimer) -> dict:
+        """Read and preprocess a case (runs in the prefetch thread)."""
+        image_path = item[self.image_key]
+        if os.path.isdir(image_path):
+            check_dicom_folder(image_path)
+        return self.pipeline.load(image_path, timer)
 
-        d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
-        names = self._label_names()
-        d = MapDatasetLabelsd("label", num_classes=None if names else self.num_classes, datasets=self.datasets,
-                              class_names=names, organs=self.organs)(d)
-        label = d["label"]
-        mask = get_labeled_mask(label).reshape(-1).tolist()
-        labeled = [c for c in range(1, self.num_classes) if mask[c] > 0]
-        if tuple(label.shape) != tuple(pred.shape) or not np.allclose(
-            np.asarray(label.affine), np.asarray(pred.affine), atol=1e-3
-        ):
-            # stored differently (orientation): compare both in RAS
-            ras = Orientation("RAS", labels=None)
-            label, pred_ras = ras(label), ras(pred)
-            if tuple(label.shape) != tuple(pred_ras.shape) or not np.allclose(
-                np.asarray(label.affine), np.asarray(pred_ras.affine), atol=1e-2
-            ):
-                raise ValueError(
-                    f"label {item['label']} (shape {tuple(label.shape)}) is not on the grid of image {item['image']} "
-                    f"(shape {tuple(pred_ras.shape)})."
-                )
-            return (label, pred_ras, True), labeled
-        return (label, pred, False), labeled
+    def _jobs(self, items: Sequence[Mapping], reporter: RunReporter) -> Iterator[tuple[dict, Mapping, list]]:
+        """``(case, item, outputs)`` of every case to compute, in order; skipped and refused cases are reported
+        here (and not yielded)."""
+        for i, item in enumerate(items):
+            path = item[self.image_key]
+            case = reporter.new_case(i, path, case_name(path))
+            t0 = time.perf_counter()
+            try:
+                case["outputs"] = outputs = self.output_paths(path)
+                self.outputs.decide(path, outputs)
+            except CaseSkipped as skip:
+                reporter.skipped(case, str(skip))
+                continue
+            except Exception as exc:  # one bad case must not stop the others; every failure is listed at the end
+                reporter.failed(case, root_error(exc), time.perf_counter() - t0)
+                continue
+            yield case, item, outputs
 
-    def _segment(self, item: Mapping, nets: Sequence[torch.nn.Module]) -> dict:
-        return self.pipeline(item, nets, self.timer, getattr(self, "_ckpt_names", None))
+    def _compute(self, job: tuple[dict, Mapping, list], loaded: Future, timer: StageTimer, t0: float,
+                 nets: Sequence[torch.nn.Module], reporter: RunReporter) -> None:
+        case, item, outputs = job
+        path = item[self.image_key]
+        try:
+            d = self.pipeline.process(loaded.result(), nets, timer, getattr(self, "_ckpt_names", None))
+            pred = d[self.pred_key]
+            if self.extras.active:
+                with timer("report", "overview/statistics/evaluation"):
+                    self.extras(item, pred, case, self.overlay_path(path),
+                                self.statistics_path(path) if self.statistics else None)
+            if self.keep_results:
+                case["label"] = pred
+            shown = outputs[-1] if not self.save_overlay or len(outputs) < 2 else outputs[-2]
+            reporter.done(case, pred, timer, timer.total, shown)  # the stages, also those run ahead in the background
+        except Exception as exc:  # one bad case must not stop the others; every failure is listed at the end
+            reporter.failed(case, root_error(exc), time.perf_counter() - t0)
+        finally:
+            self.outputs.release(outputs)
 
     # ------------------------------------------------------------------ main
     def run(self, items: Sequence[Mapping | str] | str, ckpt_path: str | os.PathLike | Sequence) -> dict:
@@ -255,8 +285,8 @@ class SegmentationRunner:
             ckpt_path: one checkpoint, or a list of checkpoints (ensemble, combined with ``ensemble_mode``).
 
         Returns:
-            ``{"cases": [{"image", "name", "status" ("ok" | "skipped" | "failed"), "outputs", "shape", "seconds",
-            "error"}], "num_ok", "num_skipped", "num_failed", "evaluation": summary or None}``.
+            ``{"cases": [{"image", "name", "status" ("ok" | "skipped" | "failed"), "outputs", "shape", "spacing",
+            "seconds", "stages", "error"}], "num_ok", "num_skipped", "num_failed", "evaluation": summary or None}``.
 
         Raises:
             FileNotFoundError, ValueError: checkpoint problems, or with DICOM SEG output an input that is not a
@@ -264,136 +294,42 @@ class SegmentationRunner:
             InferenceError: at the end, when some cases failed and ``fail_on_error``.
         """
         items = as_items(items)
-        if self.seg_writers:  # DICOM SEG output needs DICOM inputs: refuse others by name before any inference
-            bad = []
-            for item in items:
-                try:
-                    check_dicom_seg_input(item[self.image_key])
-                except (ValueError, FileNotFoundError) as e:
-                    bad.append(str(e))
-            if bad:
-                raise ValueError(f"{len(bad)} of {len(items)} inputs cannot get a DICOM SEG output:\n  "
-                                 + "\n  ".join(bad))
-        nets = self._networks(ckpt_path)
-        planned: dict[str, str] = {}
-        cases: list[dict] = []
-        eval_results: list[dict] = []
-        t_start = time.perf_counter()
-        for i, item in enumerate(items):
-            path = item[self.image_key]
-            name = case_name(path)
-            case: dict[str, Any] = {"image": path, "name": name, "status": "failed", "outputs": [], "shape": None,
-                                    "seconds": 0.0, "error": None}
-            cases.append(case)
-            t0 = time.perf_counter()
-            try:
-                outputs = self.output_paths(path)
-                case["outputs"] = outputs
-                clash = [(o, planned[o]) for o in outputs if o in planned]
-                if clash:
-                    raise ValueError(
-                        f"output {clash[0][0]} would also be written for input {clash[0][1]} (same file name): "
-                        "segment these inputs in separate runs or output folders."
-                    )
-                planned.update({o: path for o in outputs})
-                remove_stale_temp_files(outputs)  # left by a write that was killed in an earlier run
-                existing = [o for o in outputs if os.path.exists(o)]
-                if self.overwrite == "skip":
-                    # only a case whose outputs all exist and are complete is done; a truncated file (full disk
-                    # or kill in an earlier version) or a missing one means the case is segmented again
-                    redo = [o for o in outputs if not output_is_complete(o)]
-                    if not redo:
-                        case["status"] = "skipped"
-                        logger.info(f"[{i + 1}/{len(items)}] {name}: skipped, outputs exist: {outputs[0]}")
-                        continue
-                    if existing:
-                        logger.warning(
-                            f"[{i + 1}/{len(items)}] {name}: output {redo[0]} is "
-                            + ("incomplete" if os.path.exists(redo[0]) else "missing") + ", segmenting again"
-                        )
-                elif existing and self.overwrite is not True:
-                    broken = [o for o in existing if not output_is_complete(o)]
-                    raise FileExistsError(
-                        f"output file exists: {existing[0]} (pass --overwrite True to replace it, or --overwrite "
-                        "skip to keep complete outputs)."
-                        + (f" {broken[0]} is incomplete (an interrupted earlier run)." if broken else "")
-                    )
-                d = self._segment(item, nets)
-                pred = d[self.pred_key]
-                case["shape"] = list(pred.shape[1:])
-                if self.save_overlay or self.evaluate:
-                    self._report_case(item, d, case, eval_results)
-                case["status"] = "ok"
-                case["seconds"] = round(time.perf_counter() - t0, 2)
-                logger.info(
-                    f"[{i + 1}/{len(items)}] {name}: shape {tuple(case['shape'])}, {case['seconds']:.1f} s -> "
-                    f"{outputs[-1] if not self.save_overlay or len(outputs) < 2 else outputs[-2]}"
-                )
-            except Exception as exc:  # one bad case must not stop the others; every failure is listed at the end
-                e = root_error(exc)
-                case["error"] = f"{type(e).__name__}: {e}"
-                case["seconds"] = round(time.perf_counter() - t0, 2)
-                logger.error(f"[{i + 1}/{len(items)}] {name}: FAILED: {case['error']}")
-                logger.debug("traceback", exc_info=True)
-        summary = {
-            "cases": cases,
-            "num_ok": sum(c["status"] == "ok" for c in cases),
-            "num_skipped": sum(c["status"] == "skipped" for c in cases),
-            "num_failed": sum(c["status"] == "failed" for c in cases),
-            "evaluation": None,
-        }
-        if eval_results:
-            summary["evaluation"] = self._write_evaluation(eval_results)
-        logger.info(
-            f"done in {time.perf_counter() - t_start:.1f} s: {summary['num_ok']} segmented, {summary['num_skipped']} "
-            f"skipped, {summary['num_failed']} failed (outputs in {self.output_dir})"
-        )
-        failed = [c for c in cases if c["status"] == "failed"]
-        if failed:
-            listing = "\n".join(f"  {c['image']}: {c['error']}" for c in failed)
-            msg = f"{len(failed)} of {len(cases)} inputs failed:\n{listing}"
-            logger.error(msg)
-            if self.fail_on_error:
-                raise InferenceError(msg)
+        reporter = RunReporter(len(items), self.output_dir, self.report_file, self.device, self.class_names,
+                               self.plans)
+        reporter.add_models([ckpt_path] if isinstance(ckpt_path, (str, os.PathLike)) else list(ckpt_path))
+        try:
+            self.outputs.start(items)
+            nets = self._networks(ckpt_path)
+            self._loop(items, nets, reporter)
+        except BaseException as exc:
+            reporter.error = f"{type(root_error(exc)).__name__}: {root_error(exc)}"
+            reporter.write()
+            raise
+        finally:
+            self.outputs.release_all()
+        reporter.evaluation = self.extras.finish(str(self.report_dir or self.output_dir),
+                                                 os.path.join(self.output_dir, "statistics.csv"))
+        summary, failure = reporter.finish()
+        if failure and self.fail_on_error:
+            raise InferenceError(failure)
         return summary
 
-    def _report_case(self, item: Mapping, d: Mapping, case: dict, eval_results: list) -> None:
-        pred = d[self.pred_key]
-        pair, labeled = self._load_label(item, pred)
-        if self.evaluate and pair is None:
-            logger.warning(f"{case['name']}: no label given, not evaluated.")
-        if self.evaluate and pair is not None:
-            from pipofan_monai.evaluation import evaluate_case
+    def _loop(self, items: Sequence[Mapping], nets: Sequence[torch.nn.Module], reporter: RunReporter) -> None:
+        """Compute the cases in order; with ``prefetch`` the next case is read and preprocessed in a background
+        thread while the current one is in the network (one case ahead)."""
+        jobs = self._jobs(items, reporter)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipofan-load") as pool:
 
-            label, pred_eval, _ = pair
-            res = evaluate_case(pred_eval, label, labeled_classes=labeled, class_names=self.class_names,
-                                case_id=case["name"])
-            eval_results.append(res)
-            dice = {k: v["dice"] for k, v in res["organs"].items() if v["applicable"]}
-            case["dice"] = dice
-            logger.info(f"{case['name']}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None))
-        if self.save_overlay:
-            from pipofan_monai.visualize import save_overlay_png
-            from pipofan_monai.visualize.overlay import class_colors
+            def submit(job: tuple | None) -> tuple | None:
+                if job is None:
+                    return None
+                timer = StageTimer(self.device)
+                t0 = time.perf_counter()
+                return job, pool.submit(self._load, job[1], timer), timer, t0
 
-            original = self.pipeline.pre[0]({self.image_key: item[self.image_key]})[self.image_key]  # the loader
-            if pair is not None:
-                label, pred_on, reoriented = pair
-                if reoriented:  # label and prediction were put in RAS: the image too
-                    original = Orientation("RAS", labels=None)(original)
-            else:
-                label, pred_on = None, pred
-            save_overlay_png(original, pred_on, self.overlay_path(item[self.image_key]),
-                             class_names=self.class_names, ground_truth=label, window=self.hu_window,
-                             colors=class_colors(self.class_names, self.organs),
-                             title=case["name"] + ("  (top: prediction, bottom: ground truth)" if label is not None
-                                                   else ""))
-
-    def _write_evaluation(self, results: list) -> dict:
-        from pipofan_monai.evaluation import format_table, summarize, write_reports
-
-        summary = summarize(results)
-        out_dir = str(self.report_dir or self.output_dir)
-        paths = write_reports({"cases": results, "summary": summary}, out_dir)
-        logger.info("evaluation (%d cases):\n%s\nreports: %s", len(results), format_table(summary), paths["json"])
-        return summary
+            current = submit(next(jobs, None))
+            while current is not None:
+                job, loaded, timer, t0 = current
+                ahead = submit(next(jobs, None)) if self.prefetch else None
+                self._compute(job, loaded, timer, t0, nets, reporter)
+                current = ahead if self.prefetch else submit(next(jobs, None))

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipofan_monai.utils import atomic_path, pid_alive, remove_stale_temporaries
+from pipofan_monai.utils import atomic_path, pid_alive, process_start_time as _proc_start_time, remove_stale_temporaries
 
 __all__ = [
     "LOCK_NAME",
@@ -61,15 +61,6 @@ _sigterm_owner: int | None = None  # the process whose SIGTERM handler is ours
 
 class RunFolderInUseError(RuntimeError):
     """Another live training process holds the output folder's lock."""
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Start time of process ``pid`` (clock ticks since boot, Linux ``/proc``), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat; fields after the "(comm)" start at field 3
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
