@@ -32,6 +32,7 @@ from benchmarks.common import (BASELINE, DEFAULT_CONFIG, ExecutionPath, _cpu_has
                                accuracy_slabs, accuracy_volume, calibrate_batchnorm, cpu_candidates,
                                default_amp_dtype, make_network, peak_memory, prepare_network, reset_peak_memory,
                                resolve_device, write_synthetic_ct)
+from benchmarks.cpu import CPU_QUICK_SETTINGS, CPU_SETTINGS, format_cpu_report, run_cpu_benchmark, spleen_unet
 from benchmarks.data_path import FOUR_DATASETS_SLICES, QUICK_DATA_SETTINGS, benchmark_data_path, format_data_report
 from benchmarks.end_to_end import benchmark_end_to_end
 from benchmarks.memory import (MEMORY_SLOPE_CHANNELS, QUICK_MEMORY_SETTINGS, _inference_memory_cases,
@@ -46,5 +47,6 @@ __all__ = [
     "run_benchmark", "format_report", "QUICK_SETTINGS", "SECTIONS", "benchmark_data_path", "format_data_report",
     "write_synthetic_ct", "FOUR_DATASETS_SLICES", "QUICK_DATA_SETTINGS", "benchmark_inference_memory",
     "format_memory_report", "QUICK_MEMORY_SETTINGS", "MEMORY_SLOPE_CHANNELS", "_cpu_has_bf16", "_parse_ints",
-    "_phantom", "_inference_memory_cases", "_dice", "_choose",
+    "_phantom", "_inference_memory_cases", "_dice", "_choose", "run_cpu_benchmark", "format_cpu_report",
+    "CPU_SETTINGS", "CPU_QUICK_SETTINGS", "spleen_unet",
 ]
