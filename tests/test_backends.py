@@ -191,7 +191,7 @@ def test_failed_export_falls_back_with_one_warning(tmp_path, monkeypatch, caplog
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_inferer_backend_on_a_plain_network(tmp_path, caplog):
+def test_inferer_backend_on_a_plain_network(tmp_path, caplog, monkeypatch):
     """As MONAI Label calls it: the inferer gets the bundle's network_def with weights loaded, no checkpoint path;
     exported once (key = the weights' hash, in the cache folder), again after the weights change in place."""
     caplog.set_level(logging.INFO, logger="pipofan.inference")
@@ -208,6 +208,12 @@ def test_inferer_backend_on_a_plain_network(tmp_path, caplog):
     with torch.inference_mode():
         c, ref2 = inferer(vol, net), ref_inferer(vol, net)
     assert len(_exports(caplog)) == 2 and float((c - ref2).abs().max()) < 1e-4 and not torch.equal(c, a)
+    # the cache folder keeps the most recently used exports only
+    monkeypatch.setattr(backends, "CACHE_KEEP", 2)
+    net.load_state_dict(_network(3).state_dict())
+    with torch.inference_mode():
+        inferer(vol, net)
+    assert len(_exports(caplog)) == 3 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
 
 
 def _bundle_labels(ckpt: Path, image: Path, out: Path, backend: str) -> np.ndarray:

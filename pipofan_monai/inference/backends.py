@@ -20,9 +20,10 @@ The exported model is cached as ``<checkpoint>.<H>x<W>.onnx`` beside the checkpo
 writable or there is no checkpoint, in ``$PIPOFAN_CACHE_DIR`` / ``~/.cache/pipofan_monai/onnx``). Its key, stored
 in the model's metadata, is the SHA-256 of the checkpoint file (of the weights without one), the plans and the
 input size (the batch axis is dynamic); a file whose key differs (stale) or that ONNX Runtime cannot load
-(corrupt) is rebuilt. The file is written atomically (:func:`~pipofan_monai.utils.atomic_path`) under a kernel
-file lock, so concurrent processes export once and never see a partial file. ONNX Runtime's threads follow the
-CPUs this process may use (affinity and cgroup quota, :func:`cpu_quota`).
+(corrupt) is rebuilt; the cache folder keeps the :data:`CACHE_KEEP` most recently used exports. The file is
+written atomically (:func:`~pipofan_monai.utils.atomic_path`) under a kernel file lock, so concurrent processes
+export once and never see a partial file. ONNX Runtime's threads follow the CPUs this process may use (affinity
+and cgroup quota, :func:`cpu_quota`).
 
 When ONNX Runtime is missing (``backend="onnxruntime"``), the export fails, or the exported model disagrees with
 the network, inference goes on with PyTorch after one warning.
@@ -57,6 +58,8 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 EXPORT_FORMAT = 1
 #: metadata entry of the exported model holding its cache key
 KEY_PROP = "pipofan_cache_key"
+#: exports kept in the cache folder (least recently used ones beyond are removed)
+CACHE_KEEP = 8
 #: largest |ONNX Runtime - PyTorch| logit difference accepted when a new export is checked
 EXPORT_ATOL = 1e-3
 
@@ -269,6 +272,17 @@ def _load_valid(path: Path, key: str, threads: int) -> tuple[Any, str]:
     return sess, ""
 
 
+def _prune(folder: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used exports of the cache folder (exports keyed by weights that
+    changed, e.g. a model retrained in MONAI Label, are never asked for again). A process still using a removed
+    file is not affected: ONNX Runtime read it at load time."""
+    files = sorted(folder.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files[keep:]:
+        with contextlib.suppress(OSError):
+            f.unlink()
+            logger.info(f"ONNX cache: removed the least recently used export {f}")
+
+
 def _write_export(network: torch.nn.Module, path: Path, key: str, input_shape: Sequence[int]) -> None:
     import onnx
 
@@ -309,6 +323,8 @@ def load_or_export(network: torch.nn.Module, input_shape: Sequence[int], ckpt_pa
     sess, why = _load_valid(path, key, threads)
     if sess is not None:
         logger.info(f"ONNX Runtime: {path} ({threads} threads)")
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept by the cache folder's pruning
         return sess
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path):
@@ -321,6 +337,8 @@ def load_or_export(network: torch.nn.Module, input_shape: Sequence[int], ckpt_pa
         if sess is None:
             raise RuntimeError(f"the exported model {path} cannot be loaded")
         _check_export(sess, network, input_shape, path)
+    if path.parent == onnx_cache_dir():
+        _prune(path.parent, keep=CACHE_KEEP)
     what = f"checkpoint {os.fspath(ckpt_path)}" if ckpt_path is not None else "the network's weights"
     logger.info(f"exported {what} to ONNX for inputs (N, {', '.join(map(str, input_shape))}) in "
                 f"{time.perf_counter() - t0:.1f} s ({why} before; done once, reused while the weights, plans and "
