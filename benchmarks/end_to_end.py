@@ -57,6 +57,7 @@ def bundle_pipeline(config_file: str | os.PathLike, path: ExecutionPath, device:
         "device": f"$torch.device('{device}')",
         "amp": path.amp_dtype is not None,
         "postprocess": bool(postprocess),
+        "backend": "torch",  # the execution path under test runs as given (the CPU section compares backends)
         **dict(overrides or {}),
     })
     pipeline = CasePipeline(comps["preprocessing"], comps["inferer"], comps["postprocessing"],
