@@ -90,7 +90,8 @@ def _checkpoint(path: Path, image: str, s: Mapping[str, Any], seed: int) -> str:
 
 def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, Any]) -> dict:
     """The bundle's inference of ``image`` with ``backend``: preparation (export or cache) timed apart, then one case
-    through the runner's pipeline with a stage timer, then the bare network over the same slice count."""
+    through the runner's pipeline with a stage timer, and the bare network over the same slice count before and
+    after it."""
     import nibabel as nib
     from monai.bundle import ConfigParser
 
@@ -108,7 +109,7 @@ def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, 
     kind = type(nets[0]).__name__
     depth, size, batch = int(s["volume_shape"][2]), int(s["spatial_size"]), int(s["sw_batch_size"])
     path = ExecutionPath("fp32 channels_last", None, True) if kind != "OnnxRuntimeNetwork" else None
-    bare = bare_network_seconds(nets[0], depth, size, batch, torch.device("cpu"), path=path)  # warms up too
+    bare_before = bare_network_seconds(nets[0], depth, size, batch, torch.device("cpu"), path=path)  # + warm-up
     _reset_peak_rss()
     rss_before = _status_mib("VmRSS")
     timer = StageTimer(torch.device("cpu"))
@@ -116,9 +117,14 @@ def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, 
     runner.pipeline(image, nets, timer)
     wall = time.perf_counter() - t0
     peak = max(_status_mib("VmHWM"), _status_mib("VmRSS"))
+    # the bare network again after the pipeline: on a shared machine the load drifts during a run; the faster of
+    # the two (the less disturbed) is the reference of pipeline / bare
+    bare_after = bare_network_seconds(nets[0], depth, size, batch, torch.device("cpu"), path=path)
+    bare = min(bare_before, bare_after)
     labels = np.asarray(nib.load(str(next(out.glob("*_seg.nii.gz")))).dataobj)
     return {"backend": backend, "network": kind, "prepare_s": prepare_s, "stages": dict(timer.seconds),
             "total_s": timer.total, "wall_s": wall, "network_s": timer.seconds["network"], "bare_network_s": bare,
+            "bare_network_before_after_s": [bare_before, bare_after],
             "bare_slices_per_s": depth / bare, "slices_per_s": depth / timer.total,
             "pipeline_over_bare": timer.total / bare, "peak_rss_mib": peak, "rss_before_mib": rss_before,
             "labels": labels}
