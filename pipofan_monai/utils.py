@@ -437,6 +437,8 @@ Every top-level key of the config can be overridden with --KEY VALUE, for exampl
   --sw_batch_size 8   slices per network call (default auto: as many as fit in half the available memory,
                       at most 32; the full network needs about 1.9 GiB at 8, 5.2 GiB at 32 on a CPU)
   --stream_slices 16  slices per slab of the resize inversion and argmax (0: whole volume, more memory)
+  --backend auto|torch|onnxruntime   auto (default): ONNX Runtime on a CPU when installed (exported once per
+                      checkpoint, cached beside it as <ckpt>.<H>x<W>.onnx), PyTorch otherwise or on a GPU
   --save_probabilities True   --save_overlay False   --postprocess False
   --output_format dicom_seg  or  "['nifti','dicom_seg']"   DICOM SEG beside/instead of NIfTI (DICOM series inputs;
                                                            pip install "pipofan-monai[dicom]")

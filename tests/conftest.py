@@ -12,7 +12,8 @@
 """Test-session settings: one torch thread per process, so parallel workers and subprocesses on a 2-core machine
 do not oversubscribe the CPU (which makes small forward passes 100x slower); and a check that the tests write only
 to temporary folders, never into the checkout (e.g. TensorBoard files or checkpoints in bundle/runs); and the same
-random state at the start of every test, whichever pytest-xdist worker runs it and in which order."""
+random state at the start of every test, whichever pytest-xdist worker runs it and in which order; and the
+PyTorch inference backend where configs say "auto" (ONNX Runtime is tested explicitly)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# "auto" inference backend = PyTorch in the suite (an ONNX export per tiny test model would cost seconds each);
+# tests/test_backends.py runs ONNX Runtime explicitly
+os.environ.setdefault("PIPOFAN_BACKEND", "torch")
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipofan_monai import benchmark as bm
+import benchmarks as bm
 from pipofan_monai.apps.inference import STAGES
 from pipofan_monai.utils import as_bool
 
@@ -49,7 +49,7 @@ def _calibrated_net(volume: torch.Tensor) -> torch.nn.Module:
 
 def test_quick_cli_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, "-m", "pipofan_monai", "benchmark", "--quick", "--device", "cpu", "--output", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

@@ -410,7 +410,7 @@ def test_preprocess_command_fills_what_training_reads(items, tmp_path):
 def test_real_size_volume(tmp_path):
     """One 512x512x450 int16 NIfTI: cached as (450, 256, 256) float16 + uint8 (~28 MiB + 28 MiB on disk), samples
     read 3 slices; memory stays far below CI's 24 GB (one volume's preprocessing peaks at ~3 GB)."""
-    from pipofan_monai.benchmark import write_synthetic_ct
+    from benchmarks import write_synthetic_ct
 
     img, lab = tmp_path / "ct.nii", tmp_path / "seg.nii"
     write_synthetic_ct(img, lab, (512, 512, 450), "kits19", seed=1)

@@ -213,7 +213,7 @@ def test_streaming_falls_back_where_it_does_not_apply(tmp_path, volumes, ckpts):
 _MEMORY_SCRIPT = r"""
 import json, sys, gc
 import torch
-from pipofan_monai.benchmark import _inference_memory_cases
+from benchmarks.memory import _inference_memory_cases
 print("RESULT " + json.dumps(_inference_memory_cases(json.loads(sys.argv[1]))))
 """
 
@@ -224,7 +224,7 @@ def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
     rise of the case over the RSS before it stays under the 4 MiB/slice target (the 4-class float32
     probabilities at 512²) times the slices plus a fixed allowance, where the whole-volume path needs more than
     that (both measured here, each in its own process)."""
-    from pipofan_monai.benchmark import write_synthetic_ct
+    from benchmarks import write_synthetic_ct
 
     depth = 40
     img = tmp_path / "ct.nii.gz"

@@ -198,7 +198,7 @@ def test_trained_model_runs_without_width_or_size_flags(tmp_path):
                     "--device", "cpu"])
 
     # the benchmark's label agreement feeds the trained model the training intensities (from the plans)
-    from pipofan_monai import benchmark as bm
+    import benchmarks as bm
 
     net = bm.make_network(None, ckpt=str(model))
     assert net.get_config()["channels"] == TINY

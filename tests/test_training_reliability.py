@@ -419,14 +419,14 @@ def test_cli_help_runs_nothing(command, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError(f"{command} --help ran the command")
 
-    import pipofan_monai.benchmark
+    import benchmarks
     import pipofan_monai.apps.dataset_conversion as conversion
     import pipofan_monai.apps.training.crossval
     import pipofan_monai.apps.training.studies
 
     for module, name in ((pipofan_monai.apps.training.crossval, "run_crossval"),
                          (pipofan_monai.apps.training.studies, "run_study"),
-                         (pipofan_monai.benchmark, "run_benchmark"), (conversion, "ensure_demo_dataset"),
+                         (benchmarks, "run_benchmark"), (conversion, "ensure_demo_dataset"),
                          (conversion, "generate_demo_dataset"), (conversion, "make_datalist"),
                          (torch, "load")):
         monkeypatch.setattr(module, name, refuse)

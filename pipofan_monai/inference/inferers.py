@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
@@ -167,6 +168,10 @@ class SlidingSliceInferer(Inferer):
         channels_last: give the network its input in ``torch.channels_last`` memory format (convert the network
             too, ``network.to(memory_format=torch.channels_last)``, to benefit).
         progress: show a tqdm progress bar over chunks (needs ``tqdm``).
+        backend: ``"torch"`` (default), ``"onnxruntime"`` or ``"auto"`` (ONNX Runtime on a CPU where installed): a
+            PyTorch network given to the call runs through
+            :func:`~pipofan_monai.inference.backends.prepare_network` (exported once, as long as its weights do
+            not change); a network prepared by the caller runs as given.
 
     Example::
 
@@ -193,8 +198,16 @@ class SlidingSliceInferer(Inferer):
         amp_dtype: torch.dtype | str | None = None,
         channels_last: bool = False,
         progress: bool = False,
+        backend: str = "torch",
     ) -> None:
         super().__init__()
+        from pipofan_monai.inference.backends import BACKENDS
+
+        if str(backend).strip().lower() not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+        #: how the network runs (:func:`~pipofan_monai.inference.backends.prepare_network`)
+        self.backend = str(backend).strip().lower()
+        self._prepared: tuple | None = None  # (weakref to the network, weights fingerprint, prepared network)
         if int(context) < 0:
             raise ValueError(f"context must be >= 0, got {context}.")
         self.auto_batch = isinstance(sw_batch_size, str) and sw_batch_size.strip().lower() == "auto"
@@ -270,6 +283,21 @@ class SlidingSliceInferer(Inferer):
             if param is not None:
                 return param.device
         return inputs.device
+
+    def _backend_network(self, network: Callable, device: torch.device) -> Callable:
+        """``network`` as :attr:`backend` runs it; the prepared network is kept while the same network object with
+        the same weights (parameter storage and version counters) comes back, as MONAI Label calls it."""
+        if self.backend == "torch" or not isinstance(network, torch.nn.Module):
+            return network
+        from pipofan_monai.inference.backends import PREPARED_TORCH, OnnxRuntimeNetwork, prepare_network
+
+        if isinstance(network, OnnxRuntimeNetwork) or network in PREPARED_TORCH:  # prepared by the caller
+            return network
+        fingerprint = tuple((p.data_ptr(), p._version) for p in network.parameters())
+        if self._prepared is None or self._prepared[0]() is not network or self._prepared[1] != fingerprint:
+            self._prepared = (weakref.ref(network), fingerprint, prepare_network(network, backend=self.backend,
+                                                                                 device=device))
+        return self._prepared[2]
 
     def _autocast(self, device: torch.device):
         if not self.amp:
@@ -371,6 +399,7 @@ class SlidingSliceInferer(Inferer):
         volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         batch, _, height, width, depth = volume.shape
         sw_device = self._resolve_sw_device(volume, network)
+        network = self._backend_network(network, sw_device)
         out_device = torch.device(self.device) if self.device is not None else volume.device
         if self.auto_batch:
             self._choose_batch(network, height, width, sw_device)

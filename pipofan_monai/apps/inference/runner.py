@@ -41,6 +41,7 @@ import torch
 from monai.transforms import Compose
 
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES
+from pipofan_monai.inference.backends import prepare_network
 from pipofan_monai.inference.dicom_seg import SaveDicomSegd
 from pipofan_monai.apps.inference.inputs import as_items, case_name, resolve_inputs
 from pipofan_monai.apps.inference.outputs import CaseSkipped, OutputPlan, parse_overwrite
@@ -221,7 +222,9 @@ class SegmentationRunner:
                                                           f"{self.plans.get('source', 'the config')})")
             net = self.network if i == 0 else copy.deepcopy(self.network)
             load_network_weights(net, p)
-            nets.append(net.eval())
+            # the inferer's backend (torch, or ONNX Runtime on a CPU): exported once per checkpoint, cached beside it
+            nets.append(prepare_network(net.eval(), self.plans, p, getattr(self.inferer, "backend", "torch"),
+                                        getattr(self.inferer, "sw_device", None)))
             logger.info(f"loaded checkpoint {os.fspath(p)}")
         if len(nets) > 1:
             if self.pipeline.split is None:
