@@ -33,10 +33,10 @@ WORKFLOWS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
 }
 
 _HELP = {
-    "train": """Train a model with the bundle's training workflow (train.json). Alias of the bundle runner:
+    "train": """usage: pipofan train [--quick] [--config_file FILE_OR_LIST] [--KEY VALUE ...]
 
-    pipofan train [--quick] [--config_file FILE_OR_LIST] [--KEY VALUE ...]
-    = python -m monai.bundle run training --config_file "['{configs}/train.json'(,'{configs}/quickstart.json')]" [--KEY VALUE ...]
+Train a model with the bundle's training workflow (train.json). The same as the bundle runner's
+    python -m monai.bundle run training --config_file "['{configs}/train.json'(,'{configs}/quickstart.json')]" [--KEY VALUE ...]
 
 --quick        add quickstart.json: the quick start (16..128-wide network at 128x128, 80 short epochs)
 --config_file  config file(s) to use instead of train.json (one path, or "['a.json','b.json']" merged in order)
@@ -49,11 +49,10 @@ the pipofan segment command that uses it.
 
 Settings of train.json (default{quick_note}):
 """,
-    "evaluate": """Segment the labeled items of a datalist with a trained model and score them (Dice per organ and case,
-surface distances). Alias of the bundle runner:
+    "evaluate": """usage: pipofan evaluate [--config_file FILE_OR_LIST] [--KEY VALUE ...]
 
-    pipofan evaluate [--config_file FILE_OR_LIST] [--KEY VALUE ...]
-    = python -m monai.bundle run evaluate --config_file "['{configs}/inference.json','{configs}/evaluate.json']" [--KEY VALUE ...]
+Segment the labeled items of a datalist with a trained model and score them against their labels. The same as the bundle runner's
+    python -m monai.bundle run evaluate --config_file "['{configs}/inference.json','{configs}/evaluate.json']" [--KEY VALUE ...]
 
 --config_file  config file(s) to use instead of inference.json + evaluate.json
 --KEY VALUE    any config id of inference.json / evaluate.json, e.g. --datalist data/dl.json --ckpt_path models/model.pt
@@ -129,7 +128,7 @@ def _settings_table(files: Sequence[Path], quick_file: Path | None) -> str:
     quick = json.loads(quick_file.read_text()) if quick_file is not None else {}
     lines = []
     for key, value in merged.items():
-        if isinstance(value, (dict,)) or key in ("imports", "help") or (isinstance(value, str) and value.startswith(("$", "%", "@"))):
+        if isinstance(value, (dict,)) or key in ("imports", "help", "initialize", "run", "finalize") or (isinstance(value, str) and value.startswith(("$", "%", "@"))):
             continue
         if isinstance(value, list) and any(isinstance(v, (dict, list)) or str(v).startswith("$") for v in value):
             continue

@@ -31,7 +31,7 @@ from .lr_scheduler import AuthorsLRLambda
 from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
-from .workflow import run_training
+from .workflow import log_trained_model, run_training
 
 __all__ = [
     "CachedSliceDataset",
@@ -59,4 +59,5 @@ __all__ = [
     "run_crossval",
     "run_crossval_workflow",
     "run_training",
+    "log_trained_model",
 ]
