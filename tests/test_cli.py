@@ -167,7 +167,7 @@ def _runner_kwargs(monkeypatch, argv: list[str], bundle_runner: bool) -> dict:
     return seen[0]
 
 
-OVERRIDES = ["--datalist", "data/dl.json", "--max_epochs", "2", "--network_def#block", "plain", "--resume", "True",
+OVERRIDES = ["--datalist", "data/dl.json", "--max_epochs", "2", "--network_def#block", "conv", "--resume", "True",
              "--class_names", "['background','liver']", "--hu_window", "[-100,300]", "--fold", "2"]
 
 
@@ -178,7 +178,7 @@ def test_train_is_the_bundle_runners_training(monkeypatch):
     assert ours == theirs
     assert ours["args"] == ("training",) and ours["config_file"] == quick
     assert ours["max_epochs"] == 2 and ours["fold"] == 2 and ours["resume"] is True
-    assert ours["network_def#block"] == "plain" and ours["class_names"] == ["background", "liver"]
+    assert ours["network_def#block"] == "conv" and ours["class_names"] == ["background", "liver"]
     assert ours["hu_window"] == [-100, 300] and ours["datalist"] == "data/dl.json"
 
     plain = _runner_kwargs(monkeypatch, ["train", "--max_epochs", "3"], bundle_runner=False)

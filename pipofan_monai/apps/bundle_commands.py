@@ -41,7 +41,7 @@ Train a model with the bundle's training workflow (train.json). The same as the 
 --quick        add quickstart.json: the quick start (16..128-wide network at 128x128, 80 short epochs)
 --config_file  config file(s) to use instead of train.json (one path, or "['a.json','b.json']" merged in order)
 --KEY VALUE    any config id of train.json, parsed as the bundle runner parses it, e.g. --datalist data/dl.json
-               --fold 2 --max_epochs 400 --resume True --network_def#block plain --class_names "['background','liver']"
+               --fold 2 --max_epochs 400 --resume True --network_def#block conv --class_names "['background','liver']"
 
 Writes the best model to <ckpt_dir>/model.pt (default bundle/models, or ./models outside a checkout) and the run
 (last.pt, metrics.json, TensorBoard) to <output_dir> (default bundle/runs); the last log line names the model and

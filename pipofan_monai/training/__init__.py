@@ -28,6 +28,7 @@ from .handlers import (
     stage_for_epoch,
 )
 from .lr_scheduler import AuthorsLRLambda
+from .pretrained import PretrainedWeights, start_plans, training_network
 from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
 from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
@@ -60,4 +61,7 @@ __all__ = [
     "run_crossval_workflow",
     "run_training",
     "log_trained_model",
+    "PretrainedWeights",
+    "start_plans",
+    "training_network",
 ]
