@@ -240,8 +240,9 @@ def test_train_tiny_run_equals_bundle_runner_and_ends_with_the_segment_command(t
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     for name, cmd in (("pipofan", ["-m", "pipofan_monai", "train"]),
                       ("runner", ["-m", "monai.bundle", "run", "training", "--config_file", TRAIN])):
+        run = tmp_path / name
         over = TINY_TRAIN + ["--datalist", str(demo), "--max_epochs", "1", "--val_interval", "1",
-                             "--ckpt_dir", str(tmp_path / name / "models"), "--output_dir", str(tmp_path / name / "runs")]
+                             "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "runs")]
         proc = subprocess.run([sys.executable] + cmd + over, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"

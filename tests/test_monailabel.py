@@ -137,7 +137,8 @@ def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = 
                repr(class_names)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    for name, edits in (("inference.json", TINY_INFERENCE), ("train.json", TINY_TRAIN if train_edits is None else train_edits)):
+    train_edits = TINY_TRAIN if train_edits is None else train_edits
+    for name, edits in (("inference.json", TINY_INFERENCE), ("train.json", train_edits)):
         path = dst / "configs" / name
         config = json.loads(path.read_text())
         missing = [k for k in edits if k not in config]

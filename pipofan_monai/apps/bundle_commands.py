@@ -128,12 +128,21 @@ def _settings_table(files: Sequence[Path], quick_file: Path | None) -> str:
     quick = json.loads(quick_file.read_text()) if quick_file is not None else {}
     lines = []
     for key, value in merged.items():
-        if isinstance(value, (dict,)) or key in ("imports", "help", "initialize", "run", "finalize") or (isinstance(value, str) and value.startswith(("$", "%", "@"))):
+        if isinstance(value, dict) or key in ("imports", "help", "initialize", "run", "finalize", "start_plans", "network"):
             continue
         if isinstance(value, list) and any(isinstance(v, (dict, list)) or str(v).startswith("$") for v in value):
             continue
+        if isinstance(value, str) and value.startswith(("$", "%", "@")):
+            if "@start_plans" in value and " else " in value:  # "$<from the plans> if @start_plans else <default>"
+                shown = value.rsplit(" else ", 1)[1] + "   (--pretrained: from its plans)"
+            elif value.startswith("$") and len(value) <= 70 and "os." not in value and "torch." not in value:
+                shown = value[1:]
+            else:
+                continue
+        else:
+            shown = json.dumps(value)
         extra = f"   (--quick: {json.dumps(quick[key])})" if key in quick else ""
-        lines.append(f"  --{key:<26} {json.dumps(value)}{extra}")
+        lines.append(f"  --{key:<26} {shown}{extra}")
     return "\n".join(lines)
 
 

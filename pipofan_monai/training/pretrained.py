@@ -52,8 +52,8 @@ def start_plans(load_path: str | os.PathLike | None, class_names: Sequence[str])
         return None
     if [str(c) for c in plans["class_names"]] != [str(c) for c in class_names]:
         raise ValueError(
-            f"{os.fspath(load_path)!r} was trained for classes {plans['class_names']}, the config has {list(class_names)}:"
-            " set class_names as in the checkpoint (python -m pipofan_monai classes --bundle_dir <bundle> "
+            f"{os.fspath(load_path)!r} was trained for classes {plans['class_names']}, the config has "
+            f"{list(class_names)}: set class_names as in the checkpoint (python -m pipofan_monai classes --bundle_dir <bundle> "
             "--class_names ...) or start from another checkpoint."
         )
     logger.info(f"starting from {os.fspath(load_path)}: network {dict(plans['network'])} and preprocessing "
