@@ -123,17 +123,22 @@ def _assert_no_network(env: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = None) -> Path:
+def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = None, model: dict | None = None,
+                 train_edits: dict | None = None) -> Path:
     """Copy ``bundle/configs`` to ``dst/configs``, shrink it, and save a fixed-seed checkpoint whose label map is
     not trivial: random weights with BatchNorm statistics calibrated on ``inputs`` (all four classes appear).
-    ``class_names``: give the copy another vocabulary with ``python -m pipofan_monai classes`` (as a user would)."""
+    ``class_names``: give the copy another vocabulary with ``python -m pipofan_monai classes`` (as a user would).
+    ``model``: the checkpoint's ``network_channels`` and ``spatial_size`` (default TINY_COMMON's);
+    ``train_edits``: the edits of train.json (default TINY_TRAIN)."""
+    model = dict(TINY_COMMON if model is None else model)
     shutil.copytree(BUNDLE / "configs", dst / "configs")
     if class_names is not None:
         cmd = [sys.executable, "-m", "pipofan_monai", "classes", "--bundle_dir", str(dst), "--class_names",
                repr(class_names)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    for name, edits in (("inference.json", TINY_INFERENCE), ("train.json", TINY_TRAIN)):
+    train_edits = TINY_TRAIN if train_edits is None else train_edits
+    for name, edits in (("inference.json", TINY_INFERENCE), ("train.json", train_edits)):
         path = dst / "configs" / name
         config = json.loads(path.read_text())
         missing = [k for k in edits if k not in config]
@@ -147,8 +152,8 @@ def _make_bundle(dst: Path, inputs: list[Path], class_names: list[str] | None = 
 
     torch.manual_seed(0)
     names = list(class_names) if class_names is not None else list(DEFAULT_CLASS_NAMES)
-    net = PIPOFAN(out_channels=len(names), channels=TINY_COMMON["network_channels"])
-    plans = make_plans(net, names, {**DEFAULT_PREPROCESSING, "spatial_size": TINY_COMMON["spatial_size"]})
+    net = PIPOFAN(out_channels=len(names), channels=model["network_channels"])
+    plans = make_plans(net, names, {**DEFAULT_PREPROCESSING, "spatial_size": model["spatial_size"]})
     pre = get_inference_transforms(plans["preprocessing"])
     context = plans["preprocessing"]["context"]
     slices = []
@@ -361,6 +366,36 @@ def test_train_task_writes_model_used_by_next_inference(bundle, demo, inputs, tm
     expected = _run_bundle_inference(trained, inputs[:1], tmp_path / "runner_out", net_guard)[inputs[0]]
     _assert_same_label_map(after_label, expected, inputs[0])
     assert (np.asarray(after_label.dataobj) != before_label).any(), "inference after training gives the old map"
+
+
+def test_train_task_retrains_a_quick_start_model(demo, inputs, tmp_path, net_guard):
+    """A quick-start model (16..128 wide, 128x128) served with the bundle's own train.json (paper widths and size;
+    only the amount of work is edited): MONAI Label's Train builds the network of the model's plans, loads it and
+    writes a model of the same widths and preprocessing."""
+    quick = {"network_channels": [16, 32, 64, 128, 128], "spatial_size": 128}
+    work_only = {"samples_per_epoch": 8, "batch_size": 4, "num_workers": 0, "progress_bar": False, "sw_batch_size": 4}
+    bundle = _make_bundle(tmp_path / MODEL_NAME, inputs, model=quick, train_edits=work_only)
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    assert config["network_channels"] == [64, 128, 256, 512, 512]  # the paper's widths stay in train.json
+    ckpt = bundle / "models" / "model.pt"
+    before = torch.load(ckpt, map_location="cpu", weights_only=True)
+
+    cases = [(demo / "test" / "imagesTs" / f"{n}.nii.gz", demo / "test" / "labelsTs" / f"{n}.nii.gz")
+             for n in ("demo_001", "demo_002")]
+    datastore = LocalDatastore(str(_studies(tmp_path / "studies", cases)), extensions=("*.nii.gz",),
+                               auto_reload=False)
+    train = BundleTrainTask(str(bundle), {})
+    train({"model": MODEL_NAME, "max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}, datastore)
+
+    after = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert after["plans"]["network"] == before["plans"]["network"]
+    assert after["plans"]["network"]["channels"] == quick["network_channels"]
+    assert after["plans"]["preprocessing"] == before["plans"]["preprocessing"]
+    assert after["plans"]["preprocessing"]["spatial_size"] == quick["spatial_size"]
+    assert set(after["model"]) == set(before["model"])
+    assert any(not torch.equal(before["model"][k], v) for k, v in after["model"].items() if v.is_floating_point())
+    _assert_network_holds(_task_network(BundleInferTask(str(bundle), {"preload": "false"})), ckpt)
+    _assert_no_network(net_guard)
 
 
 # --------------------------------------------------------------------------------------------------- server

@@ -447,10 +447,10 @@ def test_cli_top_level_help(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pipofan", "--help"])
     cli.main()
     text = capsys.readouterr().out
-    assert all(f"\n    {c} " in text for c in COMMANDS) and "``" not in text
-    monkeypatch.setattr(sys, "argv", ["pipofan", "train", "--help"])  # not a command: training is the bundle's
+    assert all(f"\n    {c} " in text for c in COMMANDS + ["train", "evaluate", "segment"]) and "``" not in text
+    monkeypatch.setattr(sys, "argv", ["pipofan", "trian", "--help"])  # a typo: refused, the commands listed
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown command 'train'" in err and "monai.bundle run" in err
+    assert "unknown command 'trian'" in err and "train, evaluate, segment, download" in err and "monai.bundle run" in err

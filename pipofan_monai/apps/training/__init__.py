@@ -30,11 +30,13 @@ from .handlers import (
     TrainingProgressBar,
     stage_for_epoch,
 )
-from pipofan_monai.optimizers.lr_scheduler import AuthorsLRLambda
-from .run_dir import prepare_training_run, release_training_run
 from pipofan_monai.data.sampler import PartialLabelSampler
+from pipofan_monai.optimizers.lr_scheduler import AuthorsLRLambda
 from pipofan_monai.preprocessing.train_transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
-from .workflow import run_training
+
+from .pretrained import PretrainedWeights, start_plans, training_network
+from .run_dir import prepare_training_run, release_training_run
+from .workflow import log_trained_model, run_training
 
 __all__ = [
     "CachedSliceDataset",
@@ -64,4 +66,8 @@ __all__ = [
     "run_crossval",
     "run_crossval_workflow",
     "run_training",
+    "log_trained_model",
+    "PretrainedWeights",
+    "start_plans",
+    "training_network",
 ]

@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 from pipofan_monai import bundle_dir
 from pipofan_monai.vocabulary.organs import metric_name
 
-__all__ = ["DEFAULT_CONFIG", "run_training", "best_epoch_row", "best_validation_dice", "release_workflow"]
+__all__ = ["DEFAULT_CONFIG", "run_training", "best_epoch_row", "best_validation_dice", "release_workflow",
+           "log_trained_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,33 @@ def best_validation_dice(metrics_path: str | os.PathLike, class_names: Sequence[
     dice = {o: (best.get(metric_name(o)) if best else None) for o in class_names[1:]}
     dice["mean"] = best.get("val_mean_dice") if best else None
     return (best.get("epoch") if best else None), dice
+
+
+def log_trained_model(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, enabled: bool = True) -> str | None:
+    """Log where the run's best model is and the ``pipofan segment`` command that uses it: the training
+    workflow's last step, so that this is the last line a user sees. Returns the message (None when disabled).
+
+    Args:
+        ckpt_dir: the folder of ``model.pt``.
+        output_dir: the run folder (its ``metrics.json`` gives the best epoch and Dice).
+        enabled: False on ranks other than 0 of a distributed run.
+    """
+    if not enabled:
+        return None
+    import shlex
+
+    model = Path(ckpt_dir).resolve() / "model.pt"
+    if not model.is_file():
+        message = f"training finished without a model: no validation wrote {model} (see {Path(output_dir).resolve()})"
+        logging.getLogger("pipofan.train").warning(message)
+        return message
+    best = best_epoch_row(json.loads((Path(output_dir) / "metrics.json").read_text())
+                          if (Path(output_dir) / "metrics.json").is_file() else [])
+    score = f" (epoch {best['epoch']}, val_mean_dice {best['val_mean_dice']:.4f})" if best else ""
+    message = (f"training finished; best model{score}: {model}; segment a CT with it: "
+               f"pipofan segment CT.nii.gz -o segmentations --model {shlex.quote(str(model))}")
+    logging.getLogger("pipofan.train").info(message)
+    return message
 
 
 def release_workflow(workflow: Any, ids: Sequence[str] = ("train#dataloader", "validate#dataloader")) -> int:
