@@ -740,8 +740,6 @@ def preprocessed_cache_from_config(
     """
     from monai.bundle import ConfigParser
 
-    from pipofan_monai.training.data import load_training_data
-
     files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
     parser = ConfigParser()
     parser.read_config([os.fspath(f) for f in files])
@@ -762,8 +760,7 @@ def preprocessed_cache_from_config(
         if "cache_dir" not in parser:
             raise ValueError(f"no --cache_dir given and {files} define no cache_dir.")
         cache_dir = parser.get_parsed_content("cache_dir")
-    data = load_training_data(parser.get_parsed_content("datalist"), parser.get_parsed_content("dataset_dir"),
-                              parser.get_parsed_content("demo_dir") if "demo_dir" in parser else None)
+    data = parser.get_parsed_content("data")  # the config's own datalist loading (the demo without a datalist)
     items = [dict(d) for d in data.get("training", []) if d.get("label")]
     if not items:
         raise ValueError("the datalist has no labeled training items to preprocess.")

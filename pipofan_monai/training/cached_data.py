@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 from monai.data import Dataset, MetaTensor
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 
 from pipofan_monai.plans import DEFAULT_PREPROCESSING
 from pipofan_monai.preprocessing.cache import CacheEntry, CacheSettings, PreprocessedCache
@@ -76,6 +76,32 @@ def _transform_kwargs(preprocessing: Preprocessing, kwargs: Mapping[str, Any], c
         if not context:
             base.pop("context", None)
     return {**base, **kwargs}
+
+
+def _split_transform(transform: Any) -> tuple[list, list]:
+    """``(deterministic head, random tail)`` of a ``Compose``: split before its first ``Randomizable`` transform,
+    the rule by which ``CacheDataset`` caches (so every cache mode stores the same head and applies the same
+    tail)."""
+    xforms = list(getattr(transform, "transforms", None) or [])
+    at = next((i for i, t in enumerate(xforms) if isinstance(t, Randomizable)), len(xforms))
+    return xforms[:at], xforms[at:]
+
+
+def _label_settings(head: Sequence[Any]) -> dict:
+    """The cache's label settings from the deterministic head's ``MapDatasetLabelsd``: ``num_classes``,
+    ``datasets`` (the dataset table), ``partial_labels``, ``allow_missing_label``.
+
+    Raises:
+        ValueError: the head maps no labels (not a training / validation pipeline).
+    """
+    from pipofan_monai.preprocessing.labels import MapDatasetLabelsd
+
+    for t in head:
+        if isinstance(t, MapDatasetLabelsd):
+            return {"num_classes": t.num_classes, "datasets": t.datasets, "partial_labels": t.partial_labels,
+                    "allow_missing_label": t.allow_missing_keys}
+    raise ValueError("cache='mmap' with a transform needs its deterministic part to map the labels "
+                     "(MapDatasetLabelsd), as get_train_transforms / get_val_transforms do.")
 
 
 class _CachedVolumes(Dataset):
@@ -128,6 +154,8 @@ class CachedSliceDataset(_CachedVolumes):
         context: neighbour slices each side (None: the ``preprocessing`` dict's, else 1).
         num_workers: processes filling the cache (not the DataLoader's). Default 0.
         progress: progress bar while filling. Default True.
+        random_transforms: the random part given whole (the random tail of ``get_train_transforms``, as
+            :func:`make_train_dataset` passes it); then ``roi_size`` ... ``organ_free`` are not used.
         settings: :class:`~pipofan_monai.preprocessing.cache.CacheSettings` attributes on top of
             ``preprocessing`` (``num_classes``, ``datasets``, ``reader``, item keys, or ``spatial_size=40``, ...).
     """
@@ -146,12 +174,15 @@ class CachedSliceDataset(_CachedVolumes):
         partial_labels: bool = True,
         num_workers: int = 0,
         progress: bool = True,
+        random_transforms: Sequence[Any] | None = None,
         **settings: Any,
     ) -> None:
-        transform = Compose(get_train_random_transforms(
-            settings.get("image_key", "image"), settings.get("label_key", "label"), roi_size=roi_size,
-            context=_context_of(preprocessing, context), pos_ratio=pos_ratio, num_samples=num_samples,
-            flip_prob=flip_prob, organ_free=organ_free))
+        if random_transforms is None:
+            random_transforms = get_train_random_transforms(
+                settings.get("image_key", "image"), settings.get("label_key", "label"), roi_size=roi_size,
+                context=_context_of(preprocessing, context), pos_ratio=pos_ratio, num_samples=num_samples,
+                flip_prob=flip_prob, organ_free=organ_free)
+        transform = Compose(list(random_transforms))
         self.partial_labels = bool(partial_labels)
         super().__init__(data, transform, cache_dir, preprocessing, settings, num_workers, progress)
 
@@ -272,8 +303,12 @@ def make_train_dataset(
         copy_cache: ``CacheDataset``'s deep copy per sample (``"memory"``). Default True (MONAI's default).
         num_workers: processes (threads for ``CacheDataset``) filling the cache.
         progress: progress bar while filling.
-        transform: the whole training transform for the other modes (the bundle's ``train#preprocessing``);
-            None: ``get_train_transforms`` of ``preprocessing`` and ``kwargs``. Not used by ``"mmap"``.
+        transform: the whole training transform (the bundle's ``train#preprocessing``, from
+            ``get_train_transforms``); None: ``get_train_transforms`` of ``preprocessing`` and ``kwargs``. Every
+            mode splits it as ``CacheDataset`` does, before its first random transform: the other modes cache or
+            recompute the deterministic head, ``"mmap"`` stores it in the cache (its label settings,
+            ``num_classes``, ``datasets``, ``partial_labels``, are read from the head's ``MapDatasetLabelsd``) and
+            applies the random tail to the cached volumes.
         preprocessing: the deterministic preprocessing, one object: the plans' preprocessing dict (the bundle's
             ``@preprocessing_settings``: ``spatial_size``, ``hu_window``, ``intensity``, ``context``,
             ``image_mode``) or a :class:`~pipofan_monai.preprocessing.cache.CacheSettings`. None: the defaults.
@@ -283,6 +318,11 @@ def make_train_dataset(
     """
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
+        if transform is not None:  # its head is what the cache stores, its tail the random part
+            head, tail = _split_transform(transform)
+            settings = _label_settings(head)
+            settings.pop("allow_missing_label")
+            kwargs = {**settings, **kwargs, "random_transforms": tail}
         return CachedSliceDataset(data, cache_dir, preprocessing, num_workers=num_workers,  # type: ignore[arg-type]
                                   progress=progress, **kwargs)
     from pipofan_monai.training.transforms import get_train_transforms
@@ -304,12 +344,14 @@ def make_val_dataset(
     **kwargs: Any,
 ) -> Dataset:
     """The validation Dataset for ``cache`` mode (see :func:`make_train_dataset`; ``transform``: the bundle's
-    ``validate#preprocessing`` for the other modes; ``preprocessing``: as there, its ``context`` is not used:
+    ``validate#preprocessing``, whose label settings ``"mmap"`` reads; ``preprocessing``: as there, its ``context`` is not used:
     the 2.5D inferer stacks the slices); ``kwargs`` are
     :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: ``num_classes``,
     ``datasets``, ``context``; ``allow_missing_label`` must stay False there)."""
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
+        if transform is not None:  # the deterministic pipeline, stored by the cache: its label settings
+            kwargs = {**_label_settings(_split_transform(transform)[0]), **kwargs}
         if kwargs.pop("allow_missing_label", False):
             raise ValueError("cache='mmap' validation needs a label for every item (allow_missing_label=False).")
         kwargs.pop("partial_labels", None)  # validation always uses the true masks
