@@ -30,7 +30,7 @@ from .handlers import (
 from .lr_scheduler import AuthorsLRLambda
 from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
-from .transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
+from .transforms import RandSlabCropd, RandSlabFlipd, SlabToChannelsd, get_train_random_transforms, get_train_transforms
 from .workflow import run_training
 
 __all__ = [
@@ -55,6 +55,8 @@ __all__ = [
     "release_training_run",
     "RandSlabCropd",
     "SlabToChannelsd",
+    "RandSlabFlipd",
+    "get_train_random_transforms",
     "get_train_transforms",
     "run_crossval",
     "run_crossval_workflow",

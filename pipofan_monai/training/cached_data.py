@@ -274,7 +274,10 @@ def _monai_dataset(mode: str, data: Sequence[Mapping[str, Any]], transform: Any,
         return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
                             progress=progress, **cache_kwargs)
     if mode == "persistent":
-        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))
+        # track_meta: MONAI's default stores plain tensors, which drops the labeled-class masks (and affines) of
+        # every sample read back from the files; keeping MetaTensors needs pickle loading (the user's own folder)
+        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"),
+                                 track_meta=True, weights_only=False)
     return Dataset(data, transform)
 
 

@@ -307,7 +307,7 @@ class SlabToChannelsd(MapTransform):
 
     Metadata (e.g. ``labeled_mask``) are kept; the 4x4 affine is moved to the centre slice, so it maps
     ``(i, j, 0)`` to the world position of pixel (i, j) of that slice. Follow with
-    ``RandFlipd(keys, prob=0.5, spatial_axis=0)`` and ``RandFlipd(keys, prob=0.5, spatial_axis=1)`` for the
+    ``RandSlabFlipd(keys, prob=0.5, spatial_axis=0)`` and ``RandSlabFlipd(keys, prob=0.5, spatial_axis=1)`` for the
     paper's in-plane flips.
 
     Args:
