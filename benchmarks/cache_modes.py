@@ -16,7 +16,8 @@ Usage (heavy: ~3 GB peak, minutes; wrap it in ``flock /tmp/heavy.lock`` on a sha
     python benchmarks/cache_modes.py [--volumes 2] [--shape 512 512 450] [--samples 40]
 
 Writes ``--volumes`` synthetic int16 CTs (``write_synthetic_ct``), builds the training Dataset of each mode
-with the bundle's defaults (256² resize, 224² crops, one worker-less process) and prints per mode: the build
+with the bundle's defaults (256² resize, 224² crops, one worker-less process; ``memory`` with and without
+``CacheDataset``'s deep copy per sample) and prints per mode: the build
 time, samples/s (mmap and memory over ``--samples`` samples, persistent and none over a few) and the ratio to
 ``mmap``, plus the process's peak RSS after the mode.
 """
@@ -53,10 +54,12 @@ def main() -> None:
             write_synthetic_ct(img, lab, args.shape, ds, seed=i)
             items.append({"image": str(img), "label": str(lab), "dataset": ds})
         rows = {}
-        for mode in ("mmap", "memory", "persistent", "none"):
+        for name in ("mmap", "memory", "memory_no_copy", "persistent", "none"):
+            mode = name.replace("_no_copy", "")
             transform = get_train_transforms(roi_size=224)
             t0 = time.perf_counter()
-            data = make_train_dataset(items, mode, Path(tmp) / "cache", progress=False, transform=transform)
+            data = make_train_dataset(items, mode, Path(tmp) / "cache", progress=False, transform=transform,
+                                      copy_cache=name != "memory_no_copy")
             build = time.perf_counter() - t0
             set_rnd(getattr(data, "transform", data), 0)
             n = args.samples if mode in ("mmap", "memory") else args.slow_samples
@@ -66,7 +69,7 @@ def main() -> None:
                 s = data[k % len(items)]
             per_s = n / (time.perf_counter() - t0)
             assert s["image"].shape == (3, 224, 224)
-            rows[mode] = {"build_s": round(build, 2), "samples_per_s": round(per_s, 2),
+            rows[name] = {"build_s": round(build, 2), "samples_per_s": round(per_s, 2),
                           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
             del data
         for row in rows.values():
