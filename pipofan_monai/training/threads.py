@@ -11,11 +11,11 @@
 
 """The CPU cores of a training run on a CPU: torch's intra-op threads and the DataLoader workers share them.
 
-torch starts one intra-op (OpenMP) thread per core. Every operator then waits for all of them at its end, so
-when anything else runs on those cores (here: the training's own DataLoader worker processes) each operator takes
-as long as its slowest, descheduled thread. Measured on the project's 2-core machine (docs/results/quickstart.md):
-one quick-start training iteration took 24-47 s with 2 threads and 2.7-4.7 s with 1 thread while the cores were
-busy, 0.39 s with 2 threads on idle cores. :func:`share_cpu_cores` gives torch the cores the workers leave.
+torch starts one intra-op (OpenMP) thread per core. Every operator then waits for all of them at its end, the
+waiting thread spinning, so when anything else runs on those cores (the training's own DataLoader worker
+processes, or another program) each operator takes as long as its descheduled thread. Measured on the project's
+2-core machine at load about 3 (docs/results/quickstart.md): one quick-start training iteration took 3 to 12 s
+with 2 threads and 0.51 to 0.60 s with 1 thread. :func:`share_cpu_cores` gives torch the cores the workers leave.
 """
 
 from __future__ import annotations
