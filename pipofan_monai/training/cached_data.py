@@ -353,8 +353,8 @@ def make_val_dataset(
     **kwargs: Any,
 ) -> Dataset:
     """The validation Dataset for ``cache`` mode (see :func:`make_train_dataset`; ``transform``: the bundle's
-    ``validate#preprocessing``, whose label settings ``"mmap"`` reads; ``preprocessing``: as there, its ``context`` is not used:
-    the 2.5D inferer stacks the slices); ``kwargs`` are
+    ``validate#preprocessing``, whose label settings ``"mmap"`` reads; ``preprocessing``: as there, its
+    ``context`` is not used: the 2.5D inferer stacks the slices); ``kwargs`` are
     :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: ``num_classes``,
     ``datasets``, ``context``; ``allow_missing_label`` must stay False there)."""
     mode = _check_mode(cache, cache_rate, cache_dir)

@@ -14,7 +14,10 @@ slices become channels.
 
 Training: :class:`RandSlabCropd` draws a ``(rx, ry, 2*context+1)`` slab whose centre slice contains one of the
 organs annotated by the item's source dataset (or a random slice), then :class:`SlabToChannelsd` turns the
-image slab into ``2*context+1`` channels (slices z-1, z, z+1) and keeps the label's centre slice.
+image slab into ``2*context+1`` channels (slices z-1, z, z+1) and keeps the label's centre slice, and
+:class:`RandSlabFlipd` flips both in-plane axes. These are the random part of every cache mode
+(:func:`get_train_random_transforms`): ``RandSlabCropd`` takes a whole volume (``CacheDataset``, ``Dataset``) or a
+volume of the memory-mapped cache (``CachedSliceDataset``, reading only the slab), with the same draws.
 Inference: :func:`stack_neighbour_slices` / :class:`SlicesToChannelsd` turn a volume ``(1, H, W, D)`` into
 ``(3, H, W, D)`` with replicated edges, so every slice can be segmented.
 
@@ -33,10 +36,10 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, Randomizable, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
+from pipofan_monai.partial_labels import LABELED_MASK_KEY
 from pipofan_monai.plans import DEFAULT_PREPROCESSING
 from pipofan_monai.preprocessing.pipelines import get_preprocessing_transforms
 from pipofan_monai.preprocessing.slices import plain_tensor
-from pipofan_monai.partial_labels import LABELED_MASK_KEY
 from pipofan_monai.utils import filename_of
 
 __all__ = ["RandSlabCropd", "SlabToChannelsd", "RandSlabFlipd", "get_train_random_transforms",
