@@ -30,7 +30,6 @@ from .handlers import (
 from .lr_scheduler import AuthorsLRLambda
 from .run_dir import prepare_training_run, release_training_run
 from .sampler import PartialLabelSampler
-from .threads import share_cpu_cores
 from .transforms import RandSlabCropd, RandSlabFlipd, SlabToChannelsd, get_train_random_transforms, get_train_transforms
 from .workflow import run_training
 
@@ -52,7 +51,6 @@ __all__ = [
     "stage_for_epoch",
     "AuthorsLRLambda",
     "PartialLabelSampler",
-    "share_cpu_cores",
     "prepare_training_run",
     "release_training_run",
     "RandSlabCropd",
