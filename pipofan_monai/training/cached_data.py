@@ -52,11 +52,12 @@ __all__ = [
 ]
 
 #: Training samples per second of each mode (benchmarks/cache_modes.py: one process, one thread, 224² crops of
-#: 256² slices, 2 synthetic volumes of 128x128x40; 2026-12-05, the 2-core AMD EPYC CPU machine of the project,
-#: shared, load 2.9): mmap 1169, memory 75 (``CacheDataset`` deep-copies the whole volume per sample; 237 without
-#: the copy), persistent 32, none 28. Only "mmap" is worth training with (the default; its cost does not grow with
-#: the volume's depth, the others' do); "memory", "persistent" and "none" stay because configs and command lines
-#: that pass ``--cache`` rely on them, and "none" needs no disk.
+#: 256² slices; 2026-12-05, the 2-core AMD EPYC CPU machine of the project, shared, load 2.0 to 1.3), two
+#: synthetic 512x512x450 int16 CTs: mmap 1099, memory 7.9 (``CacheDataset`` deep-copies the whole volume per
+#: sample; 53.9 without the copy), persistent 0.31, none 0.17; at the demo's 128x128x40 (load 2.9): mmap 1169,
+#: memory 75 (237 without the copy), persistent 32, none 28. Only "mmap" is worth training with (the default; its
+#: cost does not grow with the volume, the others' do); "memory", "persistent" and "none" stay because configs
+#: and command lines that pass ``--cache`` rely on them, and "none" needs no disk.
 CACHE_MODES = ("mmap", "memory", "persistent", "none")
 
 #: the deterministic preprocessing: the plans' preprocessing dict or a CacheSettings (see make_train_dataset)
