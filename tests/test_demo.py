@@ -165,3 +165,19 @@ def test_train_pipeline_on_demo(demo):
         pre = MapDatasetLabelsd("label")(_load(it))["label"][0]
         z = int(out["label"].meta["slab_index"][2])
         assert any(bool((pre[..., z] == c).any()) for c in organs)  # organ-centred on an annotated organ
+
+
+def test_a_demo_folder_of_an_earlier_layout_is_reused(tmp_path):
+    """A demo folder written before the generator module moved (its manifest names the old module) is the same
+    generator's data: reused as it is, not refused as someone else's files."""
+    root = tmp_path / "demo"
+    kw = dict(num_cases_per_source=1, num_test=1, shape=(24, 24, 8))
+    ensure_demo_dataset(root, **kw)
+    manifest = root / "demo_manifest.json"
+    old = json.loads(manifest.read_text())
+    assert old["generator"] == "pipofan_monai.apps.dataset_conversion.demo"
+    old["generator"] = "pipofan_monai.dataset_conversion.demo"  # the 0.2.0 layout
+    manifest.write_text(json.dumps(old))
+    stamp = manifest.stat().st_mtime_ns
+    assert ensure_demo_dataset(root, **kw) == root / "datalist.json"
+    assert manifest.stat().st_mtime_ns == stamp  # reused, not regenerated

@@ -105,6 +105,7 @@ def get_val_transforms(
     spatial_size: int | None = 256,
     context: int | None = None,
     allow_missing_label: bool = True,
+    preprocessing: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Compose:
     """Validation / inference pipeline on whole volumes: image ``(1, S, S, D)`` (or ``(2*context+1, S, S, D)``
@@ -115,8 +116,15 @@ def get_val_transforms(
         spatial_size: in-plane resize (None: keep). Default 256.
         context: if not None, stack neighbour slices as channels here (otherwise the 2.5D inferer does it).
         allow_missing_label: accept items without a label. Default True.
+        preprocessing: the plans' preprocessing dict (the bundle's ``@preprocessing_settings``); its
+            ``spatial_size``, ``hu_window``, ``intensity`` and ``image_mode`` replace the arguments' (its
+            ``context`` is not used: the 2.5D inferer stacks the slices).
         kwargs: passed to :func:`get_preprocessing_transforms`.
     """
+    if preprocessing is not None:
+        planned = {k: v for k, v in preprocessing.items() if k != "context"}
+        spatial_size = planned.pop("spatial_size", spatial_size)
+        kwargs = {**planned, **kwargs}
     xforms = get_preprocessing_transforms(image_key, label_key, spatial_size,
                                           allow_missing_label=allow_missing_label, **kwargs)
     if context is not None:

@@ -109,6 +109,9 @@ DEMO_VERSION = 1
 DEMO_SOURCES: tuple[str, ...] = ("btcv", "lits", "kits19", "msd_spleen")
 DEFAULT_NUM_CASES: dict[str, int] = {"btcv": 8, "lits": 8, "kits19": 8, "msd_spleen": 8}
 MANIFEST = "demo_manifest.json"
+# the generator's id in the manifest is this module's name; the names it had in earlier layouts (same generator,
+# same data) are accepted, so a demo folder written by an earlier version is recognised instead of refused
+_GENERATOR_NAMES = (__name__, "pipofan_monai.dataset_conversion.demo", "pipofan_monai.data.demo")
 
 #: the optional fifth-organ source (``pancreas=True``) and the five-class vocabulary of its datalist
 PANCREAS_SOURCE = "msd_pancreas"
@@ -224,8 +227,7 @@ def _read_manifest(root: Path) -> dict | None:
         m = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    # "pipofan_monai.data.demo": this module's name before the stage layout (same generator, same data)
-    return m if isinstance(m, dict) and m.get("generator") in (__name__, "pipofan_monai.data.demo") else None
+    return m if isinstance(m, dict) and m.get("generator") in _GENERATOR_NAMES else None
 
 
 def _write_tree(root: Path, params: dict) -> None:

@@ -32,7 +32,13 @@ from .handlers import (
 )
 from pipofan_monai.data.sampler import PartialLabelSampler
 from pipofan_monai.optimizers.lr_scheduler import AuthorsLRLambda
-from pipofan_monai.preprocessing.train_transforms import RandSlabCropd, SlabToChannelsd, get_train_transforms
+from pipofan_monai.preprocessing.train_transforms import (
+    RandSlabCropd,
+    RandSlabFlipd,
+    SlabToChannelsd,
+    get_train_random_transforms,
+    get_train_transforms,
+)
 
 from .pretrained import PretrainedWeights, start_plans, training_network
 from .run_dir import prepare_training_run, release_training_run
@@ -62,6 +68,8 @@ __all__ = [
     "release_training_run",
     "RandSlabCropd",
     "SlabToChannelsd",
+    "RandSlabFlipd",
+    "get_train_random_transforms",
     "get_train_transforms",
     "run_crossval",
     "run_crossval_workflow",

@@ -9,15 +9,14 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Training and validation Datasets on the memory-mapped preprocessed cache, so that RAM
-does not grow with the datasets (about 79 GB as whole float32 volumes at the paper's size).
+"""Training and validation Datasets on the memory-mapped preprocessed cache (issue 14).
 
 :class:`CachedSliceDataset` yields one 2.5D training sample per index by reading the ``2*context+1`` slices it
-needs from the memory map (about 0.4 MB at 256², whatever the volume's size); the draw is that of
-:class:`~pipofan_monai.preprocessing.train_transforms.RandSlabCropd` (organ-centred with ``pos_ratio`` from the slice lists
-stored in the cache, then a random in-plane window), followed by the same ``SlabToChannelsd`` and flips as
-:func:`~pipofan_monai.preprocessing.train_transforms.get_train_transforms`. With the same seed it gives the same samples as
-``CacheDataset(data, get_train_transforms(...))``: labels identical, images equal to the old images rounded to
+needs from the memory map (about 0.4 MB at 256², whatever the volume's size). Its transform is the random part
+of every cache mode, :func:`~pipofan_monai.preprocessing.train_transforms.get_train_random_transforms`, whose
+:class:`~pipofan_monai.preprocessing.train_transforms.RandSlabCropd` takes the cache entry (organ slices from the lists
+stored in the cache) where the other modes give it the whole volume. With the same seed it gives the same samples
+as ``CacheDataset(data, get_train_transforms(...))``: labels identical, images equal to those images rounded to
 float16. Random states are those of MONAI: the transforms live in ``self.transform`` (a ``Compose``), which
 ``monai.data.DataLoader`` seeds per worker (``worker_init_fn`` / ``set_rnd``).
 
@@ -32,31 +31,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
-from typing import Any, Hashable, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 from monai.data import Dataset, MetaTensor
-from monai.config import KeysCollection
-from monai.transforms import Compose, MapTransform, RandomizableTransform, ToMetaTensord
+from monai.transforms import Compose, Randomizable
 
 from pipofan_monai.plans import DEFAULT_PREPROCESSING
 from pipofan_monai.preprocessing.cache import CacheEntry, CacheSettings, PreprocessedCache
 from pipofan_monai.preprocessing.slices import stack_neighbour_slices
-from pipofan_monai.preprocessing.train_transforms import RandSlabCropd, SlabToChannelsd
+from pipofan_monai.preprocessing.train_transforms import ENTRY_KEY, get_train_random_transforms
 
 __all__ = [
     "CACHE_MODES",
-    "RandCachedSlabd",
-    "FastRandFlipd",
     "CachedSliceDataset",
     "CachedVolumeDataset",
     "make_train_dataset",
     "make_val_dataset",
 ]
 
+#: Training samples per second of each mode (benchmarks/cache_modes.py: one process, one thread, 224² crops of
+#: 256² slices; 2026-12-05, the 2-core AMD EPYC CPU machine of the project, shared, load 2.0 to 1.3), two
+#: synthetic 512x512x450 int16 CTs: mmap 1099, memory 7.9 (``CacheDataset`` deep-copies the whole volume per
+#: sample; 53.9 without the copy), persistent 0.31, none 0.17; at the demo's 128x128x40 (load 2.9): mmap 1169,
+#: memory 75 (237 without the copy), persistent 32, none 28. Only "mmap" is worth training with (the default; its
+#: cost does not grow with the volume, the others' do); "memory", "persistent" and "none" stay because configs
+#: and command lines that pass ``--cache`` rely on them, and "none" needs no disk.
 CACHE_MODES = ("mmap", "memory", "persistent", "none")
-ENTRY_KEY = "cache_entry"
 
 #: the deterministic preprocessing: the plans' preprocessing dict or a CacheSettings (see make_train_dataset)
 Preprocessing = Union[CacheSettings, Mapping[str, Any], None]
@@ -83,6 +85,32 @@ def _transform_kwargs(preprocessing: Preprocessing, kwargs: Mapping[str, Any], c
     return {**base, **kwargs}
 
 
+def _split_transform(transform: Any) -> tuple[list, list]:
+    """``(deterministic head, random tail)`` of a ``Compose``: split before its first ``Randomizable`` transform,
+    the rule by which ``CacheDataset`` caches (so every cache mode stores the same head and applies the same
+    tail)."""
+    xforms = list(getattr(transform, "transforms", None) or [])
+    at = next((i for i, t in enumerate(xforms) if isinstance(t, Randomizable)), len(xforms))
+    return xforms[:at], xforms[at:]
+
+
+def _label_settings(head: Sequence[Any]) -> dict:
+    """The cache's label settings from the deterministic head's ``MapDatasetLabelsd``: ``num_classes``,
+    ``datasets`` (the dataset table), ``partial_labels``, ``allow_missing_label``.
+
+    Raises:
+        ValueError: the head maps no labels (not a training / validation pipeline).
+    """
+    from pipofan_monai.preprocessing.labels import MapDatasetLabelsd
+
+    for t in head:
+        if isinstance(t, MapDatasetLabelsd):
+            return {"num_classes": t.num_classes, "datasets": t.datasets, "partial_labels": t.partial_labels,
+                    "allow_missing_label": t.allow_missing_keys}
+    raise ValueError("cache='mmap' with a transform needs its deterministic part to map the labels "
+                     "(MapDatasetLabelsd), as get_train_transforms / get_val_transforms do.")
+
+
 class _CachedVolumes(Dataset):
     """Base of the cached Datasets: ``data``, ``transform``, then the filled cache (``self.cache``,
     ``self.entries``, one :class:`~pipofan_monai.preprocessing.cache.CacheEntry` per item)."""
@@ -97,135 +125,19 @@ class _CachedVolumes(Dataset):
         self.entries: list[CacheEntry] = self.cache.fill(self.data, num_workers=num_workers, progress=progress)
 
 
-class RandCachedSlabd(RandSlabCropd):
-    """:class:`RandSlabCropd` on a cache entry: draws ``(x0, y0, z)`` exactly as ``RandSlabCropd`` does on the
-    whole volume (same random calls, organ slices from the entry's ``meta.json``) and reads only that slab.
+class _AllClassesLabeled:
+    """A cache entry seen with an all-ones labeled mask (``partial_labels=False``, the naive baseline: the cache
+    always holds the dataset's true mask)."""
 
-    Input: a dict with ``data[entry_key]`` a :class:`~pipofan_monai.preprocessing.cache.CacheEntry`. Output: the
-    dict without ``entry_key``, with ``data[image_key]`` a float32 MetaTensor ``(1, rx, ry, 2*context+1)`` and
-    ``data[label_key]`` the centre label slice ``(1, rx, ry, 1)`` float32 carrying ``meta["labeled_mask"]``
-    ``(K,)`` (the dataset's mask, or all ones with ``partial_labels=False``); both carry the crop's affine and
-    ``meta["slab_index"] = tensor([x0, y0, z])``. Follow with ``SlabToChannelsd(keys, center_only=(False, True))``:
-    the result equals ``RandSlabCropd`` + ``SlabToChannelsd`` of the old path.
+    def __init__(self, entry: CacheEntry) -> None:
+        self._entry = entry
 
-    Args:
-        keys: ``(image_key, label_key)``. Default ``("image", "label")``.
-        entry_key: key of the cache entry. Default ``"cache_entry"``.
-        partial_labels: False: all-ones labeled masks (naive baseline). Default True.
-        roi_size, context, pos_ratio, num_samples, mask_key, organ_free: as :class:`RandSlabCropd`.
-    """
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._entry, name)
 
-    def __init__(
-        self,
-        keys: Sequence[str] = ("image", "label"),
-        entry_key: str = ENTRY_KEY,
-        roi_size: Sequence[int] | int = (224, 224),
-        context: int = 1,
-        pos_ratio: float = 1.0,
-        num_samples: int = 1,
-        mask_key: str = "labeled_mask",
-        organ_free: str = "warn",
-        partial_labels: bool = True,
-    ) -> None:
-        keys = tuple(keys)
-        if len(keys) != 2:
-            raise ValueError(f"keys must be (image_key, label_key), got {keys}.")
-        super().__init__(keys, label_key=keys[1], roi_size=roi_size, context=context, pos_ratio=pos_ratio,
-                         num_samples=num_samples, mask_key=mask_key, organ_free=organ_free)
-        self.entry_key = entry_key
-        self.partial_labels = bool(partial_labels)
-
-    def candidates(self, entry: CacheEntry) -> torch.Tensor:
-        """Organ-centred candidate slices, as ``RandSlabCropd.organ_slices`` would find them in the volume."""
-        mask = entry.labeled_mask if self.partial_labels else np.ones_like(entry.labeled_mask)
-        organs = [c for c, v in enumerate(mask.tolist()) if c > 0 and v > 0]
-        return entry.organ_slices(None if len(organs) == len(mask) - 1 else organs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any] | list[dict[Hashable, Any]]:
-        d = dict(data)
-        entry: CacheEntry = d.pop(self.entry_key)
-        depth, h, w = entry.shape
-        fname = entry.filename
-        n_slab = 2 * self.context + 1
-        if depth < n_slab:
-            raise ValueError(f"{fname}: volume has {depth} slices, thinner than the {n_slab}-slice slab "
-                             f"(shape {(h, w, depth)}).")
-        for r, s in zip(self.roi_size, (h, w)):
-            if r > s:
-                raise ValueError(f"{fname}: in-plane size {(h, w)} is smaller than roi_size {self.roi_size}; resize first.")
-        candidates = self.candidates(entry) if self.pos_ratio > 0 else None
-        mask = entry.labeled_mask if self.partial_labels else np.ones_like(entry.labeled_mask)
-        results = []
-        for _ in range(self.num_samples):
-            x0, y0, z = self._draw((h, w, depth), candidates, fname)
-            out = dict(d)
-            for key, part in zip(self.keys, self._read(entry, x0, y0, z, mask)):
-                out[key], out[f"{key}_meta_dict"] = part["data"], part["meta"]
-            results.append(out)
-        return results[0] if self.num_samples == 1 else results
-
-    def _read(self, entry: CacheEntry, x0: int, y0: int, z: int, mask: np.ndarray) -> tuple[dict, dict]:
-        depth, h, w = entry.shape
-        rx = h if self.roi_size[0] == -1 else self.roi_size[0]
-        ry = w if self.roi_size[1] == -1 else self.roi_size[1]
-        zi = [min(max(k, 0), depth - 1) for k in range(z - self.context, z + self.context + 1)]  # replicated edges
-        src = entry.image
-        rows = src[zi[0] : zi[0] + len(zi)] if zi == list(range(zi[0], zi[0] + len(zi))) else src[zi]
-        # the only reads from the memory maps; torch converts float16 -> float32 ~7x faster than numpy here.
-        # np.array copies (a writable array: a crop of whole rows would otherwise be a read-only view of the map,
-        # which torch.from_numpy warns about); a window crop is copied either way.
-        slab = torch.from_numpy(np.array(rows[:, x0 : x0 + rx, y0 : y0 + ry], order="C")).float()
-        lab = torch.from_numpy(np.array(entry.label[z, x0 : x0 + rx, y0 : y0 + ry], order="C")).float()
-        shift = torch.eye(4, dtype=torch.float64)
-        shift[:3, 3] = torch.tensor([x0, y0, z], dtype=torch.float64)
-        affine = entry.affine @ shift  # the centre slice's affine, as after RandSlabCropd + SlabToChannelsd
-        # few metadata keys: each one costs collation time in the workers (the mask is what the loss needs)
-        index = torch.tensor([x0, y0, z], dtype=torch.long)
-        image = {"data": slab.permute(1, 2, 0)[None],
-                 "meta": {"filename_or_obj": entry.filename, "affine": affine, "slab_index": index}}
-        label = {"data": lab[None, :, :, None],
-                 "meta": {"filename_or_obj": entry.label_filename, "affine": affine.clone(), "slab_index": index,
-                          self.mask_key: torch.from_numpy(mask.astype(np.float32))}}
-        return image, label
-
-
-class FastRandFlipd(RandomizableTransform, MapTransform):
-    """``monai.transforms.RandFlipd`` for plain tensors whose metadata travel in ``data["<key>_meta_dict"]``.
-
-    Same draw as ``RandFlipd`` (one ``R.rand() < prob`` per call, so a ``Compose`` seeds it identically), same
-    result (``torch.flip`` of the spatial axis, the affine updated as MONAI's ``Flip`` does: the axis reversed
-    about its last index), without MetaTensor tracking: ``RandFlipd`` costs ~5 ms per 224² sample on a CPU core
-    in that bookkeeping alone, the whole per-sample budget of the real-size data path. Use
-    ``ToMetaTensord`` afterwards.
-
-    Args:
-        keys: keys of ``(C, H, W[, D])`` tensors.
-        prob: flip probability. Default 0.5.
-        spatial_axis: spatial axis to flip (0 = H). Default 0.
-        allow_missing_keys: don't raise if a key is absent.
-    """
-
-    def __init__(self, keys: KeysCollection, prob: float = 0.5, spatial_axis: int = 0,
-                 allow_missing_keys: bool = False) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.spatial_axis = int(spatial_axis)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        ax = self.spatial_axis
-        for key in self.key_iterator(d):
-            t = d[key]
-            d[key] = torch.flip(t, dims=(ax + 1,))
-            meta = d.get(f"{key}_meta_dict")
-            if meta is not None and "affine" in meta:
-                flip = torch.eye(4, dtype=torch.float64)
-                flip[ax, ax], flip[ax, 3] = -1.0, float(t.shape[ax + 1] - 1)
-                d[f"{key}_meta_dict"] = {**meta, "affine": meta["affine"] @ flip}
-        return d
+    @property
+    def labeled_mask(self) -> np.ndarray:
+        return np.ones_like(self._entry.labeled_mask)
 
 
 class CachedSliceDataset(_CachedVolumes):
@@ -249,6 +161,8 @@ class CachedSliceDataset(_CachedVolumes):
         context: neighbour slices each side (None: the ``preprocessing`` dict's, else 1).
         num_workers: processes filling the cache (not the DataLoader's). Default 0.
         progress: progress bar while filling. Default True.
+        random_transforms: the random part given whole (the random tail of ``get_train_transforms``, as
+            :func:`make_train_dataset` passes it); then ``roi_size`` ... ``organ_free`` are not used.
         settings: :class:`~pipofan_monai.preprocessing.cache.CacheSettings` attributes on top of
             ``preprocessing`` (``num_classes``, ``datasets``, ``reader``, item keys, or ``spatial_size=40``, ...).
     """
@@ -267,25 +181,24 @@ class CachedSliceDataset(_CachedVolumes):
         partial_labels: bool = True,
         num_workers: int = 0,
         progress: bool = True,
+        random_transforms: Sequence[Any] | None = None,
         **settings: Any,
     ) -> None:
-        keys = [settings.get("image_key", "image"), settings.get("label_key", "label")]
-        transform = Compose([
-            RandCachedSlabd(keys, ENTRY_KEY, roi_size=roi_size, context=_context_of(preprocessing, context),
-                            pos_ratio=pos_ratio, num_samples=num_samples, organ_free=organ_free,
-                            partial_labels=partial_labels),
-            SlabToChannelsd(keys, center_only=(False, True)),
-            FastRandFlipd(keys, prob=flip_prob, spatial_axis=0),
-            FastRandFlipd(keys, prob=flip_prob, spatial_axis=1),
-            ToMetaTensord(keys),
-        ])
+        if random_transforms is None:
+            random_transforms = get_train_random_transforms(
+                settings.get("image_key", "image"), settings.get("label_key", "label"), roi_size=roi_size,
+                context=_context_of(preprocessing, context), pos_ratio=pos_ratio, num_samples=num_samples,
+                flip_prob=flip_prob, organ_free=organ_free)
+        transform = Compose(list(random_transforms))
+        self.partial_labels = bool(partial_labels)
         super().__init__(data, transform, cache_dir, preprocessing, settings, num_workers, progress)
 
     def _transform(self, index: int) -> Any:
         from monai.transforms import apply_transform
 
         d = dict(self.data[index])
-        d[ENTRY_KEY] = self.entries[index]
+        entry = self.entries[index]
+        d[ENTRY_KEY] = entry if self.partial_labels else _AllClassesLabeled(entry)
         return apply_transform(self.transform, d)
 
 
@@ -368,7 +281,10 @@ def _monai_dataset(mode: str, data: Sequence[Mapping[str, Any]], transform: Any,
         return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)),
                             progress=progress, **cache_kwargs)
     if mode == "persistent":
-        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"))
+        # track_meta: MONAI's default stores plain tensors, which drops the labeled-class masks (and affines) of
+        # every sample read back from the files; keeping MetaTensors needs pickle loading (the user's own folder)
+        return PersistentDataset(data, transform, cache_dir=os.path.join(os.fspath(cache_dir), "persistent"),
+                                 track_meta=True, weights_only=False)
     return Dataset(data, transform)
 
 
@@ -397,8 +313,12 @@ def make_train_dataset(
         copy_cache: ``CacheDataset``'s deep copy per sample (``"memory"``). Default True (MONAI's default).
         num_workers: processes (threads for ``CacheDataset``) filling the cache.
         progress: progress bar while filling.
-        transform: the whole training transform for the other modes (the bundle's ``train#preprocessing``);
-            None: ``get_train_transforms`` of ``preprocessing`` and ``kwargs``. Not used by ``"mmap"``.
+        transform: the whole training transform (the bundle's ``train#preprocessing``, from
+            ``get_train_transforms``); None: ``get_train_transforms`` of ``preprocessing`` and ``kwargs``. Every
+            mode splits it as ``CacheDataset`` does, before its first random transform: the other modes cache or
+            recompute the deterministic head, ``"mmap"`` stores it in the cache (its label settings,
+            ``num_classes``, ``datasets``, ``partial_labels``, are read from the head's ``MapDatasetLabelsd``) and
+            applies the random tail to the cached volumes.
         preprocessing: the deterministic preprocessing, one object: the plans' preprocessing dict (the bundle's
             ``@preprocessing_settings``: ``spatial_size``, ``hu_window``, ``intensity``, ``context``,
             ``image_mode``) or a :class:`~pipofan_monai.preprocessing.cache.CacheSettings`. None: the defaults.
@@ -408,6 +328,11 @@ def make_train_dataset(
     """
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
+        if transform is not None:  # its head is what the cache stores, its tail the random part
+            head, tail = _split_transform(transform)
+            settings = _label_settings(head)
+            settings.pop("allow_missing_label")
+            kwargs = {**settings, **kwargs, "random_transforms": tail}
         return CachedSliceDataset(data, cache_dir, preprocessing, num_workers=num_workers,  # type: ignore[arg-type]
                                   progress=progress, **kwargs)
     from pipofan_monai.preprocessing.train_transforms import get_train_transforms
@@ -429,12 +354,14 @@ def make_val_dataset(
     **kwargs: Any,
 ) -> Dataset:
     """The validation Dataset for ``cache`` mode (see :func:`make_train_dataset`; ``transform``: the bundle's
-    ``validate#preprocessing`` for the other modes; ``preprocessing``: as there, its ``context`` is not used:
-    the 2.5D inferer stacks the slices); ``kwargs`` are
+    ``validate#preprocessing``, whose label settings ``"mmap"`` reads; ``preprocessing``: as there, its
+    ``context`` is not used: the 2.5D inferer stacks the slices); ``kwargs`` are
     :func:`~pipofan_monai.preprocessing.pipelines.get_val_transforms` arguments (``"mmap"``: ``num_classes``,
     ``datasets``, ``context``; ``allow_missing_label`` must stay False there)."""
     mode = _check_mode(cache, cache_rate, cache_dir)
     if mode == "mmap":
+        if transform is not None:  # the deterministic pipeline, stored by the cache: its label settings
+            kwargs = {**_label_settings(_split_transform(transform)[0]), **kwargs}
         if kwargs.pop("allow_missing_label", False):
             raise ValueError("cache='mmap' validation needs a label for every item (allow_missing_label=False).")
         kwargs.pop("partial_labels", None)  # validation always uses the true masks
