@@ -107,17 +107,31 @@ def convert(src: str, dst: str, transpose_kernels: bool = False):
 
 def benchmark(device: str = "auto", size: int = 256, batch: int = 32, channels="[64,128,256,512,512]",
               compile: bool = False, volume_shape="[512,512,200]", output: str = "benchmark.json", quick: bool = False,
-              **kwargs):
-    """Print the throughput table (inference, training, end-to-end, memory, accuracy) and write ``output`` (JSON).
+              cpu: bool = False, **kwargs):
+    """Print the throughput table (inference, training, end-to-end, memory, accuracy) and write ``output`` (JSON);
+    with ``--cpu``, the CPU section instead (bundle inference with torch and with ONNX Runtime, the bare network,
+    MONAI's spleen 3D UNet as the peer; ``--quick`` for small sizes). The benchmark ships with the source checkout
+    only (``benchmarks/`` beside ``pipofan_monai/``), not in the wheel.
 
-    Other options of :func:`pipofan_monai.benchmark.run_benchmark`: ``--compile_mode``, ``--e2e_spatial_size``,
+    Other options of ``benchmarks.run_benchmark``: ``--compile_mode``, ``--e2e_spatial_size``,
     ``--train_batch``, ``--train_size``, ``--iters``, ``--train_steps``, ``--accuracy_slices``, ``--ckpt``,
-    ``--sections``, ``--threads``, ``--seed``.
+    ``--sections``, ``--threads``, ``--seed``; of ``benchmarks.cpu.run_cpu_benchmark``: ``--threads``, ``--depth``.
     """
-    from pipofan_monai.benchmark import run_benchmark
+    import importlib
+    from pathlib import Path
 
-    report = run_benchmark(device=device, size=size, batch=batch, channels=channels, compile=compile,
-                           volume_shape=volume_shape, output=output or None, quick=quick, **kwargs)
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__init__.py").is_file():
+        raise SystemExit("pipofan_monai benchmark: the benchmark ships only with the source, not with the installed "
+                         f"package ({root}): run it from a source checkout (python -m pipofan_monai benchmark).")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    bench = importlib.import_module("benchmarks")
+    if cpu:
+        report = bench.run_cpu_benchmark(quick=quick, output=output or None, **kwargs)
+    else:
+        report = bench.run_benchmark(device=device, size=size, batch=batch, channels=channels, compile=compile,
+                                     volume_shape=volume_shape, output=output or None, quick=quick, **kwargs)
     print(report["table"])
 
 

@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""A persisted, memory-mapped cache of the deterministic preprocessing (issue 14; anchor: nnU-Net's preprocessed
-folder).
+"""A persisted, memory-mapped cache of the deterministic preprocessing, so that each volume is preprocessed once
+and RAM does not grow with the datasets (the idea of nnU-Net's preprocessed folder).
 
 Every volume is preprocessed ONCE by the project's own deterministic pipeline
 (:func:`~pipofan_monai.preprocessing.pipelines.get_preprocessing_transforms`: load, RAS, dataset label mapping,
@@ -62,7 +62,8 @@ from filelock import FileLock, Timeout
 
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES, get_dataset_spec
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
-from pipofan_monai.utils import fsync_dir, pid_alive, root_error
+from pipofan_monai.preprocessing.cache_files import NO_CHECKSUM, content_problem, write_array, write_json
+from pipofan_monai.utils import end_with_parent, fsync_dir, is_disk_full, pid_alive, root_error
 
 __all__ = [
     "CACHE_FORMAT",
@@ -85,7 +86,8 @@ _LOCKS = ".locks"
 
 def source_fingerprint(path: str | os.PathLike) -> dict:
     """``{"path", "size", "mtime_ns"}`` of a source file (absolute path); for a folder (a DICOM series) the size
-    and latest ``mtime_ns`` over its files, plus their count.
+    and latest ``mtime_ns`` over its files, their count and a digest of every file's relative path, size and
+    ``mtime_ns`` (so a file replaced by one of the same name and size but an older mtime changes the key too).
 
     Raises:
         FileNotFoundError: naming the path.
@@ -97,12 +99,14 @@ def source_fingerprint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"source file not found: {p!r}.") from None
     if not os.path.isdir(p):
         return {"path": p, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-    size, mtime, count = 0, int(st.st_mtime_ns), 0
+    size, mtime, listing = 0, int(st.st_mtime_ns), []
     for root, _, files in os.walk(p):
         for name in files:
-            s = os.stat(os.path.join(root, name))
-            size, mtime, count = size + int(s.st_size), max(mtime, int(s.st_mtime_ns)), count + 1
-    return {"path": p, "size": size, "mtime_ns": mtime, "files": count}
+            f = os.path.join(root, name)
+            s = os.stat(f)
+            size, mtime = size + int(s.st_size), max(mtime, int(s.st_mtime_ns))
+            listing.append([os.path.relpath(f, p), int(s.st_size), int(s.st_mtime_ns)])
+    return {"path": p, "size": size, "mtime_ns": mtime, "files": len(listing), "listing": _digest(sorted(listing))}
 
 
 def _digest(obj: Any) -> str:
@@ -392,9 +396,10 @@ class PreprocessedCache:
                 if size != int(arr.offset) + int(arr.nbytes):
                     return None, f"{name}.npy has {size} bytes, expected {int(arr.offset) + int(arr.nbytes)}"
                 del arr
+            problem = content_problem(path, meta, _ARRAYS)
         except (OSError, ValueError, KeyError, TypeError) as e:
             return None, f"array unreadable ({type(e).__name__}: {e})"
-        return meta, ""
+        return (None, problem) if problem else (meta, "")
 
     def lookup(self, item: Mapping[str, Any]) -> tuple[CacheEntry | None, str]:
         """``(entry, "")`` if ``item`` has a valid, up-to-date entry, else ``(None, reason)``."""
@@ -483,17 +488,11 @@ class PreprocessedCache:
             raise RuntimeError(f"{item[self.image_key]} or its label changed during preprocessing; run again.")
         meta = {**meta, "key": key, "sources": self._sources(item)}
         tmp = self.cache_dir / f"{_TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
         try:
-            for name, arr in (("image", image), ("label", label)):
-                with open(tmp / f"{name}.npy", "wb") as f:
-                    np.save(f, arr, allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())
-            with open(tmp / "meta.json", "w") as f:
-                json.dump(meta, f)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp.mkdir()
+            for name, arr in (("image", image), ("label", label)):  # a full disk: ENOSPC naming the folder
+                meta["arrays"][name]["checksum"] = write_array(tmp / f"{name}.npy", arr, name=final / f"{name}.npy")
+            write_json(tmp / "meta.json", meta, name=final / "meta.json")
             fsync_dir(tmp)
             self._publish(tmp, final, key)
         finally:
@@ -615,7 +614,8 @@ class PreprocessedCache:
             if entry is None:
                 todo.append(i)
                 if reason != "missing":
-                    logger.info(f"cache: rebuilding {self.entry_path(item).name}: {reason}")
+                    log = logger.info if reason in _ROUTINE_REBUILDS else logger.warning  # corrupt: a warning
+                    log(f"cache: rebuilding {self.entry_path(item)} (source {item.get(self.image_key)}): {reason}")
         if not todo:
             return entries  # type: ignore[return-value]
         self._writable()
@@ -629,6 +629,8 @@ class PreprocessedCache:
         failures: list[str] = []
 
         def record(i: int, result: Any) -> None:
+            if is_disk_full(result):
+                raise result  # no other entry fits either: stop now, naming the folder and its free space
             if isinstance(result, BaseException):
                 failures.append(_failure(items[i].get(self.image_key), result))
             else:
@@ -664,6 +666,8 @@ class PreprocessedCache:
 
 
 _BUILD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
+#: rebuild reasons that are no fault (logged as info; any other reason is a corrupt entry, logged as a warning)
+_ROUTINE_REBUILDS = ("source file or settings changed", NO_CHECKSUM)
 
 
 class _Builders:
@@ -678,7 +682,8 @@ class _Builders:
         if self.n > 1:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
             threads = max(1, (os.cpu_count() or 1) // self.n)
-            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init,
+                                            initargs=(threads, os.getpid()))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -718,7 +723,8 @@ def _failure(name: Any, e: BaseException) -> str:
     return f"{name}: {type(e).__name__}: {e}"
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
+    end_with_parent(parent_pid)  # a killed fill (or training) never leaves its builders behind
     torch.set_num_threads(threads)
 
 

@@ -48,7 +48,6 @@ from pipofan_monai.apps.inference.outputs import CaseSkipped, OutputPlan, parse_
 from pipofan_monai.apps.inference.pipeline import CasePipeline, StageTimer
 from pipofan_monai.apps.inference.report import CaseExtras, RunReporter
 from pipofan_monai.plans import check_plans_match, load_network_weights, read_plans
-from pipofan_monai.preprocessing.io import check_dicom_folder
 from pipofan_monai.utils import as_bool, root_error
 
 __all__ = ["InferenceError", "SegmentationRunner", "resolve_inputs"]
@@ -234,11 +233,9 @@ class SegmentationRunner:
 
     # ------------------------------------------------------------------ one case
     def _load(self, item: Mapping, timer: StageTimer) -> dict:
-        """Read and preprocess a case (runs in the prefetch thread)."""
-        image_path = item[self.image_key]
-        if os.path.isdir(image_path):
-            check_dicom_folder(image_path)
-        return self.pipeline.load(image_path, timer)
+        """Read and preprocess a case (runs in the prefetch thread); a DICOM folder's geometry is checked by the
+        loader (LoadCTd), once."""
+        return self.pipeline.load(item[self.image_key], timer)
 
     def _jobs(self, items: Sequence[Mapping], reporter: RunReporter) -> Iterator[tuple[dict, Mapping, list]]:
         """``(case, item, outputs)`` of every case to compute, in order; skipped and refused cases are reported
