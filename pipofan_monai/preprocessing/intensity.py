@@ -105,9 +105,10 @@ class HUWindowd(MapTransform):
             img = d[key]
             if self.check_finite:
                 check_finite(img)
-            # one new volume (the clamp), then in place: the same float operations in the same order as
-            # ``(t - lo) * c + b0``, without its two temporaries (1 MiB per 512² float32 slice each)
-            t = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img).float().clamp(lo, hi)
+            # one new float32 volume (an int16 input is converted into it), then in place: the same float operations
+            # in the same order as ``(t - lo) * c + b0``, without its temporaries (1 MiB per 512² float32 slice each)
+            t = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img)
+            t = t.to(torch.float32, copy=True).clamp_(lo, hi)
             if self.mode == "scale":
                 b0, b1 = self.output_range
                 t.sub_(lo).mul_((b1 - b0) / (hi - lo)).add_(b0)

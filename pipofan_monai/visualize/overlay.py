@@ -148,6 +148,21 @@ def _values(label: np.ndarray, slices: int = 32) -> set[int]:
     return {int(v) for v in out}
 
 
+def _foreground_axes(label: np.ndarray, ground_truth: np.ndarray | None,
+                     slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(any foreground per axial slice (Z,), any foreground per coronal row (Y,))`` of ``label`` or
+    ``ground_truth`` ``(X, Y, Z)``, ``slices`` axial slices at a time (no whole-volume mask)."""
+    fg_z = np.zeros(label.shape[2], dtype=bool)
+    fg_y = np.zeros(label.shape[1], dtype=bool)
+    for z in range(0, label.shape[2], slices):
+        fg = label[:, :, z:z + slices] > 0
+        if ground_truth is not None:
+            fg |= ground_truth[:, :, z:z + slices] > 0
+        fg_z[z:z + slices] = fg.any(axis=(0, 1))
+        fg_y |= fg.any(axis=(0, 2))
+    return fg_z, fg_y
+
+
 def _spread(indices: np.ndarray, n: int) -> list[int]:
     """``n`` values spread through ``indices`` (sorted unique), at the quantiles (i + 1) / (n + 1)."""
     if indices.size == 0 or n <= 0:
@@ -241,9 +256,9 @@ def save_overlay_png(
     limits = _window_range(img, window)
     depth = img.shape[2]
 
-    fg = lab > 0 if gt is None else (lab > 0) | (gt > 0)
+    fg_z, fg_y = _foreground_axes(lab, gt)
     if axial_slices is None:
-        organ_z = np.nonzero(fg.any(axis=(0, 1)))[0]
+        organ_z = np.nonzero(fg_z)[0]
         axial = _spread(organ_z if organ_z.size else np.arange(depth), num_axial)
     else:
         axial = [int(z) for z in axial_slices]
@@ -251,7 +266,7 @@ def save_overlay_png(
         if bad:
             raise ValueError(f"axial_slices {bad} are outside 0..{depth - 1}.")
     if coronal and coronal_slice is None:
-        ys = np.nonzero(fg.any(axis=(0, 2)))[0]
+        ys = np.nonzero(fg_y)[0]
         coronal_slice = int(round(ys.mean())) if ys.size else img.shape[1] // 2
     if coronal and not 0 <= int(coronal_slice) < img.shape[1]:
         raise ValueError(f"coronal_slice {coronal_slice} is outside 0..{img.shape[1] - 1}.")
