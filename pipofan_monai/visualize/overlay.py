@@ -101,7 +101,8 @@ def _reorient_to_ras(arrays: list[np.ndarray | None], affine) -> tuple[list[np.n
         raise ValueError(f"affine must be 4x4, got shape {affine.shape}.")
     ornt = nib.orientations.io_orientation(affine)
     xform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
-    out = [None if a is None else np.ascontiguousarray(nib.orientations.apply_orientation(a, xform)) for a in arrays]
+    # views (flips / transposes), not copies: only the displayed slices are read
+    out = [None if a is None else nib.orientations.apply_orientation(a, xform) for a in arrays]
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     spacing = np.empty(3)
     for i, (axis, _) in enumerate(xform):
