@@ -20,9 +20,9 @@ table names the stage holding the peak. ``--channels`` picks the network (the pa
 narrow ``[8,16,32,64,64]`` measures the data path fast).
 
 Validation (``--section validation``): one ``512 x 512 x D`` volume validated as training does it (the validation
-dataset of ``train.json``'s pipeline, the sliding-slice inferer, the Dice of the validation handler), against the
-bare network time on the same slices; time per volume, network time, their ratio and the peak RSS, each size in a
-fresh process.
+dataset of ``train.json``'s pipeline, the sliding-slice inferer, the Dice metrics), streamed (the bundle's) and
+one-hot (the validation before it): time per volume, the network's forward passes inside that run, their ratio,
+the peak RSS and the Dice values, each size and path in a fresh process.
 
 Run from the repository root, one heavy job at a time on a shared machine::
 
@@ -185,9 +185,9 @@ def inference_worker(spec: Mapping[str, Any]) -> dict:
 
 def validation_worker(spec: Mapping[str, Any]) -> dict:
     """In a fresh process: validate one volume as training does (``train.json``'s ``validate#evaluator`` with its
-    dataset, inferer, postprocessing and Dice metrics; no handlers) and time the bare network on the same
-    preprocessed volume with the same inferer settings. Peak RSS of the validation run (the cache is filled
-    before it)."""
+    dataset, inferer, postprocessing and Dice metrics; no handlers): its time, the time of the network's forward
+    passes inside it (hooks: the same run under the same load, so their ratio is robust on a shared machine) and
+    its peak RSS (the cache is filled before it); also the bare inferer on the same volume, run before."""
     from monai.bundle import ConfigParser
 
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
@@ -215,15 +215,26 @@ def validation_worker(spec: Mapping[str, Any]) -> dict:
         network_s = time.perf_counter() - t0
     del out, image
     gc.collect()
+    inside = {"s": 0.0, "t0": 0.0}  # the forward passes' time inside the validation run (same run, same load)
+
+    def before(*_: Any) -> None:
+        inside["t0"] = time.perf_counter()
+
+    def after(*_: Any) -> None:
+        inside["s"] += time.perf_counter() - inside["t0"]
+
+    hooks = [network.register_forward_pre_hook(before), network.register_forward_hook(after)]
     start = status_mib("VmRSS")
     reset_peak()
     t0 = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - t0
     peak = status_mib("VmHWM")
+    for h in hooks:
+        h.remove()
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
-    return {"seconds": seconds, "network_s": network_s, "ratio": seconds / network_s, "start_mib": start,
-            "peak_mib": peak, "rise_mib": peak - start, "metrics": metrics}
+    return {"seconds": seconds, "forward_s": inside["s"], "ratio": seconds / inside["s"], "network_s": network_s,
+            "start_mib": start, "peak_mib": peak, "rise_mib": peak - start, "metrics": metrics}
 
 
 def run_worker(kind: str, spec: Mapping[str, Any], timeout: float = 7200) -> dict:
@@ -292,8 +303,9 @@ def validation_section(depths: Sequence[int], channels: Sequence[int], workdir: 
             load = load_average()
             r = run_worker("validation", spec)
             r.update(depth=d, load=load, path=path)
-            log(f"validation {path:<9} D={d}: {r['seconds']:.1f} s per volume, network {r['network_s']:.1f} s, "
-                f"ratio {r['ratio']:.2f}, peak RSS {r['peak_mib']:.0f} MiB (+{r['rise_mib']:.0f} over "
+            log(f"validation {path:<9} D={d}: {r['seconds']:.1f} s per volume, of which the network's forward passes "
+                f"{r['forward_s']:.1f} s: ratio {r['ratio']:.2f} (the bare inferer alone before it: "
+                f"{r['network_s']:.1f} s), peak RSS {r['peak_mib']:.0f} MiB (+{r['rise_mib']:.0f} over "
                 f"{r['start_mib']:.0f}); Dice {json.dumps({k: round(v, 6) for k, v in r['metrics'].items()})}; "
                 f"load {load}")
             rows.append(r)
