@@ -325,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--channels", default=",".join(map(str, FULL_CHANNELS)), help="network widths (inference)")
     p.add_argument("--sw_batch_size", default="auto")
     p.add_argument("--val_depths", default="200,450", help="slice counts of the validation section")
+    p.add_argument("--val_paths", default="one-hot,streamed", help="validation paths: one-hot (before), streamed")
     p.add_argument("--val_channels", default=",".join(map(str, NARROW_CHANNELS)), help="network (validation)")
     p.add_argument("--save_overlay", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
@@ -341,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             inference_section(depths, channels, batch, workdir, args.threads, bool(args.save_overlay))
         if args.section in ("validation", "all"):
             validation_section([int(v) for v in args.val_depths.split(",")],
-                               [int(v) for v in args.val_channels.split(",")], workdir, args.threads)
+                               [int(v) for v in args.val_channels.split(",")], workdir, args.threads,
+                               paths=args.val_paths.split(","))
 
 
 if __name__ == "__main__":
