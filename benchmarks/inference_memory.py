@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -91,10 +92,27 @@ class TransformPeaks:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.overall = 0.0
+        self.current = "before the first step"
+        #: the largest RSS a sampling thread saw (every 20 ms) and the step running then ("after X": between steps)
+        self.sampled = (0.0, "")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            rss = status_mib("VmRSS")
+            if rss > self.sampled[0]:
+                self.sampled = (rss, self.current)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
     @contextlib.contextmanager
     def __call__(self, stage: str, name: str | None = None) -> Iterator[None]:
         self.overall = max(self.overall, status_mib("VmHWM"))
+        self.current = name or stage
         before = status_mib("VmRSS")
         reset_peak()
         t0 = time.perf_counter()
@@ -105,6 +123,7 @@ class TransformPeaks:
             self.overall = max(self.overall, peak)
             self.rows.append({"stage": stage, "name": name or stage, "before_mib": before, "peak_mib": peak,
                               "after_mib": status_mib("VmRSS"), "seconds": time.perf_counter() - t0})
+            self.current = f"after {name or stage}"
             reset_peak()
 
 
@@ -180,7 +199,9 @@ def inference_worker(spec: Mapping[str, Any]) -> dict:
     if summary["num_ok"] != 1:
         raise RuntimeError(f"inference failed: {summary['cases']}")
     peak = max(status_mib("VmHWM"), peaks.overall)
-    return {"start_mib": start, "peak_mib": peak, "seconds": seconds, "transforms": peaks.rows}
+    peaks.stop()
+    return {"start_mib": start, "peak_mib": peak, "seconds": seconds, "transforms": peaks.rows,
+            "sampled_peak_mib": peaks.sampled[0], "sampled_peak_in": peaks.sampled[1]}
 
 
 def validation_worker(spec: Mapping[str, Any]) -> dict:
@@ -278,7 +299,8 @@ def inference_section(depths: Sequence[int], channels: Sequence[int], sw_batch_s
         r.update(depth=d, load=load)
         top = max(r["transforms"], key=lambda t: t["peak_mib"])
         log(f"D={d}: peak RSS {r['peak_mib']:.0f} MiB ({r['peak_mib'] / 1024:.2f} GiB), {r['seconds']:.0f} s, "
-            f"peak in {top['name']} ({top['stage']}); load {load}")
+            f"peak in {top['name']} ({top['stage']}); largest RSS sampled every 20 ms {r['sampled_peak_mib']:.0f} MiB "
+            f"({r['sampled_peak_in']}); load {load}")
         for t in r["transforms"]:
             log(f"    {t['stage']:<12}{t['name']:<34}before {t['before_mib']:>7.0f}  peak {t['peak_mib']:>7.0f}  "
                 f"after {t['after_mib']:>7.0f} MiB  {t['seconds']:>7.1f} s")
