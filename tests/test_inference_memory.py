@@ -167,3 +167,18 @@ def test_overview_png_holds_no_whole_volume_copy(tmp_path):
         tracemalloc.stop()
     assert out.stat().st_size > 1000
     assert peak < 32 * 2**20, f"overview PNG peak {peak / 2**20:.1f} MiB"
+
+
+def test_all_finite_chunked_and_network_output_check():
+    from pipofan_monai.inference.pipeline import check_network_output
+    from pipofan_monai.preprocessing.intensity import all_finite
+
+    t = torch.randn(4, 8, 8, 10)
+    assert all_finite(t, chunk=7) and all_finite(t.permute(3, 0, 1, 2), chunk=7)
+    assert all_finite(torch.zeros(3, dtype=torch.int16))
+    for idx, value in (((3, 7, 7, 9), float("nan")), ((0, 0, 0, 0), float("inf")), ((2, 3, 4, 5), -float("inf"))):
+        bad = t.clone()
+        bad[idx] = value
+        assert not all_finite(bad, chunk=7) and not all_finite(bad.permute(3, 0, 1, 2), chunk=7)
+        with pytest.raises(ValueError, match="network output of checkpoint 'ck' on img.nii.gz holds"):
+            check_network_output(bad, "ck", "img.nii.gz")

@@ -334,8 +334,10 @@ def check_network_output(logits: torch.Tensor, ckpt_name: str, image_name: str) 
         ckpt_name: the checkpoint that produced it.
         image_name: the input image.
     """
+    from pipofan_monai.preprocessing.intensity import all_finite
+
     t = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not all_finite(t):  # chunk by chunk: no abs copy and boolean volumes of the whole output
         n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise ValueError(
             f"the network output of checkpoint {ckpt_name!r} on {image_name} holds {n_nan} NaN and {n_inf} inf "
