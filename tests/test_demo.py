@@ -176,7 +176,7 @@ def test_a_demo_folder_of_an_earlier_layout_is_reused(tmp_path):
     manifest = root / "demo_manifest.json"
     old = json.loads(manifest.read_text())
     assert old["generator"] == "pipofan_monai.apps.dataset_conversion.demo"
-    old["generator"] = "pipofan_monai.dataset_conversion.demo"  # the 0.2.0 layout
+    old["generator"] = "pipofan_monai.apps.dataset_conversion.demo"  # the 0.2.0 layout
     manifest.write_text(json.dumps(old))
     stamp = manifest.stat().st_mtime_ns
     assert ensure_demo_dataset(root, **kw) == root / "datalist.json"

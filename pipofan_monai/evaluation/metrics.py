@@ -450,29 +450,68 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- torch side
+#: voxels per chunk when counting label maps (:func:`label_map_counts`): 32 MiB of int64 indices
+COUNT_CHUNK = 1 << 22
+
+
+def label_map_counts(y_pred: Any, y: Any, num_classes: int, chunk: int = COUNT_CHUNK) -> torch.Tensor:
+    """The confusion counts of two label maps, ``(B, K, K)`` int64 (``[b, true class, predicted class]``), counted
+    ``chunk`` voxels at a time (no one-hot volume: a few MiB whatever the volume's size).
+
+    Args:
+        y_pred, y: ``(B, 1, spatial...)`` class indices (any integer or float type holding integers).
+        num_classes: K; every value must lie in ``0 .. K-1``.
+
+    Raises:
+        ValueError: a value outside ``0 .. K-1`` or not an integer.
+    """
+    k = int(num_classes)
+    p_all = y_pred.as_tensor() if isinstance(y_pred, MetaTensor) else torch.as_tensor(y_pred)
+    g_all = y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)
+    counts = torch.zeros((p_all.shape[0], k * k), dtype=torch.int64, device=p_all.device)
+    for b in range(p_all.shape[0]):
+        p_flat, g_flat = p_all[b].reshape(-1), g_all[b].reshape(-1)
+        for i in range(0, p_flat.numel(), int(chunk)):
+            pc, gc = p_flat[i:i + chunk], g_flat[i:i + chunk]
+            for name, t in (("y_pred", pc), ("y", gc)):
+                lo, hi = torch.aminmax(t)
+                if float(lo) < 0 or float(hi) > k - 1 or (t.is_floating_point() and not bool((t == t.round()).all())):
+                    raise ValueError(f"{name} must hold class indices 0..{k - 1} (a label map), got values in "
+                                     f"[{float(lo):g}, {float(hi):g}]" + (" that are not all integers"
+                                                                          if t.is_floating_point() else "") + ".")
+            idx = gc.to(torch.int64) * k + pc.to(torch.int64)
+            counts[b] += torch.bincount(idx, minlength=k * k)
+    return counts.reshape(-1, k, k)
+
+
 def partial_dice(
     y_pred: torch.Tensor,
     y: torch.Tensor,
     labeled_mask: torch.Tensor | None = None,
     include_background: bool = False,
     ignore_empty: bool = True,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """Per-sample, per-class hard Dice that is NaN for classes not labeled in the sample's source dataset.
 
     Args:
-        y_pred: one-hot (binarized) prediction ``(B, K, H, W[, D])``.
-        y: one-hot ground truth, same shape; when it is a MetaTensor with ``meta["labeled_mask"]`` (``(K,)`` or
-            ``(B, K)`` 0/1) and ``labeled_mask`` is None, that mask is used.
+        y_pred: one-hot (binarized) prediction ``(B, K, H, W[, D])``; or, with ``num_classes``, a label map
+            ``(B, 1, H, W[, D])`` of class indices (the classes are counted chunk by chunk,
+            :func:`label_map_counts`: no one-hot volumes, the same Dice values).
+        y: one-hot ground truth, same shape (a label map with ``num_classes``); when it is a MetaTensor with
+            ``meta["labeled_mask"]`` (``(K,)`` or ``(B, K)`` 0/1) and ``labeled_mask`` is None, that mask is used.
         labeled_mask: ``(K,)`` or ``(B, K)`` 0/1; classes with 0 are not labeled -> NaN. None: all labeled.
         include_background: keep column 0 in the output.
         ignore_empty: NaN where the ground truth of a labeled class is empty (MONAI ``DiceMetric`` convention);
             when False such a class scores 1 if the prediction is empty too, else 0.
+        num_classes: K when ``y_pred`` and ``y`` are label maps (one channel); not used for one-hot inputs.
 
     Returns:
         ``(B, K)`` (or ``(B, K - 1)`` without background) float32 tensor.
 
     Raises:
-        ValueError: shapes differ or are not ``(B, K, spatial...)``, or the mask shape is wrong.
+        ValueError: shapes differ or are not ``(B, K, spatial...)``, label-map values outside ``0..K-1``, or the
+            mask shape is wrong.
     """
     if y_pred.shape != y.shape:
         raise ValueError(
@@ -481,11 +520,18 @@ def partial_dice(
     if y_pred.ndim < 3:
         raise ValueError(f"y_pred must be one-hot (B, K, spatial...), got shape {tuple(y_pred.shape)}.")
     batch, n_cls = y_pred.shape[:2]
+    if n_cls == 1 and num_classes is not None and int(num_classes) > 1:  # label maps: counted, not one-hot
+        n_cls = int(num_classes)
+        counts = label_map_counts(y_pred, y, n_cls)
+        # the counts are exact integers; as float32 they equal the one-hot sums below (exact below 2**24 voxels)
+        inter = torch.diagonal(counts, dim1=1, dim2=2).float()
+        sp, sg = counts.sum(1).float(), counts.sum(2).float()
+    else:
+        p = (y_pred.as_tensor() if isinstance(y_pred, MetaTensor) else torch.as_tensor(y_pred)).float().flatten(2)
+        g = (y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)).float().flatten(2)
+        inter = (p * g).sum(-1)
+        sp, sg = p.sum(-1), g.sum(-1)
     mask = resolve_labeled_mask(labeled_mask, y, batch, n_cls, y.device)
-    p = (y_pred.as_tensor() if isinstance(y_pred, MetaTensor) else torch.as_tensor(y_pred)).float().flatten(2)
-    g = (y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)).float().flatten(2)
-    inter = (p * g).sum(-1)
-    sp, sg = p.sum(-1), g.sum(-1)
     denom = sp + sg
     dice = torch.where(denom > 0, 2.0 * inter / denom.clamp_min(1e-12), torch.ones_like(denom))
     nan = torch.full_like(dice, float("nan"))
@@ -500,7 +546,10 @@ class PartialDiceMetric(CumulativeIterationMetric):
     """Per-organ hard Dice for validation on partially labeled data (a MONAI ``CumulativeIterationMetric``).
 
     Each call takes one-hot ``y_pred`` and ``y`` (``(B, K, spatial...)`` batch-first tensors or lists of
-    channel-first tensors, e.g. after ``AsDiscreted(argmax=True, to_onehot=K)``) and buffers a ``(B, K-1)``
+    channel-first tensors, e.g. after ``AsDiscreted(argmax=True, to_onehot=K)``), or label maps ``(B, 1,
+    spatial...)`` with ``K = len(class_names)`` classes (e.g. ``SlidingSliceInferer(argmax=True)``'s output and the
+    label: counted chunk by chunk, no one-hot volumes, the same values; the bundle's validation), and buffers a
+    ``(B, K-1)``
     per-sample Dice where organs not labeled in the sample's dataset (``y.meta["labeled_mask"] == 0``) -- and,
     with ``ignore_empty``, organs with an empty ground truth -- are NaN. :py:meth:`aggregate` averages each organ
     over the samples where it is defined (nanmean), then over organs, so unlabeled organs never count as 0.
@@ -545,7 +594,8 @@ class PartialDiceMetric(CumulativeIterationMetric):
     ) -> torch.Tensor:
         if y is None:
             raise ValueError("PartialDiceMetric needs the ground truth y.")
-        return partial_dice(y_pred, y, kwargs.get("labeled_mask"), self.include_background, self.ignore_empty)
+        return partial_dice(y_pred, y, kwargs.get("labeled_mask"), self.include_background, self.ignore_empty,
+                            num_classes=len(self.class_names))
 
     def aggregate(self, per_class: bool = False) -> torch.Tensor:  # type: ignore[override]
         """Aggregate the buffered Dice values.

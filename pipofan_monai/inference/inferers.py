@@ -172,6 +172,10 @@ class SlidingSliceInferer(Inferer):
             PyTorch network given to the call runs through
             :func:`~pipofan_monai.inference.backends.prepare_network` (exported once, as long as its weights do
             not change); a network prepared by the caller runs as given.
+        argmax: return the class index per voxel instead of the ``K`` outputs: ``(B, 1, H, W, D)`` ``uint8``
+            (``K <= 256``), the argmax over the classes taken chunk by chunk as the chunks are computed, so the
+            ``K``-channel float32 volume never exists (validation: 1 byte per voxel instead of ``4 K``); bitwise
+            the argmax of the full output (the same forward passes; the first maximal class on ties).
 
     Example::
 
@@ -199,8 +203,10 @@ class SlidingSliceInferer(Inferer):
         channels_last: bool = False,
         progress: bool = False,
         backend: str = "torch",
+        argmax: bool = False,
     ) -> None:
         super().__init__()
+        self.argmax = bool(argmax)
         from pipofan_monai.inference.backends import BACKENDS
 
         if str(backend).strip().lower() not in BACKENDS:
@@ -387,8 +393,9 @@ class SlidingSliceInferer(Inferer):
             kwargs: extra keyword arguments passed to ``network``.
 
         Returns:
-            ``(B, K, H, W, D)`` float32 logits (or probabilities with ``output_activation="softmax"``) on ``device``;
-            a MetaTensor carrying the input's metadata when ``inputs`` is a MetaTensor.
+            ``(B, K, H, W, D)`` float32 logits (or probabilities with ``output_activation="softmax"``) on ``device``
+            (``argmax=True``: ``(B, 1, H, W, D)`` uint8 class indices); a MetaTensor carrying the input's metadata
+            when ``inputs`` is a MetaTensor.
 
         Raises:
             ValueError: wrong input shape (not 5D, channel count != 1), non-finite values, or a network output of
@@ -417,9 +424,13 @@ class SlidingSliceInferer(Inferer):
                 # (H, W, n, C) -> (n, C, H, W); only this chunk is materialised
                 slabs = vol_b[:, :, idx].permute(2, 3, 0, 1).to(device=sw_device, dtype=torch.float32)
                 seg = self._segment_slabs(slabs, network, *args, **kwargs)
+                if self.argmax:
+                    if seg.shape[1] > 256:
+                        raise ValueError(f"argmax=True stores uint8 class indices: {seg.shape[1]} classes > 256.")
+                    seg = seg.argmax(dim=1, keepdim=True).to(torch.uint8)
                 if output is None:
                     output = torch.empty(
-                        (batch, seg.shape[1], height, width, depth), dtype=torch.float32, device=out_device
+                        (batch, seg.shape[1], height, width, depth), dtype=seg.dtype, device=out_device
                     )
                 output[b, :, :, :, start:stop] = seg.permute(1, 2, 3, 0).to(out_device)
                 if bar is not None:
@@ -427,5 +438,5 @@ class SlidingSliceInferer(Inferer):
         if bar is not None:
             bar.close()
         if temp_meta is not None:
-            return convert_to_dst_type(output, temp_meta, device=out_device)[0]
+            return convert_to_dst_type(output, temp_meta, dtype=output.dtype, device=out_device)[0]
         return output

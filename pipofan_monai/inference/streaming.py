@@ -19,9 +19,11 @@ size ``S`` (256), to the original grid with MONAI's ``Invertd`` (undo the in-pla
 and the argmax's int64 / float32 label maps: 8.3 MiB per slice measured, docs/results/benchmarks.md).
 :class:`SlabInverter` gives the same label map holding only ``K x S x S x 4`` bytes per slice:
 
-1. the activation (``Activationsd``, the transforms before ``Invertd``) runs on the whole low-resolution output,
-   as in the bundle (one call: a softmax computed slab by slab can differ in the last bit where the vectorised
-   kernel's tail falls elsewhere, so it is not split);
+1. the activation (``Activationsd``, the transforms before ``Invertd``) runs slab by slab on the low-resolution
+   output when a slice has a multiple of :data:`ACTIVATION_ALIGNMENT` pixels (256² does): then neither the whole
+   volume nor a slab has a scalar tail in the vectorised kernels, every voxel gets the same instructions and the
+   probabilities are bitwise the whole-volume ones (tested); otherwise, or with an ``other`` function, it runs
+   on the whole output in one call, as in the bundle (the kernel's tail would fall on other voxels);
 2. the in-plane resize is undone slab by slab along the axial (last) axis with MONAI's own
    ``Resize.inverse_transform`` (the resize keeps the slice count, so interpolating a slab is bitwise the same as
    interpolating the volume: the weight of the neighbouring slice is exactly 0), and each slab is argmaxed with
@@ -47,10 +49,14 @@ from monai.data import MetaTensor
 from monai.transforms import Activationsd, AsDiscreted, Compose, InvertibleTransform, Invertd, Resize
 from monai.utils import TraceKeys
 
-__all__ = ["SlabInverter", "REORIENTING_OPS", "DEFAULT_STREAM_SLICES"]
+__all__ = ["SlabInverter", "REORIENTING_OPS", "DEFAULT_STREAM_SLICES", "ACTIVATION_ALIGNMENT"]
 
 #: applied operations that only move voxels (no interpolation): undone on the uint8 label map, exactly
 REORIENTING_OPS = ("Orientation",)
+
+#: the activation runs slab by slab when a slice has a multiple of this many pixels: a multiple of every CPU vector
+#: width (up to 64 float32 lanes), so that no slab and no volume leaves a scalar tail in the vectorised kernels
+ACTIVATION_ALIGNMENT = 64
 
 #: slices per slab: the slab's full-resolution probabilities are ``K x H x W x 4`` bytes per slice (64 MiB for 16
 #: slices of 4 classes at 512²), a constant independent of the volume
@@ -163,13 +169,34 @@ class SlabInverter:
             out = t(out)
         return out
 
-    def labels(self, d: Mapping, probabilities: torch.Tensor | None = None) -> dict:
+    def activates_slabs(self, shape: Sequence[int]) -> bool:
+        """Whether the activation of an output of ``shape`` ``(K, h, w, D)`` runs slab by slab in :meth:`labels`
+        (bitwise the whole-volume one): ``h * w`` is a multiple of :data:`ACTIVATION_ALIGNMENT` and every
+        activation is ``Activationsd``'s softmax / sigmoid (no ``other`` function)."""
+        h, w = int(shape[-3]), int(shape[-2])
+        return (h * w) % ACTIVATION_ALIGNMENT == 0 and all(
+            isinstance(t, Activationsd) and all(o is None for o in t.other) for t in self.activation)
+
+    def _activate_slab(self, slab: torch.Tensor) -> torch.Tensor:
+        out: Any = {self.pred_key: slab.contiguous()}
+        for t in self.activation:
+            out = t(out)
+        return torch.as_tensor(out[self.pred_key])
+
+    def labels(self, d: Mapping, probabilities: torch.Tensor | None = None, activate: bool = False) -> dict:
         """Invert and argmax ``d[pred_key]`` (or ``probabilities``), ``(K, h, w, D)`` on the preprocessed grid, slab by
         slab: ``d`` with ``pred_key`` the ``uint8`` label map ``(1, H0, W0, D0)`` on the original grid (metadata and
         affine as ``Invertd`` gives them).
 
+        Args:
+            d: the data dict (``image_key``: the preprocessed image with its applied operations).
+            probabilities: the activated output (default ``d[pred_key]``).
+            activate: ``d[pred_key]`` holds the network output before the activation; the activation runs slab by
+                slab here (check :meth:`activates_slabs` first), so the activated volume never exists.
+
         Raises:
-            ValueError: the image cannot be streamed (check :meth:`why_not` first).
+            ValueError: the image cannot be streamed (check :meth:`why_not` first), or ``activate`` for an output
+                whose activation cannot be split.
         """
         image = d[self.image_key]
         resize_op, keep, reason = self._plan(image)
@@ -178,6 +205,9 @@ class SlabInverter:
         probs = d[self.pred_key] if probabilities is None else probabilities
         p = probs.as_tensor() if isinstance(probs, MetaTensor) else torch.as_tensor(probs)
         k, h, w, depth = p.shape
+        if activate and not self.activates_slabs(p.shape):
+            raise ValueError(f"the activation of a {tuple(p.shape)} output cannot run slab by slab bitwise; "
+                             "activate the whole output first (activate()).")
         if resize_op is not None:
             height, width = (int(s) for s in resize_op[TraceKeys.ORIG_SIZE][:2])
         else:
@@ -186,7 +216,7 @@ class SlabInverter:
         affine = image.affine
         for z0 in range(0, depth, self.slices):
             z1 = min(depth, z0 + self.slices)
-            slab: Any = p[..., z0:z1]
+            slab: Any = self._activate_slab(p[..., z0:z1]) if activate else p[..., z0:z1]
             if resize_op is not None:
                 op = {**resize_op, TraceKeys.ORIG_SIZE: (height, width, z1 - z0)}
                 if self.invertd.nearest_interp[0]:  # as Invertd(nearest_interp=True) would resample

@@ -123,7 +123,10 @@ def keep_largest_components(
         order = np.argsort(-sizes, kind="stable")  # largest first, ties in scan order
         keep_ids = np.zeros(n + 1, dtype=bool)
         keep_ids[order[:keep] + 1] = True
-        drop = sub & ~keep_ids[comp]
+        drop = keep_ids[comp]  # in place from here: one byte per voxel of the box, not three temporaries
+        np.logical_not(drop, out=drop)
+        drop &= sub
+        del comp
         region = out[bbox]
         region[drop] = 0
     if squeeze:

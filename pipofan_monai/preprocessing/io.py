@@ -55,6 +55,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: ``LoadCTd(dtype=COMPACT_DTYPE)``: integer files of up to 2 bytes per voxel keep their type, others become float32
+COMPACT_DTYPE = "compact"
+
 
 class LoadCTd(LoadImaged):
     """``monai.transforms.LoadImaged`` whose read errors always name the key and the file.
@@ -63,12 +66,18 @@ class LoadCTd(LoadImaged):
     ``"could not read <key> file <path>: <reader error>"`` (MONAI/nibabel messages do not always name the file,
     e.g. a truncated ``.nii.gz`` fails with a bare ``EOFError``). All arguments are those of ``LoadImaged``;
     defaults here: ``image_only=True``, ``ensure_channel_first=True``.
+
+    ``dtype="compact"``: keep the file's own integer type when it has at most 2 bytes per voxel (a CT's int16:
+    half the memory of float32; the HU window converts it exactly), else float32 as ``LoadImaged``'s default.
     """
 
     def __init__(self, keys: KeysCollection, *args: Any, image_only: bool = True, ensure_channel_first: bool = True,
                  **kwargs: Any) -> None:
         if not image_only:
             raise ValueError("LoadCTd supports image_only=True only (metadata travel in the MetaTensor).")
+        self.compact = isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] == COMPACT_DTYPE
+        if self.compact:
+            kwargs["dtype"] = None
         super().__init__(keys, *args, image_only=image_only, ensure_channel_first=ensure_channel_first, **kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
@@ -84,7 +93,11 @@ class LoadCTd(LoadImaged):
             except Exception as e:  # re-raised with the key and file name, original error chained
                 raise RuntimeError(f"could not read {key} file {path!r}: {type(e).__name__}: {e}") from e
             # MONAI Label sets ``image_only = False`` on every LoadImaged: keep the MetaTensor, drop the meta dict
-            d[key] = out[0] if isinstance(out, tuple) else out
+            img = out[0] if isinstance(out, tuple) else out
+            if self.compact and isinstance(img, torch.Tensor) and not (
+                    img.dtype in (torch.int8, torch.uint8, torch.int16) or str(img.dtype) == "torch.uint16"):
+                img = img.to(torch.float32)
+            d[key] = img
         return d
 
 
@@ -339,6 +352,7 @@ def load_ct_transforms(
     axcodes: str = "RAS",
     check_grid: bool = True,
     allow_missing_keys: bool = False,
+    dtype: Any = np.float32,
 ) -> list:
     """The loading stage of the pipelines: read, add a channel axis, reorient, check the image/label grid.
 
@@ -348,6 +362,7 @@ def load_ct_transforms(
         axcodes: target orientation; ``"RAS"`` puts the axial axis last (needed by the 2.5D transforms).
         check_grid: append :class:`CheckSameGridd` on ``keys``. Default True.
         allow_missing_keys: allow items without some keys (e.g. no label at inference).
+        dtype: the loaded arrays' type (``LoadCTd``'s ``dtype``: float32 by default, ``"compact"`` for int16 CTs).
 
     Returns:
         list of transforms ``[LoadCTd, CheckVolumed, CheckAffined, Orientationd, (CheckSameGridd)]``; each item ends
@@ -355,7 +370,7 @@ def load_ct_transforms(
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
     out = [
-        LoadCTd(keys, reader=reader, allow_missing_keys=allow_missing_keys),
+        LoadCTd(keys, reader=reader, allow_missing_keys=allow_missing_keys, dtype=dtype),
         CheckVolumed(keys[0]),  # the image: one 3D volume, checked before anything else touches it
         CheckAffined(keys, allow_missing_keys=True),
         Orientationd(keys, axcodes=axcodes, labels=None, allow_missing_keys=allow_missing_keys),

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from monai.transforms import Compose, Orientationd, Resized
 
 
 from .intensity import HUWindowd
-from .io import CheckCTIntensityd, load_ct_transforms
+from .io import COMPACT_DTYPE, CheckCTIntensityd, load_ct_transforms
 from .labels import MapDatasetLabelsd
 from pipofan_monai.vocabulary.label_space import LabelSpace
 from .slices import SlicesToChannelsd
@@ -50,6 +52,7 @@ def get_preprocessing_transforms(
     organs: Mapping[str, Any] | None = None,
     ct_check: str = "error",
     label_space: LabelSpace | None = None,
+    load_dtype: Any = np.float32,
 ) -> list:
     """Deterministic part shared by training, validation, the preprocessed cache and inference.
 
@@ -77,13 +80,15 @@ def get_preprocessing_transforms(
             the loaded intensities: a label map given as the image, unscaled values)? ``"error"`` (default: a
             ``ValueError`` naming the file, also when training, before the volume is cached), ``"warn"``, ``"off"``.
         label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace`, instead of ``num_classes``,
-            ``datasets``, ``partial_labels``, ``class_names`` and ``organs`` (see :class:`MapDatasetLabelsd`).
+            ``datasets``, ``class_names`` and ``organs`` (see :class:`MapDatasetLabelsd`).
+        load_dtype: type of the loaded arrays (``LoadCTd``'s ``dtype``; ``"compact"``: an int16 CT stays int16
+            until the HU window, which converts it exactly). Default float32.
 
     Returns:
         list of transforms.
     """
     keys = [image_key] + ([label_key] if label_key else [])
-    xforms = load_ct_transforms(keys, reader=reader, allow_missing_keys=allow_missing_label)
+    xforms = load_ct_transforms(keys, reader=reader, allow_missing_keys=allow_missing_label, dtype=load_dtype)
     at = next(i for i, t in enumerate(xforms) if isinstance(t, Orientationd))  # on the loaded intensities
     xforms.insert(at, CheckCTIntensityd(image_key, mode=ct_check))
     if label_key:
@@ -151,4 +156,6 @@ def get_inference_transforms(
         resize and the reorientation).
     """
     settings = {k: v for k, v in preprocessing.items() if k in ("spatial_size", "hu_window", "intensity", "image_mode")}
-    return Compose(get_preprocessing_transforms(image_key, None, reader=reader, ct_check=ct_check, **settings))
+    # the image is loaded in its own integer type (int16: half of float32): the HU window makes the float copy
+    return Compose(get_preprocessing_transforms(image_key, None, reader=reader, ct_check=ct_check,
+                                                load_dtype=COMPACT_DTYPE, **settings))

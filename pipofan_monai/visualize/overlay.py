@@ -101,7 +101,8 @@ def _reorient_to_ras(arrays: list[np.ndarray | None], affine) -> tuple[list[np.n
         raise ValueError(f"affine must be 4x4, got shape {affine.shape}.")
     ornt = nib.orientations.io_orientation(affine)
     xform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
-    out = [None if a is None else np.ascontiguousarray(nib.orientations.apply_orientation(a, xform)) for a in arrays]
+    # views (flips / transposes), not copies: only the displayed slices are read
+    out = [None if a is None else nib.orientations.apply_orientation(a, xform) for a in arrays]
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     spacing = np.empty(3)
     for i, (axis, _) in enumerate(xform):
@@ -109,14 +110,20 @@ def _reorient_to_ras(arrays: list[np.ndarray | None], affine) -> tuple[list[np.n
     return out, spacing
 
 
-def _window(image: np.ndarray, window: Sequence[float] | None) -> np.ndarray:
-    img = image.astype(np.float32)
+def _window_range(image: np.ndarray, window: Sequence[float] | None) -> tuple[float, float]:
+    """``(low, high)`` of the display window: ``window``, or the image's own min..max when it is None."""
     if window is None:
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-    else:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"window must be (low, high) with high > low, got {window}.")
+        return float(np.nanmin(image)), float(np.nanmax(image))
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window}.")
+    return lo, hi
+
+
+def _window(image: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    """``image`` (a displayed slice) scaled from ``limits`` to [0, 1] (zeros when the range is empty)."""
+    img = image.astype(np.float32)
+    lo, hi = limits
     if hi <= lo:
         return np.zeros_like(img)
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
@@ -131,6 +138,30 @@ def _blend(gray: np.ndarray, label: np.ndarray | None, alpha: float, class_ids: 
         if m.any():
             rgb[m] = (1.0 - alpha) * rgb[m] + alpha * np.asarray(_color(cid, colors))
     return rgb
+
+
+def _values(label: np.ndarray, slices: int = 32) -> set[int]:
+    """The distinct values of an integer label volume ``(X, Y, Z)``, counted ``slices`` axial slices at a time
+    (``np.unique`` of the whole volume sorts a copy of it)."""
+    out: set[int] = set()
+    for z in range(0, label.shape[2], slices):
+        out.update(np.unique(label[:, :, z:z + slices]).tolist())
+    return {int(v) for v in out}
+
+
+def _foreground_axes(label: np.ndarray, ground_truth: np.ndarray | None,
+                     slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(any foreground per axial slice (Z,), any foreground per coronal row (Y,))`` of ``label`` or
+    ``ground_truth`` ``(X, Y, Z)``, ``slices`` axial slices at a time (no whole-volume mask)."""
+    fg_z = np.zeros(label.shape[2], dtype=bool)
+    fg_y = np.zeros(label.shape[1], dtype=bool)
+    for z in range(0, label.shape[2], slices):
+        fg = label[:, :, z:z + slices] > 0
+        if ground_truth is not None:
+            fg |= ground_truth[:, :, z:z + slices] > 0
+        fg_z[z:z + slices] = fg.any(axis=(0, 1))
+        fg_y |= fg.any(axis=(0, 2))
+    return fg_z, fg_y
 
 
 def _spread(indices: np.ndarray, n: int) -> list[int]:
@@ -219,16 +250,16 @@ def save_overlay_png(
         sp = np.ones(3) if spacing is None else np.asarray([float(s) for s in spacing])
         if sp.shape != (3,) or np.any(sp <= 0):
             raise ValueError(f"spacing must be three positive values, got {spacing}.")
-    lab = lab.astype(np.int64, copy=False)
-    gt = None if gt is None else gt.astype(np.int64, copy=False)
+    # no whole-volume copies (a 1,000-slice CT is 1 GiB as float32): the label maps keep their dtype, the window
+    # is applied to the displayed slices only (with ``window=None`` its range is the volume's min..max)
     if colors is None:
         colors = class_colors(class_names)
-    gray = _window(img, window)
+    limits = _window_range(img, window)
     depth = img.shape[2]
 
-    fg = lab > 0 if gt is None else (lab > 0) | (gt > 0)
+    fg_z, fg_y = _foreground_axes(lab, gt)
     if axial_slices is None:
-        organ_z = np.nonzero(fg.any(axis=(0, 1)))[0]
+        organ_z = np.nonzero(fg_z)[0]
         axial = _spread(organ_z if organ_z.size else np.arange(depth), num_axial)
     else:
         axial = [int(z) for z in axial_slices]
@@ -236,13 +267,13 @@ def save_overlay_png(
         if bad:
             raise ValueError(f"axial_slices {bad} are outside 0..{depth - 1}.")
     if coronal and coronal_slice is None:
-        ys = np.nonzero(fg.any(axis=(0, 2)))[0]
+        ys = np.nonzero(fg_y)[0]
         coronal_slice = int(round(ys.mean())) if ys.size else img.shape[1] // 2
     if coronal and not 0 <= int(coronal_slice) < img.shape[1]:
         raise ValueError(f"coronal_slice {coronal_slice} is outside 0..{img.shape[1] - 1}.")
 
     class_ids = [c for c in range(1, len(class_names))]
-    extra = sorted(set(np.unique(lab).tolist()) - {0, *class_ids})
+    extra = sorted(_values(lab) - {0, *class_ids})
     rows = [("prediction", lab)] if gt is None else [("prediction", lab), ("ground truth", gt)]
     ncols = len(axial) + (1 if coronal else 0)
     fig, axes = plt.subplots(
@@ -251,13 +282,13 @@ def save_overlay_png(
     for r, (row_name, row_lab) in enumerate(rows):
         for c, z in enumerate(axial):
             ax = axes[r][c]
-            rgb = _blend(gray[:, :, z], row_lab[:, :, z], alpha, class_ids + extra, colors)
+            rgb = _blend(_window(img[:, :, z], limits), row_lab[:, :, z], alpha, class_ids + extra, colors)
             ax.imshow(to_radiological_axial(rgb), aspect=float(sp[1] / sp[0]), interpolation="nearest")
             ax.set_title(f"axial z={z}/{depth - 1}", fontsize=9)
         if coronal:
             ax = axes[r][ncols - 1]
             y = int(coronal_slice)  # type: ignore[arg-type]
-            rgb = _blend(gray[:, y, :], row_lab[:, y, :], alpha, class_ids + extra, colors)
+            rgb = _blend(_window(img[:, y, :], limits), row_lab[:, y, :], alpha, class_ids + extra, colors)
             ax.imshow(to_radiological_coronal(rgb), aspect=float(sp[2] / sp[0]), interpolation="nearest")
             ax.set_title(f"coronal y={y}/{img.shape[1] - 1}", fontsize=9)
         for c in range(ncols):

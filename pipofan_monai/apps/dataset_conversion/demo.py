@@ -111,7 +111,7 @@ DEFAULT_NUM_CASES: dict[str, int] = {"btcv": 8, "lits": 8, "kits19": 8, "msd_spl
 MANIFEST = "demo_manifest.json"
 # the generator's id in the manifest is this module's name; the names it had in earlier layouts (same generator,
 # same data) are accepted, so a demo folder written by an earlier version is recognised instead of refused
-_GENERATOR_NAMES = (__name__, "pipofan_monai.dataset_conversion.demo", "pipofan_monai.data.demo")
+_GENERATOR_NAMES = (__name__, "pipofan_monai.apps.dataset_conversion.demo", "pipofan_monai.data.demo")
 
 #: the optional fifth-organ source (``pancreas=True``) and the five-class vocabulary of its datalist
 PANCREAS_SOURCE = "msd_pancreas"

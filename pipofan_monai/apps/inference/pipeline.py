@@ -270,8 +270,24 @@ class CasePipeline:
                        streamer: SlabInverter) -> dict:
         """``d`` with ``pred``: the activated network output ``(K, h, w, D)`` on the preprocessed grid (the logits
         are dropped as soon as the activation has run)."""
+        return self._probabilities_of(d, self.infer(d, net, timer, name), timer, streamer)
+
+    def _stream_labels(self, d: Mapping, net: torch.nn.Module, timer: Callable, name: str,
+                       streamer: SlabInverter) -> dict:
+        """One network's ``uint8`` label map on the original grid (``d`` with ``pred``): the activation runs slab by
+        slab with the inversion where that is bitwise the whole-volume activation (then only the network output,
+        not a second volume of probabilities, is held), else on the whole output first."""
+        logits = self.infer(d, net, timer, name)
+        split = streamer.activates_slabs(logits.shape)
+        dk = {**d, self.pred_key: logits} if split else self._probabilities_of(d, logits, timer, streamer)
+        del logits
+        with timer("invert", type(streamer.invertd).__name__):
+            out = streamer.labels(dk, activate=split)
+        return out
+
+    def _probabilities_of(self, d: Mapping, logits: Any, timer: Callable, streamer: SlabInverter) -> dict:
         dk = dict(d)
-        dk[self.pred_key] = self.infer(d, net, timer, name)
+        dk[self.pred_key] = logits
         return self._apply(streamer.activation, dk, timer)
 
     def _streamed(self, d: dict, nets: Sequence[torch.nn.Module], timer: Callable, names: Sequence[str],
@@ -279,10 +295,7 @@ class CasePipeline:
         """The case with the slab-by-slab inversion + argmax (the ``invert`` stage includes the argmax)."""
         tail = self.post[self.split + 1 :]
         if len(nets) == 1:
-            dk = self._probabilities(d, nets[0], timer, names[0], streamer)
-            with timer("invert", type(streamer.invertd).__name__):
-                out = streamer.labels(dk)
-            del dk
+            out = self._stream_labels(d, nets[0], timer, names[0], streamer)
             return self._apply(tail, out, timer)
         if self.ensemble_mode == "mean":  # the mean of the probabilities at the network's resolution, then inverted
             last: dict = {}
@@ -304,10 +317,7 @@ class CasePipeline:
         labels: list = []
         out = {}
         for net, name in zip(nets, names):
-            dk = self._probabilities(d, net, timer, name, streamer)
-            with timer("invert", type(streamer.invertd).__name__):
-                out = streamer.labels(dk)
-            del dk
+            out = self._stream_labels(d, net, timer, name, streamer)
             labels.append(out[self.pred_key])
         with timer("ensemble", "vote"):
             out = dict(out)
@@ -340,8 +350,10 @@ def check_network_output(logits: torch.Tensor, ckpt_name: str, image_name: str) 
         ckpt_name: the checkpoint that produced it.
         image_name: the input image.
     """
+    from pipofan_monai.preprocessing.intensity import all_finite
+
     t = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not all_finite(t):  # chunk by chunk: no abs copy and boolean volumes of the whole output
         n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise ValueError(
             f"the network output of checkpoint {ckpt_name!r} on {image_name} holds {n_nan} NaN and {n_inf} inf "
