@@ -248,3 +248,20 @@ def test_stage_switch_resets_optimizer_and_restarts_schedule(caplog):
     assert "training stage dps -> fused" in caplog.text and "schedule restarted" in caplog.text
     with pytest.raises(ValueError):
         StageSwitchHandler(torch.nn.MSELoss(), 3)
+
+
+def test_readme_quick_start_command_runs(demo, tmp_path):
+    """The README's quick start, as written (`--config_file "['bundle/configs/train.json','bundle/configs/quickstart.json']"`
+    from the repository root), cut to 2 epochs on the tiny demo: the quick-start overlay's settings are the ones the
+    run and its model use, and the run ends by naming the model and the segment command."""
+    ckpt, out = tmp_path / "models", tmp_path / "runs"
+    proc = run_bundle(["run", "training", "--config_file", "['bundle/configs/train.json','bundle/configs/quickstart.json']",
+                       "--datalist", str(demo), "--max_epochs", "2", "--dps_epochs", "1", "--val_interval", "1",
+                       "--samples_per_epoch", "8", "--num_workers", "0", "--max_val_volumes", "1",
+                       "--ckpt_dir", str(ckpt), "--output_dir", str(out)])
+    plans = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)["plans"]
+    assert plans["network"]["channels"] == [16, 32, 64, 128, 128]  # quickstart.json's widths
+    assert plans["preprocessing"]["spatial_size"] == 128
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    done = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "training finished" in ln]
+    assert len(done) == 1 and f"pipofan segment CT.nii.gz -o segmentations --model {ckpt / 'model.pt'}" in done[0]

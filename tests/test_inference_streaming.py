@@ -236,7 +236,8 @@ def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
             "bundle_root": str(REPO / "bundle"), "network_channels": TINY, "spatial_size": 64, "sw_batch_size": 8,
             "output_dir": str(tmp_path / path), "device": "$torch.device('cpu')", "amp": False, "save_overlay": False,
             "overwrite": True, "stream_slices": slices}}
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # the checkout under test first: benchmarks/ is not installed, and pipofan_monai must be this tree's
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, json.dumps({"cases": [case], "threads": 1})],
                               capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

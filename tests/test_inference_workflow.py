@@ -142,7 +142,10 @@ def test_bundle_cli_run_inference(tmp_path):
     assert seg.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-5)
     assert (np.asarray(seg.dataobj) == 2).all()
-    assert sorted(p.name for p in out.iterdir()) == ["case_a_seg.nii.gz"]
+    # the label map and the run report, nothing else
+    assert sorted(p.name for p in out.iterdir()) == ["case_a_seg.nii.gz", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert [c["status"] for c in report["cases"]] == ["ok", "failed"]  # the 2D input failed, named in the report
 
 
 def test_config_components_for_monai_label(tmp_path):
@@ -257,7 +260,6 @@ def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
         "empty_dir": (tmp_path / "empty_series", "contains no DICOM series"),
         "not_dicom": (tmp_path / "notes", "contains no DICOM series"),
         "corrupt": (tmp_path / "corrupt.nii.gz", "could not read"),
-        "clash": (tmp_path / "other" / "good.nii.gz", "same file name"),
     }
     (tmp_path / "empty_series").mkdir()
     (tmp_path / "notes").mkdir()
@@ -267,7 +269,7 @@ def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
     _nifti(tmp_path / "other" / "good.nii.gz", _ct((16, 16, 3)), np.eye(4))
     out = tmp_path / "out"
     inputs = [bad["2d"][0], bad["4d"][0], good, bad["nan"][0], bad["missing"][0], bad["empty_dir"][0],
-              bad["not_dicom"][0], bad["corrupt"][0], bad["clash"][0]]
+              bad["not_dicom"][0], bad["corrupt"][0], tmp_path / "other" / "good.nii.gz"]
     with pytest.raises(InferenceError) as err:
         _runner(out).run(inputs, ckpt)
     msg = str(err.value)
@@ -275,7 +277,8 @@ def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
     for path, words in bad.values():
         line = next((ln for ln in msg.splitlines() if ln.strip().startswith(str(path) + ":")), None)
         assert line is not None and words in line, (path, words, msg)
-    assert (out / "good_seg.nii.gz").is_file()
+    # the same file name in another folder is no clash: the input folders are mirrored under the output folder
+    assert (out / "good_seg.nii.gz").is_file() and (out / "other" / "good_seg.nii.gz").is_file()
     # without fail_on_error the statuses are returned
     res = _runner(out, fail_on_error=False, overwrite=True).run([good, bad["4d"][0]], ckpt)
     assert [c["status"] for c in res["cases"]] == ["ok", "failed"]
@@ -315,7 +318,9 @@ def test_checkpoint_errors(tmp_path, ckpt):
     src = _nifti(tmp_path / "v.nii.gz", _ct((16, 16, 2)), np.eye(4))
     with pytest.raises(ValueError, match="does not match the network"):
         _runner(tmp_path / "out").run([src], other)
-    assert not (tmp_path / "out").exists()
+    # no output; the run report says why
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json"]
+    assert "shape mismatches" in json.dumps(json.loads((tmp_path / "out" / "report.json").read_text()))
 
 
 def test_overwrite_protection(tmp_path, ckpt):
