@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the MONAI Label environment (default .venv-label, or the folder given as $1) from scratch: MONAI Label
-# 0.8.5 and this project with its `label` extra, plus pytest, for tests/test_monailabel.py. CPU is enough.
-#   bash .ci/label_env.sh && .venv-label/bin/python -m pytest tests/test_monailabel.py
+# 0.8.5 and this project with its `label` extra, plus pytest, for tests/integration/test_monailabel.py. CPU is enough.
+#   bash .ci/label_env.sh && .venv-label/bin/python -m pytest tests/integration/test_monailabel.py
 # MONAI Label pins numpy < 2 and pydicom 2, so it gets its own environment (the main one keeps numpy 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."

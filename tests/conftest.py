@@ -18,6 +18,7 @@ PyTorch inference backend where configs say "auto" (ONNX Runtime is tested expli
 from __future__ import annotations
 
 import os
+import sys
 import random
 from pathlib import Path
 
@@ -28,11 +29,13 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 # "auto" inference backend = PyTorch in the suite (an ONNX export per tiny test model would cost seconds each);
-# tests/test_backends.py runs ONNX Runtime explicitly
+# tests/unit/inference/test_backends.py runs ONNX Runtime explicitly
 os.environ.setdefault("PIPOFAN_BACKEND", "torch")
 
 
 REPO = Path(__file__).resolve().parents[1]
+# bundle_utils (the bundle helpers shared by unit and integration tests) lives here, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 _SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "build", "dist", ".whl", ".gl", ".mypy_cache", ".ruff_cache"}
 # ignored output folders of the bundle: a rewritten file there counts too (e.g. models/model.pt)
 _OUTPUT_DIRS = ("bundle/models", "bundle/runs", "bundle/outputs", "bundle/eval", "bundle/logs", "outputs")

@@ -12,7 +12,7 @@
 """Ensembling of fold models (the paper's Table V ensembles): majority vote of label maps or mean of
 probabilities, on the original image grid.
 
-MONAI has ``VoteEnsemble`` and ``MeanEnsemble``, and they give the same results (tests/test_ensembling.py
+MONAI has ``VoteEnsemble`` and ``MeanEnsemble``, and they give the same results (tests/unit/inference/test_ensembling.py
 compares them). They are not used because of memory at the users' sizes: ``VoteEnsemble`` one-hot encodes all M
 label maps as float32 (M x K x 4 bytes per voxel: 9.4 GB for 5 folds of a 4-class 512x512x450 CT) and
 ``MeanEnsemble`` stacks all M probability maps (the same 9.4 GB). :func:`majority_vote` counts votes in int16

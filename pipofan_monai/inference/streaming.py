@@ -32,7 +32,7 @@ and the argmax's int64 / float32 label maps: 8.3 MiB per slice measured, docs/re
    argmax) are undone on that ``uint8`` map by the config's ``Invertd`` (a copy with the resize removed from its
    transform), so geometry and metadata are MONAI's.
 
-The label map equals the whole-volume one voxel for voxel (tests/test_inference_streaming.py). The streaming
+The label map equals the whole-volume one voxel for voxel (tests/unit/inference/test_inference_streaming.py). The streaming
 applies when the postprocessing is ``[Activationsd ..., Invertd, AsDiscreted(argmax=True), ...]`` and the image's
 applied operations are reorientations and at most one trailing in-plane ``Resize``; otherwise
 (``save_probabilities``, other transforms) :meth:`SlabInverter.why_not` says why and the pipeline inverts the

@@ -14,7 +14,7 @@ component of the liver and of the spleen and the two largest of the kidney class
 class); the counts per organ come from the organ table.
 
 MONAI's ``KeepLargestConnectedComponent`` (one per component count) gives the same label maps
-(tests/test_ensembling.py) and is as fast here on a 512x512x450 map; it is not used because on the CPU it needs
+(tests/unit/inference/test_ensembling.py) and is as fast here on a 512x512x450 map; it is not used because on the CPU it needs
 scikit-image, a dependency the project does not otherwise have (cuCIM on the GPU).
 """
 
