@@ -27,7 +27,7 @@ from pipofan_monai.inference import (
 from pipofan_monai.networks import PIPOFAN  # noqa: E402
 from pipofan_monai.plans import PlansState, make_plans  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 TINY = (8, 16, 32, 64, 64)

@@ -32,7 +32,7 @@ from pipofan_monai.apps.training.cached_data import (
 )
 from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 SHAPE = (48, 48, 20)

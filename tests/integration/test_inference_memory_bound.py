@@ -24,7 +24,7 @@ import torch
 
 from pipofan_monai.networks import PIPOFAN
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 TINY = [8, 16, 32, 64, 64]

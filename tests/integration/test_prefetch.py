@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 CONFIG = REPO / "bundle" / "configs" / "inference.json"

@@ -30,7 +30,7 @@ def test_five_class_bundle_end_to_end(tmp_path):
     import shutil
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
 
     from pipofan_monai.apps.bundle_vocabulary import set_bundle_classes
