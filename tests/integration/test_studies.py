@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Studies (issue 9): each study's runner writes its table with the expected rows and columns (quick mode), and
+"""Studies: each study's runner writes its table with the expected rows and columns (quick mode), and
 the naive baseline changes only the training mask."""
 
 from __future__ import annotations

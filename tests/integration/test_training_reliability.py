@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Training never loses or corrupts a result (issue 13): faithful resume (best score, stage, optimizer, learning
+"""Training never loses or corrupts a result: faithful resume (best score, stage, optimizer, learning
 rate, random states), atomic checkpoints, one run per output folder, an earlier run kept, ``--help`` that runs
 nothing. Tiny networks on a tiny synthetic dataset; kills are simulated in-process at exact points (an exception
 that no handler sees, as after SIGKILL nothing runs) and once for real with SIGKILL in a subprocess."""

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Training and validation Datasets on the memory-mapped preprocessed cache (issue 14).
+"""Training and validation Datasets on the memory-mapped preprocessed cache, so that RAM does not grow with the
+number of volumes.
 
 :class:`CachedSliceDataset` yields one 2.5D training sample per index by reading the ``2*context+1`` slices it
 needs from the memory map (about 0.4 MB at 256², whatever the volume's size). Its transform is the random part

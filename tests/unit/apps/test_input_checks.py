@@ -40,7 +40,7 @@ from pipofan_monai.losses import DeepPyramidSupervisionLoss, TargetAdaptiveLoss
 from pipofan_monai.networks import PIPOFAN
 from pipofan_monai.preprocessing import LoadCTd
 
-# the checks and writers added for issue 13 are imported inside the tests, so that on the code before the fix
+# the checks and writers under test are imported inside the tests, so that on the code before the fix
 # every behavioural test fails on its assertions, not on an import error
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The memory-mapped preprocessed cache (issue 14): samples equal to the old CacheDataset path, reuse and
+"""The memory-mapped preprocessed cache: samples equal to the old CacheDataset path, reuse and
 invalidation, corrupt entries, concurrent fills (each volume built once; a killed builder blocks nobody), read-only folders, the CLI, and one real-size volume."""
 
 from __future__ import annotations

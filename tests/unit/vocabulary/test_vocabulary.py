@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The open organ vocabulary (issue 16 §1): the organ table, the dataset table by organ names, their resolution
+"""The open organ vocabulary: the organ table, the dataset table by organ names, their resolution
 into any list of class names, and the MSD Pancreas / MSD Liver datalist scanners."""
 
 from __future__ import annotations
