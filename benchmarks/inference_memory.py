@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import _reset_peak_rss, _status_mib  # noqa: E402  (the RSS helpers of every section)
+
 CLASS_NAMES = ("background", "liver", "kidney", "spleen")
 FULL_CHANNELS = (64, 128, 256, 512, 512)
 NARROW_CHANNELS = (8, 16, 32, 64, 64)
@@ -60,29 +62,6 @@ ONE_HOT_POSTPROCESSING = {"_target_": "Compose", "transforms": [
 
 #: global class id -> BTCV label number of the generated label maps
 BTCV_OF_GLOBAL = {1: 6, 2: 2, 3: 1}
-
-
-# ------------------------------------------------------------------------------------------------ RSS helpers
-def status_mib(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` (MiB) of this process (NaN where ``/proc`` is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class TransformPeaks:
@@ -101,7 +80,7 @@ class TransformPeaks:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            rss = status_mib("VmRSS")
+            rss = _status_mib("VmRSS")
             if rss > self.sampled[0]:
                 self.sampled = (rss, self.current)
 
@@ -111,20 +90,20 @@ class TransformPeaks:
 
     @contextlib.contextmanager
     def __call__(self, stage: str, name: str | None = None) -> Iterator[None]:
-        self.overall = max(self.overall, status_mib("VmHWM"))
+        self.overall = max(self.overall, _status_mib("VmHWM"))
         self.current = name or stage
-        before = status_mib("VmRSS")
-        reset_peak()
+        before = _status_mib("VmRSS")
+        _reset_peak_rss()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            peak = max(status_mib("VmHWM"), status_mib("VmRSS"))
+            peak = max(_status_mib("VmHWM"), _status_mib("VmRSS"))
             self.overall = max(self.overall, peak)
             self.rows.append({"stage": stage, "name": name or stage, "before_mib": before, "peak_mib": peak,
-                              "after_mib": status_mib("VmRSS"), "seconds": time.perf_counter() - t0})
+                              "after_mib": _status_mib("VmRSS"), "seconds": time.perf_counter() - t0})
             self.current = f"after {name or stage}"
-            reset_peak()
+            _reset_peak_rss()
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -191,14 +170,14 @@ def inference_worker(spec: Mapping[str, Any]) -> dict:
 
     runner._report_case = timed_report
     gc.collect()
-    start = status_mib("VmRSS")
-    reset_peak()
+    start = _status_mib("VmRSS")
+    _reset_peak_rss()
     t0 = time.perf_counter()
     summary = runner.run([spec["image"]], spec["ckpt"])
     seconds = time.perf_counter() - t0
     if summary["num_ok"] != 1:
         raise RuntimeError(f"inference failed: {summary['cases']}")
-    peak = max(status_mib("VmHWM"), peaks.overall)
+    peak = max(_status_mib("VmHWM"), peaks.overall)
     peaks.stop()
     return {"start_mib": start, "peak_mib": peak, "seconds": seconds, "transforms": peaks.rows,
             "sampled_peak_mib": peaks.sampled[0], "sampled_peak_in": peaks.sampled[1]}
@@ -245,12 +224,12 @@ def validation_worker(spec: Mapping[str, Any]) -> dict:
         inside["s"] += time.perf_counter() - inside["t0"]
 
     hooks = [network.register_forward_pre_hook(before), network.register_forward_hook(after)]
-    start = status_mib("VmRSS")
-    reset_peak()
+    start = _status_mib("VmRSS")
+    _reset_peak_rss()
     t0 = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - t0
-    peak = status_mib("VmHWM")
+    peak = _status_mib("VmHWM")
     for h in hooks:
         h.remove()
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
