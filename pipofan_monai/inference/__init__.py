@@ -15,10 +15,13 @@ output writers and the DICOM SEG writer. The case pipeline and the runner that u
 
 from __future__ import annotations
 
-from .inferers import SlidingSliceInferer
+from .inferers import AutocastInferer, SlidingSliceInferer, amp_dtype_for, cpu_has_native_bf16
 from .writers import AtomicNiftiWriter, AtomicSaveImaged, LabelNiftiWriter, output_is_complete
 
 __all__ = [
+    "AutocastInferer",
+    "amp_dtype_for",
+    "cpu_has_native_bf16",
     "SlidingSliceInferer",
     "LabelNiftiWriter",
     "AtomicNiftiWriter",
