@@ -561,7 +561,9 @@ class PartialDiceMetric(CumulativeIterationMetric):
         ignore_empty: NaN (excluded) where a labeled organ's ground truth is empty (default), else 1/0.
         class_index: when given, ``aggregate()`` returns this class's Dice only (e.g. 1 for a
             ``val_dice_liver`` metric).
-        class_names: class names, for :py:meth:`aggregate_dict`.
+        class_names: class names, for :py:meth:`aggregate_dict` (K is their count).
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace`, instead of ``class_names`` (the
+            bundle's validation: one vocabulary object for the metrics, the loss's masks and the writers).
 
     Example::
 
@@ -576,12 +578,17 @@ class PartialDiceMetric(CumulativeIterationMetric):
         include_background: bool = False,
         ignore_empty: bool = True,
         class_index: int | None = None,
-        class_names: Sequence[str] = CLASS_NAMES,
+        class_names: Sequence[str] | None = None,
+        label_space: Any = None,
     ) -> None:
         super().__init__()
         self.include_background = bool(include_background)
         self.ignore_empty = bool(ignore_empty)
-        self.class_names = tuple(str(n) for n in class_names)
+        if label_space is not None:
+            if class_names is not None:
+                raise ValueError("PartialDiceMetric takes class_names or label_space, not both (they could disagree).")
+            class_names = label_space.class_names
+        self.class_names = tuple(str(n) for n in (CLASS_NAMES if class_names is None else class_names))
         if class_index is not None:
             low = 0 if self.include_background else 1
             if not low <= int(class_index) < len(self.class_names):
@@ -637,7 +644,7 @@ def per_class_dice_metrics(class_names: Sequence[str] | Any, output_transform: A
 
     Example (bundle config)::
 
-        "additional_metrics": "$pipofan_monai.evaluation.per_class_dice_metrics(@class_names)"
+        "additional_metrics": "$pipofan_monai.evaluation.per_class_dice_metrics(@label_space)"
     """
     from monai.handlers import IgniteMetricHandler, from_engine
 

@@ -445,9 +445,13 @@ def get_train_transforms(
         preprocessing: the plans' preprocessing dict (``spatial_size``, ``hu_window``, ``intensity``,
             ``context``, ``image_mode``; the bundle's ``@preprocessing_settings``); None: the defaults.
         kwargs: passed to :func:`get_preprocessing_transforms` on top of ``preprocessing`` (``spatial_size``:
-            in-plane resize, None keeps the size; hu_window, intensity, num_classes, datasets, partial_labels,
-            ct_check, ...).
+            in-plane resize, None keeps the size; hu_window, intensity, label_space, ct_check, ...). With a
+            ``label_space`` and no ``partial_labels``, the training follows the label space's ``partial_labels``
+            (False: the naive baseline's all-ones masks; validation pipelines keep the true masks).
     """
+    space = kwargs.get("label_space")
+    if space is not None and "partial_labels" not in kwargs:
+        kwargs["partial_labels"] = space.partial_labels
     prep = {**DEFAULT_PREPROCESSING, **(preprocessing or {}), **kwargs}
     planned_context = prep.pop("context")
     context = int(planned_context if context is None else context)

@@ -35,10 +35,13 @@ from pipofan_monai.vocabulary.masks import labeled_mask
 from pipofan_monai.vocabulary.organs import (
     DEFAULT_CLASS_NAMES,
     OrganSpec,
+    canonical_organ_name,
     metric_name,
     organ_table,
     validate_class_names,
 )
+
+_build_organ_table = organ_table  # the parameter of LabelSpace.create shadows the function's name
 
 __all__ = ["LabelSpace"]
 
@@ -62,6 +65,9 @@ class LabelSpace:
             (TAL); False, the naive baseline (unannotated organs counted as background). Recorded with the
             model; the masks themselves (:meth:`labeled_mask`) are always the datasets' true ones, because
             validation Dice must skip the organs a volume does not annotate whichever way the model was trained.
+        placeholders: class names that are not organs of the table, accepted only by ``create(strict=False)``
+            (the ``class1``, ``class2`` names given to a checkpoint without plans): they get no colour, no
+            connected-component rule, no DICOM code, and datasets are not resolved against them.
 
     Example::
 
@@ -75,6 +81,7 @@ class LabelSpace:
     organ_config: Mapping[str, Any] = field(default_factory=dict)
     dataset_config: Mapping[str, Any] = field(default_factory=dict)
     partial_labels: bool = True
+    placeholders: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -83,6 +90,7 @@ class LabelSpace:
         organ_table: Mapping[str, Any] | None = None,
         dataset_table: Mapping[str, Any] | None = None,
         partial_labels: bool = True,
+        strict: bool = True,
     ) -> "LabelSpace":
         """Validate config values and build the label space.
 
@@ -94,24 +102,37 @@ class LabelSpace:
             dataset_table: ``{dataset: {"labels": {value: organ}, "annotates": [organ, ...]}}`` on top of the
                 built-in datasets.
             partial_labels: see the class attributes.
+            strict: False accepts class names that are not organs (see ``placeholders``); every other rule
+                (background first, no duplicates, K >= 2) still holds.
 
         Raises:
             ValueError: a malformed vocabulary, organ or dataset entry (naming it).
         """
         organs = _frozen(organ_table)
-        names = validate_class_names(list(class_names) if class_names is not None else DEFAULT_CLASS_NAMES, organs)
-        space = cls(names, organs, _frozen(dataset_table), bool(partial_labels))
-        for name in space.dataset_config:  # malformed entries fail here, not at the first item of that dataset
-            space.resolve(name)
+        raw = list(class_names) if class_names is not None else list(DEFAULT_CLASS_NAMES)
+        placeholders: tuple[str, ...] = ()
+        if not strict and not isinstance(class_names, str):
+            known = _build_organ_table(organs)
+            placeholders = tuple(dict.fromkeys(
+                n for n in (canonical_organ_name(str(r)) for r in raw[1:]) if n not in known))
+        generic = {p: {"num_components": None} for p in placeholders}
+        names = validate_class_names(raw, {**organs, **generic})
+        space = cls(names, organs, _frozen(dataset_table), bool(partial_labels), placeholders)
+        if not placeholders:  # malformed entries fail here, not at the first item of that dataset
+            for name in space.dataset_config:
+                space.resolve(name)
         return space
 
     @classmethod
-    def from_plans(cls, plans: Mapping[str, Any], organ_table: Mapping[str, Any] | None = None) -> "LabelSpace":
+    def from_plans(cls, plans: Mapping[str, Any], organ_table: Mapping[str, Any] | None = None,
+                   dataset_table: Mapping[str, Any] | None = None, strict: bool = True) -> "LabelSpace":
         """The label space a checkpoint was trained with (its plans' ``class_names``, ``organ_table``,
-        ``dataset_table``, ``partial_labels``). ``organ_table`` adds display/post-processing entries for a
-        checkpoint whose plans carry none (written before plans stored it)."""
+        ``dataset_table``, ``partial_labels``). ``organ_table`` / ``dataset_table`` stand in for a checkpoint whose
+        plans carry none (written before plans stored them; or datasets to evaluate on that training did not
+        use). ``strict=False``: see :meth:`create` (plans made for a checkpoint without plans)."""
         organs = plans.get("organ_table") or organ_table
-        return cls.create(plans["class_names"], organs, plans.get("dataset_table"), plans.get("partial_labels", True))
+        datasets = plans.get("dataset_table") or dataset_table
+        return cls.create(plans["class_names"], organs, datasets, plans.get("partial_labels", True), strict=strict)
 
     def to_config(self) -> dict[str, Any]:
         """Plain JSON-like values (the plans' keys): round-trips through :meth:`create`."""
@@ -127,10 +148,17 @@ class LabelSpace:
         """K, background included."""
         return len(self.class_names)
 
+    @property
+    def named(self) -> bool:
+        """Every class is an organ of the table (no :attr:`placeholders`): labels can be mapped by organ name."""
+        return not self.placeholders
+
     @cached_property
     def organs(self) -> Mapping[str, OrganSpec]:
-        """The full organ table (built-in organs updated with :attr:`organ_config`)."""
-        return MappingProxyType(organ_table(self.organ_config))
+        """The full organ table (built-in organs updated with :attr:`organ_config`; placeholders as entries
+        without rules)."""
+        generic = {p: {"num_components": None} for p in self.placeholders}
+        return MappingProxyType(organ_table({**self.organ_config, **generic}))
 
     def organ(self, class_id: int) -> OrganSpec:
         """The organ entry of class ``class_id`` (1..K-1)."""
@@ -174,8 +202,8 @@ class LabelSpace:
 
     @property
     def colors(self) -> dict[int, tuple[float, float, float]]:
-        """``{class id: (r, g, b)}`` display colours (background not drawn)."""
-        return {i: self.organs[n].color for i, n in enumerate(self.class_names) if i}
+        """``{class id: (r, g, b)}`` display colours (background and placeholders not in it: drawn in tab10)."""
+        return {i: self.organs[n].color for i, n in enumerate(self.class_names) if i and n not in self.placeholders}
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -188,8 +216,6 @@ class LabelSpace:
         Raises:
             ValueError: a name that is not a class of this space, listing the classes.
         """
-        from pipofan_monai.vocabulary.organs import canonical_organ_name
-
         index = {n: i for i, n in enumerate(self.class_names)}
         ids, unknown = [], []
         for o in organs:
@@ -214,5 +240,6 @@ class LabelSpace:
         extra = [f"organ_table={sorted(self.organ_config)}"] if self.organ_config else []
         extra += [f"dataset_table={sorted(self.dataset_config)}"] if self.dataset_config else []
         extra += [] if self.partial_labels else ["partial_labels=False"]
+        extra += [f"placeholders={list(self.placeholders)}"] if self.placeholders else []
         return f"LabelSpace({list(self.class_names)}{''.join(', ' + e for e in extra)})"
 

@@ -76,12 +76,14 @@ def common_parent(paths: Sequence[str]) -> str:
     return os.path.commonpath(sorted({os.path.dirname(os.path.normpath(p)) for p in paths}))
 
 
-def class_ids(class_names: Sequence[str], organs: str | Sequence[str] | None) -> list[int] | None:
-    """Class ids of ``organs`` (names, or one comma-separated string) in ``class_names``; None for all.
+def class_ids(label_space: Any, organs: str | Sequence[str] | None) -> list[int] | None:
+    """Class ids of ``organs`` (names, or one comma-separated string) in the model's
+    :class:`~pipofan_monai.vocabulary.LabelSpace` (or its class names); None for all.
 
     Raises:
         ValueError: a name that is not a class (the message lists the classes).
     """
+    class_names: Sequence[str] = getattr(label_space, "class_names", label_space)
     if organs in (None, "", []):
         return None
     names = [n.strip() for n in organs.split(",")] if isinstance(organs, str) else [str(n).strip() for n in organs]

@@ -186,22 +186,20 @@ class CaseExtras:
 
     Args:
         loader: the preprocessing's first transform (reads ``{"image": path}`` on the original grid, in HU).
-        class_names: class names, index = class id.
-        organs: the config's organ table (labels are mapped by organ name; colours).
-        datasets: extra dataset table for label mapping.
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace` (names, colours, the datasets'
+            label mapping).
         hu_window: display window of the overview PNG.
         evaluate, save_overlay, statistics: what to produce.
         statistics_organs: the organs whose statistics are reported (None: all).
         image_key: key of the image.
     """
 
-    def __init__(self, loader: Any, class_names: Sequence[str], organs: Mapping | None, datasets: Any,
-                 hu_window: Sequence[float], evaluate: bool, save_overlay: bool, statistics: bool,
-                 statistics_organs: Sequence[str] | None = None, image_key: str = "image") -> None:
+    def __init__(self, loader: Any, label_space: Any, hu_window: Sequence[float], evaluate: bool,
+                 save_overlay: bool, statistics: bool, statistics_organs: Sequence[str] | None = None,
+                 image_key: str = "image") -> None:
         self.loader = loader
-        self.class_names = list(class_names)
-        self.organs = organs
-        self.datasets = datasets
+        self.label_space = label_space
+        self.class_names = list(label_space.class_names)
         self.hu_window = tuple(hu_window)
         self.evaluate = evaluate
         self.save_overlay = save_overlay
@@ -214,16 +212,6 @@ class CaseExtras:
     @property
     def active(self) -> bool:
         return self.evaluate or self.save_overlay or self.statistics
-
-    def _label_names(self) -> list[str] | None:
-        """The vocabulary for mapping labels by organ name, or None when the names are not organs of the table
-        (e.g. ``class1`` placeholders of a checkpoint without plans): labels are then mapped by class id."""
-        from pipofan_monai.vocabulary.organs import validate_class_names
-
-        try:
-            return list(validate_class_names(self.class_names, self.organs))
-        except ValueError:
-            return None
 
     def load_label(self, item: Mapping, pred: Any) -> tuple[tuple | None, list[int] | None]:
         """``((label, pred, reoriented), labeled classes)``: the item's label mapped to the global classes and the
@@ -238,9 +226,12 @@ class CaseExtras:
 
         n = len(self.class_names)
         d = LoadCTd("label")({"label": item["label"], "dataset": item.get("dataset")})
-        names = self._label_names()
-        d = MapDatasetLabelsd("label", num_classes=None if names else n, datasets=self.datasets,
-                              class_names=names, organs=self.organs)(d)
+        space = self.label_space
+        if space.named:  # labels mapped by organ name
+            mapping = MapDatasetLabelsd("label", label_space=space)
+        else:  # placeholder names (``class1`` of a checkpoint without plans): labels mapped by class id
+            mapping = MapDatasetLabelsd("label", num_classes=n, datasets=dict(space.dataset_config) or None)
+        d = mapping(d)
         label = d["label"]
         mask = get_labeled_mask(label).reshape(-1).tolist()
         labeled = [c for c in range(1, n) if mask[c] > 0]
@@ -296,7 +287,6 @@ class CaseExtras:
         from monai.transforms import Orientation
 
         from pipofan_monai.visualize import save_overlay_png
-        from pipofan_monai.visualize.overlay import class_colors
 
         if pair is not None:
             label, pred_on, reoriented = pair
@@ -305,7 +295,7 @@ class CaseExtras:
         else:
             label, pred_on = None, pred
         save_overlay_png(original, pred_on, path, class_names=self.class_names, ground_truth=label,
-                         window=self.hu_window, colors=class_colors(self.class_names, self.organs),
+                         window=self.hu_window, colors=self.label_space.colors,
                          title=case["name"] + ("  (top: prediction, bottom: ground truth)" if label is not None
                                                else ""))
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from monai.transforms import Compose
 
+from pipofan_monai.vocabulary import LabelSpace
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES
 from pipofan_monai.inference.backends import prepare_network
 from pipofan_monai.inference.dicom_seg import SaveDicomSegd
@@ -85,16 +86,17 @@ class SegmentationRunner:
         evaluate: compare with the item's ``label`` (mapped to the global classes with its ``dataset`` id) and
             write ``evaluation.json`` / CSV reports into ``report_dir``.
         report_dir: folder for the evaluation reports (default: the output folder of the label ``SaveImaged``).
-        class_names: class names, index = class id.
-        datasets: extra dataset table for label mapping (as ``MapDatasetLabelsd(datasets=...)``).
-        hu_window: display window of the overview PNGs.
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace` (class names, organ and dataset
+            tables: names and colours of the outputs, label mapping of the evaluation); the bundle passes
+            ``@label_space``, made from the checkpoint's plans.
+        class_names: instead of ``label_space``, only class names (index = class id; default the paper's four).
+        hu_window: display window of the overview PNGs (None: the plans' HU window, else -200..200).
         fail_on_error: raise :class:`InferenceError` at the end when some case failed (the bundle runner then
             exits non-zero); otherwise only log the failures.
         pred_key: key of the prediction. Default ``"pred"``.
         image_key: key of the image. Default ``"image"``.
         plans: the plans the network and preprocessing were built from (:func:`pipofan_monai.plans.resolve_plans`);
             each checkpoint that carries plans must match them (clear error naming both otherwise).
-        organs: optional config-level ``organ_table`` (new organs, colours); labels are mapped by organ name.
         statistics: write ``<name>_statistics.json`` per case beside its label map and ``statistics.csv`` for the
             run (:mod:`pipofan_monai.evaluation.statistics`: volume, HU, bounding box per organ, on the final label
             map on the original grid with the original CT's HU).
@@ -125,14 +127,13 @@ class SegmentationRunner:
         save_overlay: bool = False,
         evaluate: bool = False,
         report_dir: str | os.PathLike | None = None,
-        class_names: Sequence[str] = CLASS_NAMES,
-        datasets: Mapping[str, Any] | None = None,
-        hu_window: Sequence[float] = (-200.0, 200.0),
+        label_space: LabelSpace | None = None,
+        class_names: Sequence[str] | None = None,
+        hu_window: Sequence[float] | None = None,
         fail_on_error: bool = True,
         pred_key: str = "pred",
         image_key: str = "image",
         plans: Mapping[str, Any] | None = None,
-        organs: Mapping[str, Any] | None = None,
         stream_slices: int | None = None,
         statistics: bool = False,
         statistics_organs: Sequence[str] | None = None,
@@ -147,7 +148,12 @@ class SegmentationRunner:
         self.inferer = inferer
         self.postprocessing = postprocessing if isinstance(postprocessing, Compose) else Compose(postprocessing)
         self.ensemble_mode = str(ensemble_mode).lower()
-        self.class_names = list(class_names)
+        if label_space is not None and class_names is not None:
+            raise ValueError("SegmentationRunner takes label_space or class_names, not both (they could disagree).")
+        if label_space is None:
+            label_space = LabelSpace.create(CLASS_NAMES if class_names is None else class_names, strict=False)
+        self.label_space = label_space
+        self.class_names = list(label_space.class_names)
         self.fail_on_error = as_bool(fail_on_error, "fail_on_error")
         self.pred_key = pred_key
         self.image_key = image_key
@@ -175,7 +181,9 @@ class SegmentationRunner:
                                   image_key)
         # its own copy of the loader: the overview and the statistics re-read a case in the main thread while the
         # prefetch thread reads the next one
-        self.extras = CaseExtras(copy.deepcopy(self.pipeline.pre[0]), self.class_names, dict(organs) if organs else None, datasets,
+        if hu_window is None:
+            hu_window = self.plans["preprocessing"]["hu_window"] if self.plans else (-200.0, 200.0)
+        self.extras = CaseExtras(copy.deepcopy(self.pipeline.pre[0]), label_space,
                                  tuple(float(v) for v in hu_window), as_bool(evaluate, "evaluate"),
                                  self.outputs.save_overlay, self.statistics, statistics_organs, image_key)
 

@@ -109,7 +109,7 @@ def crossval_folds(
     meta_file: str | None = None,
     logging_file: str | bool | None = False,
     enabled: bool = True,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    label_space: Any = None,
 ) -> dict:
     """Train ``folds`` of the training ``config`` (a merged, unparsed bundle config) one after the other and write
     the report. See the module docstring for the layout and the resume rules.
@@ -126,7 +126,8 @@ def crossval_folds(
         meta_file: metadata file of the bundle.
         logging_file: logging config for the fold workflows (False: keep the current logging).
         enabled: write the report (False on ranks other than 0).
-        class_names: the config's resolved class names (the report's columns).
+        label_space: the config's :class:`~pipofan_monai.vocabulary.LabelSpace` (its organs are the report's
+            columns; default the paper's four classes).
 
     Returns:
         the report (see :func:`crossval_report`).
@@ -159,7 +160,8 @@ def crossval_folds(
             run_training(fold_config, meta_file=meta_file, logging_file=logging_file, **override)
             _barrier()
         if enabled:
-            report = crossval_report(crossval_dir, ckpt_dir, num_folds, class_names)
+            names = label_space.class_names if label_space is not None else DEFAULT_CLASS_NAMES
+            report = crossval_report(crossval_dir, ckpt_dir, num_folds, names)
     _barrier()
     return report
 
@@ -198,7 +200,7 @@ def run_crossval_workflow(**settings: Any) -> dict:
     Args:
         settings: the keyword arguments of :func:`crossval_folds` other than ``config``, ``meta_file`` and
             ``logging_file``; ``train.json`` passes its resolved ``folds``, ``num_folds``, ``crossval_dir``,
-            ``ckpt_dir``, ``cache_dir``, ``resume``, ``max_epochs``, ``class_names`` and ``rank0`` (as
+            ``ckpt_dir``, ``cache_dir``, ``resume``, ``max_epochs``, ``label_space`` and ``rank0`` (as
             ``enabled``).
     """
     wf = _running_workflow()

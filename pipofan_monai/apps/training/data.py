@@ -53,9 +53,7 @@ def split_training_data(
     datasets: Sequence[str] | None = None,
     max_val: int | None = None,
     min_slices: int = 1,
-    class_names: Sequence[str] | None = None,
-    dataset_table: Mapping[str, Any] | None = None,
-    organ_table: Mapping[str, Any] | None = None,
+    label_space: Any = None,
 ) -> tuple[list, list]:
     """(train, validation) items: cross-validation fold ``fold`` of ``num_folds``, or a named split such as
     the paper's ``"btcv_paper"`` (then ``fold`` is ignored).
@@ -68,8 +66,8 @@ def split_training_data(
         datasets: keep only these source datasets (None: all); every id must be one of the datalist's.
         max_val: keep at most this many validation volumes (spread over the datasets), None for all.
         min_slices: training volumes need at least this many slices (``2 * context + 1``); checked on the headers.
-        class_names, dataset_table, organ_table: the vocabulary and the config's tables; when given, an organ
-            that none of the training datasets annotates is reported (warning: it would never be learned).
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace`; when given, an organ that none
+            of the training datasets annotates is reported (warning: it would never be learned).
 
     Raises:
         ValueError: unknown dataset ids in ``datasets`` (the message lists the datalist's and the known ones),
@@ -105,10 +103,11 @@ def split_training_data(
                 if items and len(picked) < max_val:
                     picked.append(items.pop(0))
         val = picked
-    if class_names is not None:
+    if label_space is not None:
         from pipofan_monai.vocabulary.datasets import datasets_annotating
 
-        ann = datasets_annotating([it.get("dataset") for it in train], class_names, dataset_table, organ_table)
+        ann = datasets_annotating([it.get("dataset") for it in train], label_space.class_names,
+                                  dict(label_space.dataset_config) or None, dict(label_space.organ_config) or None)
         for organ, sources in ann.items():
             if sources:
                 logger.info(f"class {organ!r} is annotated by {', '.join(sources)}")

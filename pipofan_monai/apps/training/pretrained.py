@@ -34,13 +34,18 @@ __all__ = ["PretrainedWeights", "start_plans", "training_network"]
 logger = logging.getLogger(__name__)
 
 
-def start_plans(load_path: str | os.PathLike | None, class_names: Sequence[str]) -> dict[str, Any] | None:
+def start_plans(load_path: str | os.PathLike | None, label_space: Any) -> dict[str, Any] | None:
     """The plans of the checkpoint a training starts from, or None (no checkpoint, or one without plans).
 
+    Args:
+        load_path: the checkpoint (None: training from scratch).
+        label_space: the config's :class:`~pipofan_monai.vocabulary.LabelSpace` (or its class names).
+
     Raises:
-        ValueError: the checkpoint's classes differ from ``class_names`` (its output layer cannot be reused);
+        ValueError: the checkpoint's classes differ from the config's (its output layer cannot be reused);
             names the file and both lists.
     """
+    class_names: Sequence[str] = getattr(label_space, "class_names", label_space)
     if not load_path:
         return None
     from pipofan_monai.plans import read_plans

@@ -125,7 +125,7 @@ def _validate(root: Path, item: dict, one_hot_path: bool) -> dict:
     if one_hot_path:  # the validation before: K-channel logits, one-hot prediction and label
         parser.update({"validate#inferer#argmax": False, "validate#postprocessing": {
             "_target_": "Compose", "transforms": [{"_target_": "AsDiscreted", "keys": ["pred", "label"],
-                                                   "argmax": [True, False], "to_onehot": "@num_classes"}]}})
+                                                   "argmax": [True, False], "to_onehot": "$@label_space.num_classes"}]}})
     net = parser.get_parsed_content("network")
     sd = net.state_dict()
     for k in sd:  # strong heads: the random network predicts several organs

@@ -89,3 +89,56 @@ def test_consumers_take_the_space_and_refuse_a_second_vocabulary():
     assert int((kept == 4).sum()) == 1 and int((kept == 2).sum()) == 2
     with pytest.raises(ValueError, match="not both"):
         KeepLargestOrganComponentsd("pred", num_components={1: 1}, label_space=space)
+
+
+def test_placeholder_names_only_when_not_strict():
+    with pytest.raises(ValueError, match="unknown organs"):
+        LabelSpace.create(["background", "liver", "class2"])
+    space = LabelSpace.create(["background", "Liver", "class2"], strict=False)
+    assert space.class_names == ("background", "liver", "class2") and space.placeholders == ("class2",)
+    assert not space.named and LabelSpace.create(FIVE).named
+    assert space.num_components == {1: 1}  # the placeholder gets no rule (left untouched)
+    assert set(space.colors) == {1}  # nor a colour
+    with pytest.raises(ValueError, match="background"):  # the other rules still hold
+        LabelSpace.create(["class1", "background"], strict=False)
+
+
+def test_from_plans_prefers_the_checkpoint_tables():
+    other = {"other_ct": {"labels": {1: "liver"}, "annotates": ["liver"]}}
+    plans = {"class_names": FIVE, "dataset_table": MY_TABLE, "organ_table": None, "partial_labels": False}
+    space = LabelSpace.from_plans(plans, dataset_table=other)
+    assert set(space.dataset_config) == {"my_ct"} and space.partial_labels is False
+    space = LabelSpace.from_plans({"class_names": FIVE}, dataset_table=other)  # plans without a table
+    assert set(space.dataset_config) == {"other_ct"}
+    assert space.labeled_mask("other_ct").tolist() == [1, 1, 0, 0, 0]
+
+
+def test_training_metric_and_split_read_the_space(caplog):
+    from pipofan_monai.apps.training import split_training_data
+    from pipofan_monai.evaluation import PartialDiceMetric, per_class_dice_metrics
+
+    space = LabelSpace.create(FIVE)
+    assert PartialDiceMetric(label_space=space).class_names == tuple(FIVE)
+    assert list(per_class_dice_metrics(space)) == ["val_dice_liver", "val_dice_kidney", "val_dice_spleen",
+                                                   "val_dice_stomach"]
+    with pytest.raises(ValueError, match="not both"):
+        PartialDiceMetric(class_names=FIVE, label_space=space)
+    items = [{"image": f"/x/ct{i}.nii.gz", "label": f"/x/seg{i}.nii.gz", "dataset": "lits", "fold": i % 2}
+             for i in range(4)]
+    with caplog.at_level("WARNING"):
+        train, val = split_training_data({"training": items, "num_folds": 2}, fold=0, num_folds=2,
+                                         label_space=space)
+    assert len(train) == len(val) == 2
+    never = [r.getMessage() for r in caplog.records if "annotated by none" in r.getMessage()]
+    assert [m.split("'")[1] for m in never] == ["kidney", "spleen", "stomach"]  # LiTS labels the liver only
+
+
+def test_training_pipeline_follows_the_space_partial_labels():
+    from pipofan_monai.preprocessing.train_transforms import get_train_transforms
+
+    def mapper(space):
+        t = get_train_transforms(roi_size=16, label_space=space)
+        return next(x for x in t.transforms if isinstance(x, MapDatasetLabelsd))
+
+    assert mapper(LabelSpace.create(FIVE)).partial_labels is True
+    assert mapper(LabelSpace.create(FIVE, partial_labels=False)).partial_labels is False
