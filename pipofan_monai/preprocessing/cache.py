@@ -36,34 +36,43 @@ cache concurrently. They also share the work: a process builds an entry only whi
 left to it and picked up when its lock is free, so N ranks preprocess each volume once, not N times. Arrays are
 opened with ``np.load(mmap_mode="r")``: a training sample reads only the slices it needs, and the OS page cache (not
 the Python heap) holds what is hot.
+
+This module holds the cache folder and its entries (find, build, publish, lock); beside it, ``cache_keys.py``
+decides whether an entry on disk may be reused (settings, source fingerprints, keys, the check of an entry
+folder), ``cache_fill.py`` builds many entries with a process pool shared with other filling processes, and
+``cache_files.py`` writes and checksums an entry's files. The public names stay importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import socket
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
-from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from pipofan_monai.vocabulary.datasets import CLASS_NAMES, get_dataset_spec
-from pipofan_monai.plans import DEFAULT_PREPROCESSING, PREPROCESSING_KEYS
-from pipofan_monai.preprocessing.cache_files import NO_CHECKSUM, content_problem, write_array, write_json
-from pipofan_monai.utils import end_with_parent, fsync_dir, is_disk_full, pid_alive, root_error
+from pipofan_monai.plans import PREPROCESSING_KEYS
+from pipofan_monai.preprocessing.cache_files import write_array, write_json
+from pipofan_monai.preprocessing.cache_fill import build_missing
+from pipofan_monai.preprocessing.cache_keys import (
+    CACHE_FORMAT,
+    ROUTINE_REBUILDS,
+    CacheSettings,
+    case_stem,
+    check_entry_folder,
+    digest,
+    entry_settings,
+    source_fingerprint,
+)
+from pipofan_monai.utils import fsync_dir, pid_alive
 
 __all__ = [
     "CACHE_FORMAT",
@@ -76,130 +85,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: version of the on-disk layout; part of every key (bump it when the layout or the preprocessing code changes)
-CACHE_FORMAT = 1
-_ARRAYS = {"image": np.float16, "label": np.uint8}
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _LOCKS = ".locks"
-
-
-def source_fingerprint(path: str | os.PathLike) -> dict:
-    """``{"path", "size", "mtime_ns"}`` of a source file (absolute path); for a folder (a DICOM series) the size
-    and latest ``mtime_ns`` over its files, their count and a digest of every file's relative path, size and
-    ``mtime_ns`` (so a file replaced by one of the same name and size but an older mtime changes the key too).
-
-    Raises:
-        FileNotFoundError: naming the path.
-    """
-    p = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"source file not found: {p!r}.") from None
-    if not os.path.isdir(p):
-        return {"path": p, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-    size, mtime, listing = 0, int(st.st_mtime_ns), []
-    for root, _, files in os.walk(p):
-        for name in files:
-            f = os.path.join(root, name)
-            s = os.stat(f)
-            size, mtime = size + int(s.st_size), max(mtime, int(s.st_mtime_ns))
-            listing.append([os.path.relpath(f, p), int(s.st_size), int(s.st_mtime_ns)])
-    return {"path": p, "size": size, "mtime_ns": mtime, "files": len(listing), "listing": _digest(sorted(listing))}
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _case_stem(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "case"
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """The deterministic preprocessing a cache entry is built with: the plans' preprocessing (minus ``context``:
-    the cache holds single slices) plus the label vocabulary, the reader and the item keys. The one object the
-    cache, the cached Datasets and the bundle's ``train#dataset`` / ``validate#dataset`` pass around.
-
-    Build it from the plans' preprocessing dict with :meth:`from_preprocessing` (what the bundle does with
-    ``@preprocessing_settings``); defaults are :data:`pipofan_monai.plans.DEFAULT_PREPROCESSING`.
-
-    Attributes:
-        spatial_size: in-plane size after resizing (None: keep the original size). Default 256.
-        hu_window: HU clip range ``(low, high)``. Default (-200, 200).
-        intensity: ``"scale"`` or ``"zscore"`` (see ``HUWindowd``). Default "scale".
-        image_mode: interpolation of the image resize. Default "trilinear".
-        num_classes: K global classes (<= 256, labels are stored as uint8). Default 4.
-        datasets: extra dataset table for ``MapDatasetLabelsd``.
-        reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
-        image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
-        ct_check: the CT plausibility check when a volume is preprocessed
-            (:class:`~pipofan_monai.preprocessing.CheckCTIntensityd`): ``"error"`` (default), ``"warn"`` or
-            ``"off"``. Not part of the key, as it does not change the values: an entry is checked when it is built
-            and not again (its source files are part of the key, so a different file is checked).
-
-    Raises:
-        ValueError: a value out of range, naming it.
-    """
-
-    spatial_size: int | None = DEFAULT_PREPROCESSING["spatial_size"]
-    hu_window: tuple[float, float] = tuple(DEFAULT_PREPROCESSING["hu_window"])  # type: ignore[assignment]
-    intensity: str = DEFAULT_PREPROCESSING["intensity"]
-    image_mode: str = DEFAULT_PREPROCESSING["image_mode"]
-    num_classes: int = len(CLASS_NAMES)
-    datasets: Mapping[str, Any] | None = None
-    reader: Any = None
-    image_key: str = "image"
-    label_key: str = "label"
-    dataset_key: str = "dataset"
-    ct_check: str = "error"
-
-    def __post_init__(self) -> None:
-        if not 2 <= int(self.num_classes) <= 256:
-            raise ValueError(f"num_classes must be in 2..256 (labels are cached as uint8), got {self.num_classes}.")
-        if len(self.hu_window) != 2 or not float(self.hu_window[0]) < float(self.hu_window[1]):
-            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}.")
-        if self.intensity not in ("scale", "zscore"):
-            raise ValueError(f"intensity must be 'scale' or 'zscore', got {self.intensity!r}.")
-        if self.ct_check not in ("error", "warn", "off"):
-            raise ValueError(f"ct_check must be 'error', 'warn' or 'off', got {self.ct_check!r}.")
-        set_ = object.__setattr__  # frozen: normalise once here
-        set_(self, "spatial_size", None if self.spatial_size in (None, 0) else int(self.spatial_size))
-        set_(self, "hu_window", (float(self.hu_window[0]), float(self.hu_window[1])))
-        set_(self, "num_classes", int(self.num_classes))
-        set_(self, "datasets", dict(self.datasets) if self.datasets else None)
-
-    @classmethod
-    def from_preprocessing(
-        cls, preprocessing: CacheSettings | Mapping[str, Any] | None = None, **overrides: Any
-    ) -> CacheSettings:
-        """Settings from the plans' ``preprocessing`` dict (``spatial_size``, ``hu_window``, ``intensity``,
-        ``image_mode``; ``context`` is ignored) or other settings, with ``overrides`` (any attribute) on top.
-
-        Raises:
-            TypeError: an unknown key, naming it.
-        """
-        if isinstance(preprocessing, CacheSettings):
-            base = {f.name: getattr(preprocessing, f.name) for f in fields(cls)}  # no deep copy of the reader
-        elif preprocessing is None:
-            base = {}
-        elif isinstance(preprocessing, Mapping):
-            base = {k: v for k, v in preprocessing.items() if k != "context"}
-        else:
-            raise TypeError(f"preprocessing must be CacheSettings or the plans' preprocessing dict, got "
-                            f"{type(preprocessing).__name__} {preprocessing!r}.")
-        merged = {**base, **overrides}
-        unknown = sorted(set(merged) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TypeError(f"unknown cache settings {unknown}; known: {[f.name for f in fields(cls)]}.")
-        return cls(**merged)
 
 
 class CacheEntry:
@@ -341,17 +229,7 @@ class PreprocessedCache:
     def settings(self, item: Mapping[str, Any]) -> dict:
         """The preprocessing settings that affect ``item``'s entry (JSON-able): the global ones plus the item's
         dataset label mapping and labeled classes."""
-        c = self.config
-        name = item.get(self.dataset_key)
-        spec = get_dataset_spec(name, c.datasets) if name not in (None, "") else None
-        reader = c.reader if isinstance(c.reader, (str, type(None))) else type(c.reader).__name__
-        return {
-            "format": CACHE_FORMAT, "spatial_size": c.spatial_size, "hu_window": list(c.hu_window),
-            "intensity": c.intensity, "num_classes": c.num_classes, "image_mode": c.image_mode,
-            "reader": reader, "dataset": None if spec is None else spec.name,
-            "label_map": None if spec is None else sorted([int(k), int(v)] for k, v in spec.label_map.items()),
-            "labeled_classes": None if spec is None else sorted(int(c) for c in spec.labeled_classes),
-        }
+        return entry_settings(self.config, item.get(self.dataset_key))
 
     def _sources(self, item: Mapping[str, Any]) -> dict:
         for k in (self.image_key, self.label_key):
@@ -362,11 +240,11 @@ class PreprocessedCache:
     def entry_path(self, item: Mapping[str, Any]) -> Path:
         """The entry folder of ``item``: ``<case>-<hash of the settings and the source paths>``."""
         paths = [os.path.abspath(os.path.expanduser(os.fspath(item[k]))) for k in (self.image_key, self.label_key)]
-        return self.cache_dir / f"{_case_stem(paths[0])}-{_digest([self.settings(item), paths])[:16]}"
+        return self.cache_dir / f"{case_stem(paths[0])}-{digest([self.settings(item), paths])[:16]}"
 
     def entry_key(self, item: Mapping[str, Any]) -> str:
         """Full key of ``item``'s entry: hash of its settings and its sources' path, size and ``mtime_ns``."""
-        return _digest([self.settings(item), self._sources(item)])
+        return digest([self.settings(item), self._sources(item)])
 
     # ----------------------------------------------------------------------------------------- validation
     @staticmethod
@@ -374,32 +252,7 @@ class PreprocessedCache:
         """``(meta, "")`` when the entry at ``path`` is complete and (if given) has ``key``, else
         ``(None, reason)``. Checks: ``meta.json`` parses, format and key, and for both arrays: readable header,
         recorded shape and dtype, exact file size (a truncated file fails)."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-        except FileNotFoundError:
-            return None, "missing"
-        except (OSError, ValueError) as e:
-            return None, f"meta.json unreadable ({type(e).__name__}: {e})"
-        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
-            return None, f"format {meta.get('format') if isinstance(meta, dict) else None!r} != {CACHE_FORMAT}"
-        if key is not None and meta.get("key") != key:
-            return None, "source file or settings changed"
-        try:
-            for name in _ARRAYS:
-                spec = meta["arrays"][name]
-                f = path / f"{name}.npy"
-                arr = np.load(f, mmap_mode="r")
-                if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
-                    return None, f"{name}.npy is {arr.dtype}{list(arr.shape)}, expected {spec['dtype']}{spec['shape']}"
-                size = os.path.getsize(f)
-                if size != int(arr.offset) + int(arr.nbytes):
-                    return None, f"{name}.npy has {size} bytes, expected {int(arr.offset) + int(arr.nbytes)}"
-                del arr
-            problem = content_problem(path, meta, _ARRAYS)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return None, f"array unreadable ({type(e).__name__}: {e})"
-        return (None, problem) if problem else (meta, "")
+        return check_entry_folder(path, key)
 
     def lookup(self, item: Mapping[str, Any]) -> tuple[CacheEntry | None, str]:
         """``(entry, "")`` if ``item`` has a valid, up-to-date entry, else ``(None, reason)``."""
@@ -614,45 +467,13 @@ class PreprocessedCache:
             if entry is None:
                 todo.append(i)
                 if reason != "missing":
-                    log = logger.info if reason in _ROUTINE_REBUILDS else logger.warning  # corrupt: a warning
+                    log = logger.info if reason in ROUTINE_REBUILDS else logger.warning  # corrupt: a warning
                     log(f"cache: rebuilding {self.entry_path(item)} (source {item.get(self.image_key)}): {reason}")
         if not todo:
             return entries  # type: ignore[return-value]
         self._writable()
         self.clean_stale()
-        n_proc = min(max(1, int(num_workers)), len(todo))
-        logger.info(f"cache: preprocessing {len(todo)} of {len(items)} volumes into {self.cache_dir} "
-                    f"({n_proc} processes)")
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="preprocessing", unit="volume", disable=not progress, dynamic_ncols=True)
-        failures: list[str] = []
-
-        def record(i: int, result: Any) -> None:
-            if is_disk_full(result):
-                raise result  # no other entry fits either: stop now, naming the folder and its free space
-            if isinstance(result, BaseException):
-                failures.append(_failure(items[i].get(self.image_key), result))
-            else:
-                entries[i] = result[0]
-                self.last_fill["built" if result[1] else "by_others"] += 1
-            bar.update(1)
-
-        try:
-            with _Builders(self, n_proc) as builders:
-                busy = []  # locked by other processes: their entries are taken (or built) in the second pass
-                for i, result in builders.run(items, todo, wait=False):
-                    if not isinstance(result, BaseException) and result[0] is None:
-                        busy.append(i)
-                        bar.set_postfix_str(f"{len(busy)} being built by other processes")
-                    else:
-                        record(i, result)
-                if busy:
-                    logger.info(f"cache: waiting for {len(busy)} volumes being preprocessed by other processes")
-                for i, result in builders.run(items, busy, wait=True):
-                    record(i, result)
-        finally:
-            bar.close()
+        failures = build_missing(self, items, todo, entries, num_workers, progress)
         if failures:
             raise RuntimeError(f"could not preprocess {len(failures)} of {len(todo)} volumes into {self.cache_dir} "
                                "(the others are cached):\n" + "\n".join(failures))
@@ -663,69 +484,6 @@ class PreprocessedCache:
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__)
-
-
-_BUILD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
-#: rebuild reasons that are no fault (logged as info; any other reason is a corrupt entry, logged as a warning)
-_ROUTINE_REBUILDS = ("source file or settings changed", NO_CHECKSUM)
-
-
-class _Builders:
-    """Runs :meth:`PreprocessedCache.build_unless_locked` over items, in this process (``n`` = 1) or in one pool of
-    ``n`` processes kept for both passes of :meth:`PreprocessedCache.fill`. :meth:`run` yields ``(index, result)``
-    as they finish, ``result`` being ``(entry, built_here)`` or the build error."""
-
-    def __init__(self, cache: PreprocessedCache, n: int) -> None:
-        self.cache, self.n, self.pool = cache, int(n), None
-
-    def __enter__(self) -> "_Builders":
-        if self.n > 1:
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            threads = max(1, (os.cpu_count() or 1) // self.n)
-            self.pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(threads, os.getpid()))
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.pool is not None:  # Ctrl-C: finished entries stay, the rest is cancelled
-            self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-
-    def run(self, items: Sequence[Mapping[str, Any]], indices: Sequence[int], wait: bool) -> Iterator[tuple[int, Any]]:
-        if self.pool is None:
-            for i in indices:
-                try:
-                    result: Any = self.cache.build_unless_locked(items[i], wait=wait)
-                except _BUILD_ERRORS as e:
-                    result = e
-                yield i, result
-            return
-        pending = {self.pool.submit(_build_one, self.cache, dict(items[i]), wait): i for i in indices}
-        while pending:
-            done, _ = wait_futures(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                try:
-                    result = fut.result()
-                except _BUILD_ERRORS as e:
-                    result = e
-                yield i, result
-
-
-def _build_one(cache: PreprocessedCache, item: dict, wait: bool) -> tuple[CacheEntry | None, bool]:
-    try:
-        return cache.build_unless_locked(item, wait=wait)
-    except RuntimeError as e:  # the chained cause does not survive pickling back to the parent: send the root
-        raise root_error(e) from None
-
-
-def _failure(name: Any, e: BaseException) -> str:
-    e = root_error(e)
-    return f"{name}: {type(e).__name__}: {e}"
-
-
-def _worker_init(threads: int, parent_pid: int | None = None) -> None:
-    end_with_parent(parent_pid)  # a killed fill (or training) never leaves its builders behind
-    torch.set_num_threads(threads)
 
 
 def preprocessed_cache_from_config(

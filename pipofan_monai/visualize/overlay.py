@@ -229,6 +229,31 @@ def save_overlay_png(
     Raises:
         ValueError: shapes differ, a volume is not 3D, or bad options.
     """
+    img, lab, gt, sp = _checked_volumes(image, label, ground_truth, affine, spacing, num_axial, coronal, alpha)
+    # no whole-volume copies (a 1,000-slice CT is 1 GiB as float32): the label maps keep their dtype, the window
+    # is applied to the displayed slices only (with ``window=None`` its range is the volume's min..max)
+    if colors is None:
+        colors = class_colors(class_names)
+    limits = _window_range(img, window)
+    axial, coronal_slice = _overlay_slices(img.shape, lab, gt, num_axial, axial_slices, coronal, coronal_slice)
+    class_ids = [c for c in range(1, len(class_names))]
+    extra = sorted(_values(lab) - {0, *class_ids})
+    rows = [("prediction", lab)] if gt is None else [("prediction", lab), ("ground truth", gt)]
+    fig = _draw_panels(img, rows, axial, coronal_slice if coronal else None, sp, limits, alpha, class_ids + extra,
+                       colors, panel_size)
+    legend = _add_legend(fig, class_names, class_ids, extra, colors, alpha)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 0.95 if title else 1))
+    _save_figure(fig, path, dpi)
+    return os.fspath(path)
+
+
+def _checked_volumes(image, label, ground_truth, affine, spacing: Sequence[float] | None, num_axial: int,
+                     coronal: bool, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(image, label, ground truth or None, spacing)`` of :func:`save_overlay_png`'s inputs as RAS ``(x, y, z)``
+    arrays (views, no copies) and their voxel size, after checking the shapes and the panel options; the affine is
+    ``affine``, else the first MetaTensor's, else none (the arrays are RAS already and ``spacing`` applies)."""
     if affine is None:
         for x in (image, label, ground_truth):
             if isinstance(x, MetaTensor):
@@ -250,14 +275,17 @@ def save_overlay_png(
         sp = np.ones(3) if spacing is None else np.asarray([float(s) for s in spacing])
         if sp.shape != (3,) or np.any(sp <= 0):
             raise ValueError(f"spacing must be three positive values, got {spacing}.")
-    # no whole-volume copies (a 1,000-slice CT is 1 GiB as float32): the label maps keep their dtype, the window
-    # is applied to the displayed slices only (with ``window=None`` its range is the volume's min..max)
-    if colors is None:
-        colors = class_colors(class_names)
-    limits = _window_range(img, window)
-    depth = img.shape[2]
+    return img, lab, gt, sp
 
-    fg_z, fg_y = _foreground_axes(lab, gt)
+
+def _overlay_slices(shape: tuple[int, ...], label: np.ndarray, ground_truth: np.ndarray | None, num_axial: int,
+                    axial_slices: Sequence[int] | None, coronal: bool,
+                    coronal_slice: int | None) -> tuple[list[int], int | None]:
+    """``(axial slice indices, coronal slice index)`` to draw for RAS volumes of ``shape``: the given ones
+    (checked), else axial slices spread through the foreground and the coronal one through its centre (the whole
+    volume, its centre, without foreground). The coronal index is returned as given when there is one."""
+    depth = shape[2]
+    fg_z, fg_y = _foreground_axes(label, ground_truth)
     if axial_slices is None:
         organ_z = np.nonzero(fg_z)[0]
         axial = _spread(organ_z if organ_z.size else np.arange(depth), num_axial)
@@ -268,13 +296,20 @@ def save_overlay_png(
             raise ValueError(f"axial_slices {bad} are outside 0..{depth - 1}.")
     if coronal and coronal_slice is None:
         ys = np.nonzero(fg_y)[0]
-        coronal_slice = int(round(ys.mean())) if ys.size else img.shape[1] // 2
-    if coronal and not 0 <= int(coronal_slice) < img.shape[1]:
-        raise ValueError(f"coronal_slice {coronal_slice} is outside 0..{img.shape[1] - 1}.")
+        coronal_slice = int(round(ys.mean())) if ys.size else shape[1] // 2
+    if coronal and not 0 <= int(coronal_slice) < shape[1]:
+        raise ValueError(f"coronal_slice {coronal_slice} is outside 0..{shape[1] - 1}.")
+    return axial, coronal_slice
 
-    class_ids = [c for c in range(1, len(class_names))]
-    extra = sorted(_values(lab) - {0, *class_ids})
-    rows = [("prediction", lab)] if gt is None else [("prediction", lab), ("ground truth", gt)]
+
+def _draw_panels(img: np.ndarray, rows: Sequence[tuple[str, np.ndarray]], axial: Sequence[int], coronal_slice: int | None,
+                 sp: np.ndarray, limits: tuple[float, float], alpha: float, class_ids: Sequence[int], colors,
+                 panel_size: float):
+    """A figure with one row per ``(name, label map)`` of ``rows``: the ``axial`` slices, then the coronal slice
+    (none when ``coronal_slice`` is None), organs blended over the windowed CT, in radiological orientation with
+    the voxel aspect ratio; the first row's axial panels are marked R(ight) and A(nterior)."""
+    depth = img.shape[2]
+    coronal = coronal_slice is not None
     ncols = len(axial) + (1 if coronal else 0)
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(panel_size * ncols, panel_size * len(rows) + 0.8), squeeze=False
@@ -282,13 +317,13 @@ def save_overlay_png(
     for r, (row_name, row_lab) in enumerate(rows):
         for c, z in enumerate(axial):
             ax = axes[r][c]
-            rgb = _blend(_window(img[:, :, z], limits), row_lab[:, :, z], alpha, class_ids + extra, colors)
+            rgb = _blend(_window(img[:, :, z], limits), row_lab[:, :, z], alpha, class_ids, colors)
             ax.imshow(to_radiological_axial(rgb), aspect=float(sp[1] / sp[0]), interpolation="nearest")
             ax.set_title(f"axial z={z}/{depth - 1}", fontsize=9)
         if coronal:
             ax = axes[r][ncols - 1]
-            y = int(coronal_slice)  # type: ignore[arg-type]
-            rgb = _blend(_window(img[:, y, :], limits), row_lab[:, y, :], alpha, class_ids + extra, colors)
+            y = int(coronal_slice)
+            rgb = _blend(_window(img[:, y, :], limits), row_lab[:, y, :], alpha, class_ids, colors)
             ax.imshow(to_radiological_coronal(rgb), aspect=float(sp[2] / sp[0]), interpolation="nearest")
             ax.set_title(f"coronal y={y}/{img.shape[1] - 1}", fontsize=9)
         for c in range(ncols):
@@ -299,17 +334,25 @@ def save_overlay_png(
     for ax in axes[0][: len(axial)]:
         ax.text(0.02, 0.5, "R", transform=ax.transAxes, color="yellow", fontsize=8, va="center")
         ax.text(0.5, 0.97, "A", transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="top")
+    return fig
+
+
+def _add_legend(fig, class_names: Sequence[str], class_ids: Sequence[int], extra: Sequence[int], colors,
+                alpha: float) -> bool:
+    """A legend below the panels: the vocabulary's classes by name, then ``extra`` label values (not in the
+    vocabulary) as "class N". Returns whether there is one (no classes to list: none)."""
     handles = [Patch(facecolor=_color(c, colors), alpha=max(alpha, 0.6), label=str(class_names[c])) for c in class_ids]
     handles += [Patch(facecolor=_color(c, colors), alpha=max(alpha, 0.6), label=f"class {c}") for c in extra]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.95 if title else 1))
+    return bool(handles)
+
+
+def _save_figure(fig, path: str | os.PathLike, dpi: int) -> None:
+    """Write ``fig`` to ``path`` in the format of its extension (PNG without one), then close it."""
     ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     try:
         with atomic_write(path) as f:  # complete or absent: a full disk or a kill never leaves a truncated PNG
             fig.savefig(f, format=ext, dpi=dpi)
     finally:
         plt.close(fig)
-    return os.fspath(path)

@@ -46,11 +46,9 @@ import copy
 import json
 import logging
 import os
-import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -161,17 +159,39 @@ def make_datalist(
     Raises:
         ValueError: no dataset given, bad ``num_folds``, or (``strict``) any problem in the trees.
     """
-    roots = {"lits": lits, "kits19": kits19, "msd_spleen": msd_spleen, "btcv": btcv, "msd_pancreas": msd_pancreas,
-             "msd_liver": msd_liver}
-    roots = {k: Path(v).expanduser() for k, v in roots.items() if v not in (None, "")}
-    if not roots:
-        raise ValueError("give at least one dataset root (lits=, kits19=, msd_spleen=, btcv=, msd_pancreas=, "
-                         "msd_liver=).")
+    roots = _given_roots({"lits": lits, "kits19": kits19, "msd_spleen": msd_spleen, "btcv": btcv,
+                          "msd_pancreas": msd_pancreas, "msd_liver": msd_liver})
     if int(num_folds) < 1:
         raise ValueError(f"num_folds must be >= 1, got {num_folds}.")
     out_path = Path(output).expanduser() if output not in (None, "") else None
     base = Path(relative_to).expanduser() if relative_to not in (None, "") else (out_path.parent if out_path else None)
+    problems, training, test, datasets, splits = _scan_datasets(roots, base, num_folds, seed, check_headers,
+                                                                btcv_validation)
+    _report_problems(problems, strict)
+    if description is None:
+        description = _default_description(datasets, num_folds, seed, out_path, base)
+    datalist = {"name": name, "description": description, "num_folds": int(num_folds), "seed": int(seed),
+                "class_names": list(CLASS_NAMES), "datasets": datasets, "training": training, "test": test,
+                "splits": splits}
+    if out_path is not None:
+        atomic_write_json(out_path, datalist)
+        logger.info("wrote %s: %d training and %d test items", out_path, len(training), len(test))
+    return datalist
 
+
+def _given_roots(roots: Mapping[str, Any]) -> dict[str, Path]:
+    """The dataset roots that were given (not None or ""), as paths; at least one."""
+    roots = {k: Path(v).expanduser() for k, v in roots.items() if v not in (None, "")}
+    if not roots:
+        raise ValueError("give at least one dataset root (lits=, kits19=, msd_spleen=, btcv=, msd_pancreas=, "
+                         "msd_liver=).")
+    return roots
+
+
+def _scan_datasets(roots: Mapping[str, Path], base: Path | None, num_folds: int, seed: int, check_headers: bool,
+                   btcv_validation: Sequence[str] | None) -> tuple[list[str], list[dict], list[dict], dict, dict]:
+    """``(problems, training items, test items, datasets, splits)`` of :func:`make_datalist`: every given dataset
+    scanned in :data:`SOURCE_DATASETS` order, its cases in folds, the BTCV split when BTCV is given."""
     problems: list[str] = []
     training: list[dict] = []
     test: list[dict] = []
@@ -184,59 +204,64 @@ def make_datalist(
         if not root.is_dir():
             problems.append(f"{ds} root is not a folder: {root}")
             continue
-        ds_problems: list[str] = []
-        cases, test_cases = _SCANNERS[ds](root, ds_problems)
-        if check_headers:
-            cases = _check_headers(ds, cases, ds_problems)
-        if not cases:
-            ds_problems.append(f"{ds}: no labeled cases found under {root}")
-        problems += ds_problems
-        folds = assign_folds([c.case_id for c in cases], num_folds, seed, salt=ds)
-        if 0 < len(cases) < num_folds:
-            logger.warning("%s has %d labeled cases for %d folds: some folds are empty.", ds, len(cases), num_folds)
-        for c in cases:
-            training.append({"image": _rel(c.image, base), "label": _rel(c.label, base), "dataset": ds,
-                             "fold": folds[c.case_id], "case_id": c.case_id})
-        for c in test_cases:
-            test.append({"image": _rel(c.image, base), "dataset": ds, "case_id": c.case_id})
-        datasets[ds] = {"root": _rel(root, base), "num_cases": len(cases), "num_test": len(test_cases)}
+        ds_training, ds_test = _scan_dataset(ds, root, base, num_folds, seed, check_headers, problems)
+        training += ds_training
+        test += ds_test
+        datasets[ds] = {"root": _rel(root, base), "num_cases": len(ds_training), "num_test": len(ds_test)}
         if ds == "btcv":
-            wanted = [str(v) for v in (btcv_validation if btcv_validation is not None else BTCV_PAPER_VALIDATION)]
-            wanted_int = {int(v) for v in wanted}
-            ids = [c.case_id for c in cases]
-            val = [i for i in ids if int(i) in wanted_int]
-            missing = sorted(wanted_int - {int(i) for i in ids})
-            if missing:
-                logger.warning("BTCV split 'btcv_paper': validation case(s) %s not found under %s.",
-                               ", ".join(f"{m:04d}" for m in missing), root)
-            splits["btcv_paper"] = {"dataset": "btcv", "training": [i for i in ids if int(i) not in wanted_int],
-                                    "validation": val}
+            splits["btcv_paper"] = _btcv_paper_split([it["case_id"] for it in ds_training], btcv_validation, root)
+    return problems, training, test, datasets, splits
+
+
+def _scan_dataset(ds: str, root: Path, base: Path | None, num_folds: int, seed: int, check_headers: bool,
+                  problems: list[str]) -> tuple[list[dict], list[dict]]:
+    """``(training items, test items)`` of one dataset's tree, with its folds; its problems are added to
+    ``problems``."""
+    ds_problems: list[str] = []
+    cases, test_cases = _SCANNERS[ds](root, ds_problems)
+    if check_headers:
+        cases = _check_headers(ds, cases, ds_problems)
+    if not cases:
+        ds_problems.append(f"{ds}: no labeled cases found under {root}")
+    problems += ds_problems
+    folds = assign_folds([c.case_id for c in cases], num_folds, seed, salt=ds)
+    if 0 < len(cases) < num_folds:
+        logger.warning("%s has %d labeled cases for %d folds: some folds are empty.", ds, len(cases), num_folds)
+    training = [{"image": _rel(c.image, base), "label": _rel(c.label, base), "dataset": ds,
+                 "fold": folds[c.case_id], "case_id": c.case_id} for c in cases]
+    test = [{"image": _rel(c.image, base), "dataset": ds, "case_id": c.case_id} for c in test_cases]
+    return training, test
+
+
+def _btcv_paper_split(ids: Sequence[str], btcv_validation: Sequence[str] | None, root: Path) -> dict:
+    """The ``btcv_paper`` split of the BTCV case ``ids``: validation ``btcv_validation`` (default the paper's
+    0032-0040), training the others; validation cases not among ``ids`` are named in a warning."""
+    wanted = [str(v) for v in (btcv_validation if btcv_validation is not None else BTCV_PAPER_VALIDATION)]
+    wanted_int = {int(v) for v in wanted}
+    val = [i for i in ids if int(i) in wanted_int]
+    missing = sorted(wanted_int - {int(i) for i in ids})
+    if missing:
+        logger.warning("BTCV split 'btcv_paper': validation case(s) %s not found under %s.",
+                       ", ".join(f"{m:04d}" for m in missing), root)
+    return {"dataset": "btcv", "training": [i for i in ids if int(i) not in wanted_int], "validation": val}
+
+
+def _report_problems(problems: Sequence[str], strict: bool) -> None:
+    """Raise one ``ValueError`` listing every problem (``strict``), or log them as one warning."""
     if problems:
         msg = f"{len(problems)} problem(s) while scanning the datasets:\n  " + "\n  ".join(problems)
         if strict:
             raise ValueError(msg + "\n(pass strict=False to leave these cases out with a warning)")
         logger.warning(msg)
 
-    if description is None:
-        counts = ", ".join(f"{k} ({v['num_cases']} cases)" for k, v in datasets.items())
-        where = "the folder of this file" if out_path is not None and base == out_path.parent else str(base or "/")
-        description = (f"PIPO-FAN datalist: {counts}; {num_folds} folds per dataset, seed {seed}; "
-                       f"paths relative to {where}")
-    datalist = {
-        "name": name,
-        "description": description,
-        "num_folds": int(num_folds),
-        "seed": int(seed),
-        "class_names": list(CLASS_NAMES),
-        "datasets": datasets,
-        "training": training,
-        "test": test,
-        "splits": splits,
-    }
-    if out_path is not None:
-        atomic_write_json(out_path, datalist)
-        logger.info("wrote %s: %d training and %d test items", out_path, len(training), len(test))
-    return datalist
+
+def _default_description(datasets: Mapping[str, dict], num_folds: int, seed: int, out_path: Path | None,
+                         base: Path | None) -> str:
+    """The datalist's description when none is given: its datasets and case counts, folds, seed and path base."""
+    counts = ", ".join(f"{k} ({v['num_cases']} cases)" for k, v in datasets.items())
+    where = "the folder of this file" if out_path is not None and base == out_path.parent else str(base or "/")
+    return (f"PIPO-FAN datalist: {counts}; {num_folds} folds per dataset, seed {seed}; "
+            f"paths relative to {where}")
 
 
 _PATH_KEYS = ("image", "label")
