@@ -269,7 +269,9 @@ class PreprocessedCache:
         c = self.config
         return Compose(get_preprocessing_transforms(
             "image", "label", c.spatial_size, hu_window=c.hu_window, intensity=c.intensity,
-            num_classes=c.num_classes, datasets=c.datasets, dataset_key="dataset", image_mode=c.image_mode,
+            dataset_key="dataset", image_mode=c.image_mode,
+            **({"label_space": c.label_space} if c.label_space is not None else
+               {"num_classes": c.num_classes, "datasets": c.datasets}),
             reader=c.reader, partial_labels=True, ct_check=c.ct_check))
 
     def preprocess(self, item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -517,8 +519,7 @@ def preprocessed_cache_from_config(
         settings = parser.get_parsed_content("preprocessing_settings")
     else:
         settings = {k: parser.get_parsed_content(k) for k in PREPROCESSING_KEYS if k in parser}
-    vocabulary = {arg: parser.get_parsed_content(key) for key, arg in (("num_classes", "num_classes"),
-                                                                       ("dataset_table", "datasets"),
+    vocabulary = {arg: parser.get_parsed_content(key) for key, arg in (("label_space", "label_space"),
                                                                        ("ct_check", "ct_check")) if key in parser}
     if cache_dir is None:
         if "cache_dir" not in parser:

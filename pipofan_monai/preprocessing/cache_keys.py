@@ -111,6 +111,10 @@ class CacheSettings:
         image_mode: interpolation of the image resize. Default "trilinear".
         num_classes: K global classes (<= 256, labels are stored as uint8). Default 4.
         datasets: extra dataset table for ``MapDatasetLabelsd``.
+        label_space: the model's :class:`~pipofan_monai.vocabulary.LabelSpace`; when given it defines
+            ``num_classes`` and ``datasets``, and each dataset's labels are mapped into ITS classes (a vocabulary
+            other than the paper's four classes, e.g. with the stomach, maps BTCV's stomach to its own class; without
+            it the cache would map the labels of the default vocabulary). The mapping it resolves is part of the key.
         reader: ``LoadImaged`` reader (None: automatic); its class name is part of the key.
         image_key, label_key, dataset_key: item keys. Defaults "image", "label", "dataset".
         ct_check: the CT plausibility check when a volume is preprocessed
@@ -128,6 +132,7 @@ class CacheSettings:
     image_mode: str = DEFAULT_PREPROCESSING["image_mode"]
     num_classes: int = len(CLASS_NAMES)
     datasets: Mapping[str, Any] | None = None
+    label_space: Any = None
     reader: Any = None
     image_key: str = "image"
     label_key: str = "label"
@@ -144,6 +149,9 @@ class CacheSettings:
         if self.ct_check not in ("error", "warn", "off"):
             raise ValueError(f"ct_check must be 'error', 'warn' or 'off', got {self.ct_check!r}.")
         set_ = object.__setattr__  # frozen: normalise once here
+        if self.label_space is not None:
+            set_(self, "num_classes", self.label_space.num_classes)
+            set_(self, "datasets", dict(self.label_space.dataset_config) or None)
         set_(self, "spatial_size", None if self.spatial_size in (None, 0) else int(self.spatial_size))
         set_(self, "hu_window", (float(self.hu_window[0]), float(self.hu_window[1])))
         set_(self, "num_classes", int(self.num_classes))
@@ -182,12 +190,18 @@ def entry_settings(config: CacheSettings, dataset: Any) -> dict:
     c = config
     spec = get_dataset_spec(dataset, c.datasets) if dataset not in (None, "") else None
     reader = c.reader if isinstance(c.reader, (str, type(None))) else type(c.reader).__name__
+    if spec is None:
+        label_map, labeled = None, None
+    elif c.label_space is not None:  # the mapping into this vocabulary's classes
+        label_map, labeled = c.label_space.resolve(spec.name)
+    else:
+        label_map, labeled = spec.label_map, spec.labeled_classes
     return {
         "format": CACHE_FORMAT, "spatial_size": c.spatial_size, "hu_window": list(c.hu_window),
         "intensity": c.intensity, "num_classes": c.num_classes, "image_mode": c.image_mode,
         "reader": reader, "dataset": None if spec is None else spec.name,
-        "label_map": None if spec is None else sorted([int(k), int(v)] for k, v in spec.label_map.items()),
-        "labeled_classes": None if spec is None else sorted(int(c) for c in spec.labeled_classes),
+        "label_map": None if spec is None else sorted([int(k), int(v)] for k, v in label_map.items()),
+        "labeled_classes": None if spec is None else sorted(int(c) for c in labeled),
     }
 
 

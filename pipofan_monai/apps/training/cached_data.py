@@ -96,8 +96,8 @@ def _split_transform(transform: Any) -> tuple[list, list]:
 
 
 def _label_settings(head: Sequence[Any]) -> dict:
-    """The cache's label settings from the deterministic head's ``MapDatasetLabelsd``: ``num_classes``,
-    ``datasets`` (the dataset table), ``partial_labels``, ``allow_missing_label``.
+    """The cache's label settings from the deterministic head's ``MapDatasetLabelsd``: its ``label_space`` (else
+    ``num_classes`` and ``datasets``, the dataset table), ``partial_labels``, ``allow_missing_label``.
 
     Raises:
         ValueError: the head maps no labels (not a training / validation pipeline).
@@ -106,8 +106,9 @@ def _label_settings(head: Sequence[Any]) -> dict:
 
     for t in head:
         if isinstance(t, MapDatasetLabelsd):
-            return {"num_classes": t.num_classes, "datasets": t.datasets, "partial_labels": t.partial_labels,
-                    "allow_missing_label": t.allow_missing_keys}
+            vocabulary = ({"label_space": t.label_space} if t.label_space is not None
+                          else {"num_classes": t.num_classes, "datasets": t.datasets})
+            return {**vocabulary, "partial_labels": t.partial_labels, "allow_missing_label": t.allow_missing_keys}
     raise ValueError("cache='mmap' with a transform needs its deterministic part to map the labels "
                      "(MapDatasetLabelsd), as get_train_transforms / get_val_transforms do.")
 

@@ -106,3 +106,34 @@ def test_the_cache_module_does_not_import_training():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pipofan_monai.apps.training" not in out.stdout, out.stdout
+
+
+def test_every_cache_mode_maps_labels_into_the_label_space(tmp_path):
+    """A vocabulary other than the default (here with the stomach) reaches the memory-mapped cache: BTCV's stomach
+    (label 7) is class 4 and labeled in every mode; the cache once mapped labels in the default vocabulary (stomach
+    -> background, unlabeled), so a model trained from it never learned the stomach."""
+    import nibabel as nib
+    from monai.transforms import Compose
+
+    from pipofan_monai.vocabulary import LabelSpace
+
+    shape = (32, 32, 8)
+    lab = np.zeros(shape, np.uint8)
+    lab[4:10, 4:10] = 6  # BTCV liver
+    lab[12:20, 12:20] = 7  # BTCV stomach
+    lab[22:28, 22:28] = 1  # BTCV spleen
+    img = np.where(lab > 0, 100, 40).astype(np.int16)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    item = {"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "seg.nii.gz"), "dataset": "btcv"}
+    prep = {**PREP, "spatial_size": None, "context": 1}
+    space = LabelSpace.create(["background", "liver", "kidney", "spleen", "stomach"])
+    transform = get_train_transforms(preprocessing=prep, roi_size=16, label_space=space, ct_check="off")
+    mmap = make_train_dataset([item], "mmap", tmp_path / "c", progress=False, transform=transform,
+                              preprocessing=prep, ct_check="off")
+    entry = mmap.entries[0]
+    head = Compose([t for t in transform.transforms if not isinstance(t, (RandSlabCropd, RandSlabFlipd))][:-1])
+    ref = head(dict(item))["label"]
+    assert sorted(np.unique(np.asarray(entry.label)).tolist()) == [0, 1, 3, 4]
+    np.testing.assert_array_equal(np.asarray(entry.label), ref[0].permute(2, 0, 1).numpy().astype(np.uint8))
+    assert entry.labeled_mask.tolist() == ref.meta["labeled_mask"].tolist() == [1, 1, 1, 1, 1]
