@@ -34,17 +34,29 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
-import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES, get_organ, organ_table
+from pipofan_monai.inference.dicom_codes import (  # noqa: F401  (re-exported: their former home)
+    _AI_FAMILY,
+    SEGMENT_CATEGORY_ALTERED,
+    SEGMENT_CATEGORY_ANATOMY,
+    Code3,
+    SegmentCode,
+    rgb_to_dicom_lab,
+    segment_code_for,
+)
+from pipofan_monai.inference.dicom_frames import (  # noqa: F401  (re-exported: their former home)
+    _as_array_and_affine,
+    _checked_labels,
+    _frames,
+    label_map_to_frames,
+)
+from pipofan_monai.vocabulary.organs import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "Code3",
@@ -60,104 +72,6 @@ __all__ = [
     "OUTPUT_FORMATS",
     "output_formats",
 ]
-
-Code3 = tuple  # (code value, coding scheme designator, code meaning), e.g. ("10200004", "SCT", "Liver")
-
-#: CID 7150 (Segmentation Property Categories)
-SEGMENT_CATEGORY_ANATOMY: Code3 = ("123037004", "SCT", "Anatomical Structure")
-SEGMENT_CATEGORY_ALTERED: Code3 = ("49755003", "SCT", "Morphologically Altered Structure")
-_LATERALITY = {"left": ("7771000", "SCT", "Left"), "right": ("24028007", "SCT", "Right")}
-_LESION_WORDS = {"tumour", "tumor", "tumours", "tumors", "lesion", "lesions", "cancer", "neoplasm", "mass"}
-_NEOPLASM: Code3 = ("108369006", "SCT", "Neoplasm")
-_AI_FAMILY: Code3 = ("123110", "DCM", "Artificial Intelligence")  # CID 7162 (Algorithm Family)
-
-
-@dataclass(frozen=True)
-class SegmentCode:
-    """The codes of one segment.
-
-    Args:
-        category: segmented property category (CID 7150), e.g. ``SEGMENT_CATEGORY_ANATOMY``.
-        property_type: segmented property type (CID 7151/7166), e.g. ``("10200004", "SCT", "Liver")``.
-        modifier: property type modifier, e.g. laterality ``("7771000", "SCT", "Left")``, or None.
-        anatomic_region: where the structure lies (for lesions: the organ), or None.
-        anatomic_region_modifier: laterality of ``anatomic_region``, or None.
-    """
-
-    category: Code3
-    property_type: Code3
-    modifier: Code3 | None = None
-    anatomic_region: Code3 | None = None
-    anatomic_region_modifier: Code3 | None = None
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", str(name).strip().lower()).strip()
-
-
-def segment_code_for(name: str, segment_codes: Mapping[str, SegmentCode | Code3] | None = None,
-                     organs: Mapping[str, Any] | None = None) -> SegmentCode:
-    """The SNOMED CT codes of an organ name of ``class_names``, from the organ table
-    (:data:`pipofan_monai.vocabulary.organs.ORGANS`, with ``organs`` on top: the codes are defined there only).
-
-    Names are matched case-insensitively with ``_``/``-``/spaces alike; ``left``/``right`` anywhere in the name is
-    laterality on the organ's code (``"kidney_left"``, ``"Right kidney"``: Kidney, modifier Left / Right), a lesion
-    word (tumour, tumor, lesion, cancer, neoplasm, mass) makes a "Neoplasm" in the named organ (``"liver tumour"``;
-    ``"tumour"`` alone has no organ).
-
-    Args:
-        name: the class name.
-        segment_codes: user codes that take precedence, by class name (as written in ``class_names``): a
-            :class:`SegmentCode`, or a ``(value, scheme, meaning)`` property type in the anatomical structure
-            category.
-        organs: the config's ``organ_table`` (its ``code`` and ``category`` fields are used here).
-
-    Returns:
-        the :class:`SegmentCode`.
-
-    Raises:
-        ValueError: the name is not in the table and not in ``segment_codes`` (the message lists the known organs).
-    """
-    if segment_codes:
-        for key, code in segment_codes.items():
-            if _normalise(key) == _normalise(name):
-                if isinstance(code, SegmentCode):
-                    return code
-                if isinstance(code, (tuple, list)) and len(code) == 3 and all(isinstance(c, str) for c in code):
-                    return SegmentCode(SEGMENT_CATEGORY_ANATOMY, tuple(code))
-                raise ValueError(f"segment_codes[{key!r}] must be a SegmentCode or (value, scheme, meaning), "
-                                 f"got {code!r}.")
-    words = _normalise(name).split()
-    side = [w for w in words if w in _LATERALITY]
-    lesion = any(w in _LESION_WORDS for w in words)
-    rest = " ".join(w for w in words if w not in _LATERALITY and w not in _LESION_WORDS)
-    modifier = _LATERALITY[side[0]] if len(side) == 1 else None
-    organ = _coded_organ(rest, organs) if rest else None
-    if lesion:
-        if rest and organ is None:
-            raise ValueError(_unknown(name, organs))
-        return SegmentCode(SEGMENT_CATEGORY_ALTERED, _NEOPLASM, anatomic_region=organ.code if organ else None,
-                           anatomic_region_modifier=modifier if rest else None)
-    if organ is None or len(side) > 1:
-        raise ValueError(_unknown(name, organs))
-    return SegmentCode(tuple(organ.category), tuple(organ.code), modifier=modifier)
-
-
-def _coded_organ(name: str, organs: Mapping[str, Any] | None) -> Any:
-    """The organ table's entry of ``name`` if it has a code, else None."""
-    try:
-        spec = get_organ(name, organs)
-    except (KeyError, ValueError):
-        return None
-    return spec if spec.code is not None else None
-
-
-def _unknown(name: str, organs: Mapping[str, Any] | None) -> str:
-    known = sorted(n for n, o in organ_table(organs).items() if o.code is not None)
-    return (f"no standard code known for class {name!r} (DICOM SEG output): organs with a code are {known} "
-            "(with left/right and tumour variants); give its SNOMED CT code in the organ_table "
-            f"({{{name!r}: {{'code': [value, 'SCT', meaning]}}}}) or with "
-            "segment_codes={name: (value, 'SCT', meaning)}.")
 
 
 # ---------------------------------------------------------------------------------------------- source series
@@ -280,172 +194,8 @@ def check_dicom_seg_input(path: str | os.PathLike) -> str:
     return p
 
 
-# ---------------------------------------------------------------------------------------------- geometry
-@dataclass
-class _Plane:
-    row_axis: int
-    row_flip: bool
-    col_axis: int
-    col_flip: bool
-    slice_axis: int
-
-
-def _as_array_and_affine(label: Any, affine: Any | None) -> tuple[np.ndarray, np.ndarray, str]:
-    arr = label.detach().cpu().numpy() if hasattr(label, "detach") else np.asarray(label)
-    meta = getattr(label, "meta", None) or {}
-    if affine is None:
-        affine = getattr(label, "affine", None)
-    if affine is None:
-        raise ValueError("the label map has no affine: pass a MetaTensor or affine=...")
-    aff = affine.detach().cpu().numpy() if hasattr(affine, "detach") else np.asarray(affine)
-    space = str(meta.get("space", "RAS")).upper()
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise ValueError(f"the label map must have one channel, got shape {arr.shape}.")
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"the label map must be (1, H, W, D) or (H, W, D), got shape {arr.shape}.")
-    aff = np.asarray(aff, dtype=np.float64)
-    if aff.shape != (4, 4):
-        raise ValueError(f"the label map affine must be 4x4, got {aff.shape}.")
-    if space not in ("RAS", "LPS"):
-        raise ValueError(f"unknown affine space {space!r} in the label map meta data (expected RAS or LPS).")
-    if space == "RAS":  # DICOM patient coordinates are LPS
-        aff = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
-    return arr, aff, str(meta.get("filename_or_obj", "") or "<label map>")
-
-
-def label_map_to_frames(
-    label: Any, sources: Sequence[Any], affine: Any | None = None, atol_voxel: float = 0.1
-) -> tuple[np.ndarray, list]:
-    """The label map's planes as frames of the source instances.
-
-    Args:
-        label: label map ``(1, H, W, D)`` or ``(H, W, D)`` (MetaTensor with ``affine`` and ``meta["space"]``, or an
-            array with ``affine``), on a voxel grid of the source series (any axis order and flips).
-        sources: the series' instance headers (pydicom Datasets, any order).
-        affine: 4x4 voxel-to-world affine (in the label map's ``meta["space"]``, RAS by default) if ``label`` has
-            none.
-        atol_voxel: tolerance, in voxels, on the positions of the source pixels in the label map grid.
-
-    Returns:
-        ``(frames, ordered_sources)``: ``frames[i]`` (shape ``(Rows, Columns)``, the label map's dtype) is the label
-        map on the pixels of ``ordered_sources[i]``; sources are ordered by their slice index in the label map.
-
-    Raises:
-        ValueError: the label map is not on the series' grid (other size, spacing, orientation, a slice without a
-            source instance or two instances at one position), naming the files.
-    """
-    arr, aff, name = _as_array_and_affine(label, affine)
-    return _frames(arr, aff, name, sources, atol_voxel)
-
-
-def _frames(arr: np.ndarray, aff: np.ndarray, name: str, sources: Sequence[Any], atol_voxel: float = 0.1
-            ) -> tuple[np.ndarray, list]:
-    """:func:`label_map_to_frames` on an ``(H, W, D)`` array and its LPS affine."""
-    if not sources:
-        raise ValueError("no source instances.")
-    first = sources[0]
-    where = os.path.dirname(str(getattr(first, "filename", ""))) or "<source series>"
-    iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
-    for s in sources[1:]:
-        if not np.allclose([float(v) for v in s.ImageOrientationPatient], iop, atol=1e-4):
-            raise ValueError(f"the DICOM series in {where} has slices with different ImageOrientationPatient "
-                             f"({list(iop)} vs {list(s.ImageOrientationPatient)} in {s.filename}): not one volume.")
-    row_dir, col_dir = iop[:3], iop[3:]  # direction of increasing column index, of increasing row index
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)  # between rows, between columns
-    inv = np.linalg.inv(aff)
-    step_col = inv[:3, :3] @ (row_dir * col_spacing)  # voxel-index step of one column
-    step_row = inv[:3, :3] @ (col_dir * row_spacing)  # voxel-index step of one row
-    grid_msg = (f"the label map {name} (shape {arr.shape}) is not on the voxel grid of the DICOM series in {where} "
-                f"({int(first.Rows)}x{int(first.Columns)} pixels, {len(sources)} slices)")
-
-    def unit_axis(step: np.ndarray, what: str) -> tuple[int, bool]:
-        ax = int(np.argmax(np.abs(step)))
-        expected = np.zeros(3)
-        expected[ax] = np.sign(step[ax])
-        # the error over a whole row/column must stay far below half a voxel
-        if np.abs(step - expected).max() * max(arr.shape) > atol_voxel:
-            raise ValueError(f"{grid_msg}: one source {what} is {np.round(step, 4).tolist()} voxels of the label map "
-                             "(other spacing or orientation; write the label map on the original image grid).")
-        return ax, bool(step[ax] < 0)
-
-    col_axis, col_flip = unit_axis(step_col, "column")
-    row_axis, row_flip = unit_axis(step_row, "row")
-    if col_axis == row_axis:
-        raise ValueError(f"{grid_msg}: degenerate ImageOrientationPatient {list(iop)}.")
-    plane = _Plane(row_axis, row_flip, col_axis, col_flip, 3 - row_axis - col_axis)
-    if arr.shape[plane.row_axis] != int(first.Rows) or arr.shape[plane.col_axis] != int(first.Columns):
-        raise ValueError(f"{grid_msg}: in-plane size differs.")
-    by_slice: dict[int, Any] = {}
-    for s in sources:
-        v = inv @ np.append(np.asarray([float(x) for x in s.ImagePositionPatient]), 1.0)
-        k = int(round(v[plane.slice_axis]))
-        expect = {plane.row_axis: arr.shape[plane.row_axis] - 1 if row_flip else 0,
-                  plane.col_axis: arr.shape[plane.col_axis] - 1 if col_flip else 0, plane.slice_axis: k}
-        off = max(abs(v[a] - expect[a]) for a in range(3))
-        if off > atol_voxel or not 0 <= k < arr.shape[plane.slice_axis]:
-            raise ValueError(f"{grid_msg}: instance {s.filename} (ImagePositionPatient "
-                             f"{list(s.ImagePositionPatient)}) falls at voxel {np.round(v[:3], 3).tolist()}, not on "
-                             "a slice of the label map.")
-        if k in by_slice:
-            raise ValueError(f"{grid_msg}: instances {by_slice[k].filename} and {s.filename} are at the same "
-                             "position.")
-        by_slice[k] = s
-    missing = [k for k in range(arr.shape[plane.slice_axis]) if k not in by_slice]
-    if missing:
-        raise ValueError(f"{grid_msg}: label map slices {missing[:10]} have no source instance.")
-    # (slice, row, column) view of the label map
-    vol = np.transpose(arr, (plane.slice_axis, plane.row_axis, plane.col_axis))
-    if row_flip:
-        vol = vol[:, ::-1, :]
-    if col_flip:
-        vol = vol[:, :, ::-1]
-    order = sorted(by_slice)
-    return np.ascontiguousarray(vol[order]), [by_slice[k] for k in order]
-
-
-# ---------------------------------------------------------------------------------------------- writing
-def _checked_labels(arr: np.ndarray, num_classes: int, name: str) -> np.ndarray:
-    """``arr`` as unsigned integers, checked to hold class indices ``0..num_classes - 1`` only (no full-volume
-    ``np.unique``: min/max and one cast, a few passes over a 512x512x1000 volume)."""
-    if arr.size == 0:
-        raise ValueError(f"label map {name} is empty (shape {arr.shape}).")
-    lo, hi = arr.min(), arr.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > num_classes - 1:
-        raise ValueError(f"label map {name} has values in [{lo}, {hi}], outside the classes 0..{num_classes - 1}.")
-    dtype = np.uint8 if num_classes <= 256 else np.uint16
-    lab = arr.astype(dtype, copy=False)
-    if arr.dtype.kind == "f" and not np.array_equal(lab, arr):
-        raise ValueError(f"label map {name} has non-integer values: expected class indices (argmax), not "
-                         "probabilities.")
-    return lab
-
-
 def _code(hd: Any, c: Code3) -> Any:
     return hd.sr.CodedConcept(value=c[0], scheme_designator=c[1], meaning=c[2])
-
-
-def rgb_to_dicom_lab(rgb: Sequence[float]) -> list[int]:
-    """sRGB (0..1) to DICOM's RecommendedDisplayCIELabValue: CIE L*a*b* (D65) scaled to 0..65535 (L* 0..100,
-    a*/b* -128..127), as PS3.3 C.10.7.1.1 specifies.
-
-    Args:
-        rgb: red, green, blue in 0..1.
-
-    Returns:
-        ``[L, a, b]`` as unsigned 16-bit integers.
-    """
-    c = np.clip(np.asarray(rgb, dtype=np.float64)[:3], 0.0, 1.0)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
-    xyz = m @ lin / np.array([0.95047, 1.0, 1.08883])
-    d = 6.0 / 29.0
-    f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
-    lab = (116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2]))
-    scaled = (lab[0] / 100.0 * 65535.0, (lab[1] + 128.0) / 255.0 * 65535.0, (lab[2] + 128.0) / 255.0 * 65535.0)
-    return [int(round(min(max(v, 0.0), 65535.0))) for v in scaled]
 
 
 def _segment_descriptions(hd: Any, class_names: Sequence[str], codes: Sequence[SegmentCode],
@@ -487,6 +237,61 @@ def _clean_sources(sources: Sequence[Any]) -> list:
             del s.SpecificCharacterSet
         out.append(s)
     return out
+
+
+def _series_on_grid(lab: Any, aff: Any, name: str, source: str | os.PathLike,
+                    series_instance_uid: str | None) -> tuple[Any, list]:
+    """``(frames, ordered source headers)`` of the one series in ``source`` on the label map's grid.
+
+    Raises:
+        ValueError: no series on the grid (each series' reason), or several (pass ``series_instance_uid``).
+    """
+    series = read_series_headers(source, series_instance_uid)
+    matches, errors = [], []
+    for uid, instances in series.items():
+        try:
+            matches.append((uid, *_frames(lab, aff, name, instances)))
+        except ValueError as e:
+            errors.append(f"series {uid}: {e}" if len(series) > 1 else str(e))
+    if not matches:
+        raise ValueError("\n".join(errors))
+    if len(matches) > 1:
+        raise ValueError(f"{os.fspath(source)} holds {len(matches)} DICOM series on the label map's grid "
+                         f"({[m[0] for m in matches]}): pass series_instance_uid, or put each series in its own "
+                         "folder.")
+    return matches[0][1], matches[0][2]
+
+
+def _segmentation(hd: Any, src: list, frames: Any, descriptions: list, number: int, series_description: str) -> Any:
+    """highdicom's ``Segmentation`` of the frames (BINARY, empty frames omitted), its INFO logging muted."""
+    import pipofan_monai
+
+    hd_logger = logging.getLogger("highdicom")
+    level = hd_logger.level
+    # highdicom logs every copied module at INFO, dozens of lines per SEG under the bundle's INFO logging
+    hd_logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            # the source's patient name as stored ("single component") is copied as is: not our warning to give
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+            return hd.seg.Segmentation(
+                source_images=src,
+                pixel_array=frames,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(),
+                series_number=number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="pipofan-monai",
+                manufacturer_model_name="PIPO-FAN",
+                software_versions=str(pipofan_monai.__version__),
+                device_serial_number="0",
+                series_description=series_description[:64],
+                omit_empty_frames=True,
+            )
+    finally:
+        hd_logger.setLevel(level)
 
 
 def write_dicom_seg(
@@ -546,20 +351,7 @@ def write_dicom_seg(
         colors = class_colors(names, organs)
     arr, aff, name = _as_array_and_affine(label, affine)
     lab = _checked_labels(arr, len(names), name)
-    series = read_series_headers(source, series_instance_uid)
-    matches, errors = [], []
-    for uid, instances in series.items():
-        try:
-            matches.append((uid, *_frames(lab, aff, name, instances)))
-        except ValueError as e:
-            errors.append(f"series {uid}: {e}" if len(series) > 1 else str(e))
-    if not matches:
-        raise ValueError("\n".join(errors))
-    if len(matches) > 1:
-        raise ValueError(f"{os.fspath(source)} holds {len(matches)} DICOM series on the label map's grid "
-                         f"({[m[0] for m in matches]}): pass series_instance_uid, or put each series in its own "
-                         "folder.")
-    _, frames, ordered = matches[0]
+    frames, ordered = _series_on_grid(lab, aff, name, source, series_instance_uid)
     import pipofan_monai
 
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -571,32 +363,8 @@ def write_dicom_seg(
     )
     src = _clean_sources(ordered)
     number = series_number if series_number is not None else int(src[0].get("SeriesNumber", 0) or 0) + 1000
-    hd_logger = logging.getLogger("highdicom")
-    level = hd_logger.level
-    # highdicom logs every copied module at INFO, dozens of lines per SEG under the bundle's INFO logging
-    hd_logger.setLevel(max(level, logging.WARNING))
-    try:
-        with warnings.catch_warnings():
-            # the source's patient name as stored ("single component") is copied as is: not our warning to give
-            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
-            seg = hd.seg.Segmentation(
-                source_images=src,
-                pixel_array=frames,
-                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=_segment_descriptions(hd, names, codes, algorithm, colors),
-                series_instance_uid=hd.UID(),
-                series_number=number,
-                sop_instance_uid=hd.UID(),
-                instance_number=1,
-                manufacturer="pipofan-monai",
-                manufacturer_model_name="PIPO-FAN",
-                software_versions=str(pipofan_monai.__version__),
-                device_serial_number="0",
-                series_description=series_description[:64],
-                omit_empty_frames=True,
-            )
-    finally:
-        hd_logger.setLevel(level)
+    seg = _segmentation(hd, src, frames, _segment_descriptions(hd, names, codes, algorithm, colors), number,
+                        series_description)
     return _atomic_save(seg, output_path)
 
 
