@@ -143,8 +143,8 @@ def test_two_processes_into_one_folder_compute_each_case_once(tmp_path):
     one segments the case, the other skips it as claimed by the first (it used to write it a second time)."""
     image = nifti(tmp_path / "case.nii.gz", random_ct())
     ckpt = threshold_ckpt(tmp_path / "t.pt")
-    code = _TWO_RUNS.format(tests=str(Path(__file__).resolve().parents[2]), out=str(tmp_path / "out"), ready=str(tmp_path / "ready"),
-                            tmp=str(tmp_path), image=str(image), ckpt=str(ckpt))
+    code = _TWO_RUNS.format(tests=str(Path(__file__).resolve().parents[2]), out=str(tmp_path / "out"),
+                            ready=str(tmp_path / "ready"), tmp=str(tmp_path), image=str(image), ckpt=str(ckpt))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
