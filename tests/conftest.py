@@ -13,7 +13,8 @@
 do not oversubscribe the CPU (which makes small forward passes 100x slower); and a check that the tests write only
 to temporary folders, never into the checkout (e.g. TensorBoard files or checkpoints in bundle/runs); and the same
 random state at the start of every test, whichever pytest-xdist worker runs it and in which order; and the
-PyTorch inference backend where configs say "auto" (ONNX Runtime is tested explicitly)."""
+PyTorch inference backend where configs say "auto" (ONNX Runtime is tested explicitly). Also the demo items that
+the unit and the integration tests of the preprocessed cache share."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ os.environ.setdefault("PIPOFAN_BACKEND", "torch")
 
 
 REPO = Path(__file__).resolve().parents[1]
-# bundle_utils (the bundle helpers shared by unit and integration tests) lives here, beside this file
+# the helper modules shared by unit and integration tests (bundle_utils, inference_utils, ...) live here, beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 _SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "build", "dist", ".whl", ".gl", ".mypy_cache", ".ruff_cache"}
 # ignored output folders of the bundle: a rewritten file there counts too (e.g. models/model.pt)
@@ -77,3 +78,16 @@ def tests_write_only_to_temporary_folders():
     if changed:
         pytest.fail(f"tests wrote into the checkout {REPO} (tests must write only to temporary folders): "
                     f"{changed[:20]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """The cache tests' datalist items: four demo volumes of ``cache_utils.SHAPE``, one per source dataset (LiTS,
+    KiTS19, MSD Spleen, BTCV), in their own conventions. A module that needs other items defines its own fixture."""
+    from cache_utils import SHAPE
+
+    from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
+
+    root = tmp_path_factory.mktemp("demo")
+    return load_datalist(generate_demo_dataset(root / "demo", num_cases_per_source=1, num_test=1, shape=SHAPE,
+                                               seed=0))["training"]

@@ -19,37 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from inference_utils import bn_network, plans_checkpoint
 
-from pipofan_monai.inference import (
-    backends,  # noqa: E402
-)
-from pipofan_monai.networks import PIPOFAN  # noqa: E402
-from pipofan_monai.plans import PlansState, make_plans  # noqa: E402
+from pipofan_monai.inference import backends
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-TINY = (8, 16, 32, 64, 64)
-
-
-CLASSES = ["background", "liver", "kidney", "spleen"]
-
-
-def _network(seed: int = 0) -> PIPOFAN:
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    for m in net.modules():  # non-trivial BatchNorm statistics: eval-mode normalisation is part of the comparison
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
-
-
-def _checkpoint(path: Path, net: torch.nn.Module, size: int = 64) -> Path:
-    plans = make_plans(net, CLASSES, {"spatial_size": size})
-    torch.save({"model": net.state_dict(), "plans": PlansState(plans).state_dict()}, path)
-    return path
 
 
 _CONCURRENT = """
@@ -70,7 +44,7 @@ with torch.inference_mode():
 
 @pytest.mark.slow
 def test_concurrent_exporters_export_once(tmp_path):
-    ckpt = _checkpoint(tmp_path / "model.pt", _network())
+    ckpt = plans_checkpoint(tmp_path / "model.pt", bn_network())
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop(backends.BACKEND_ENV, None)
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(ckpt)], stdin=subprocess.PIPE,

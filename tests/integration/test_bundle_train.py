@@ -19,15 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
+from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
 from pipofan_monai.apps.training import AuthorsLRLambda, PartialLabelSampler
 from pipofan_monai.utils import atomic_torch_save
 from pipofan_monai.networks import PIPOFAN
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("demo"))
 
 
 def _tiny_net() -> PIPOFAN:

@@ -24,33 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_utils import KW, entry_files
 from monai.data.utils import set_rnd
 
-from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
 from pipofan_monai.apps.training.cached_data import (
     CachedSliceDataset,
 )
-from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
+from pipofan_monai.preprocessing.cache import PreprocessedCache
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-SHAPE = (48, 48, 20)
-
-
-KW = {"spatial_size": 40, "roi_size": 32}
-
-
-@pytest.fixture(scope="module")
-def items(tmp_path_factory):
-    """Four demo volumes, one per source dataset (LiTS, KiTS19, MSD Spleen, BTCV), in their own conventions."""
-    root = tmp_path_factory.mktemp("demo")
-    return load_datalist(generate_demo_dataset(root / "demo", num_cases_per_source=1, num_test=1, shape=SHAPE,
-                                               seed=0))["training"]
-
-
-def _entry_files(entry: CacheEntry) -> dict:
-    return {n: os.stat(entry.path / n).st_ino for n in ("image.npy", "label.npy", "meta.json")}
 
 
 _FILL = """
@@ -180,10 +162,10 @@ def test_preprocess_command_fills_what_training_reads(items, tmp_path):
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"{len(items)} volumes" in run.stdout
-    files = [_entry_files(e) for e in PreprocessedCache(cache_dir, spatial_size=48).fill(items, progress=False)]
+    files = [entry_files(e) for e in PreprocessedCache(cache_dir, spatial_size=48).fill(items, progress=False)]
     # bundle defaults + spatial_size (the plans' check wants a multiple of 16): same keys
     ds = CachedSliceDataset(items, cache_dir, progress=False, **{**KW, "spatial_size": 48})
-    assert [_entry_files(e) for e in ds.entries] == files
+    assert [entry_files(e) for e in ds.entries] == files
 
 
 def test_a_killed_builder_leaves_no_claim_behind(items, tmp_path):

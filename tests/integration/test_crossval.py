@@ -22,14 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import REPO, TINY_TRAIN, TRAIN, make_tiny_demo, run_bundle
+from bundle_utils import REPO, TINY_TRAIN, TRAIN, run_bundle
 from pipofan_monai.apps.training.crossval import run_crossval, run_crossval_workflow
 from pipofan_monai.apps.training.workflow import best_epoch_row
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("cv_demo"))
 
 
 def _tiny_overrides() -> dict:

@@ -20,25 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from pipofan_monai.networks import PIPOFAN
+from inference_utils import TINY, strong_ckpt
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-TINY = [8, 16, 32, 64, 64]
-
-
-def _ckpt(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    sd = net.state_dict()
-    for k in sd:  # stronger heads than the initialisation: several classes win somewhere
-        if k.endswith("head.conv.weight"):
-            sd[k].mul_(20)
-    torch.save(sd, path)
-    return path
 
 
 _MEMORY_SCRIPT = r"""
@@ -60,7 +44,7 @@ def test_streamed_inference_memory_per_slice_is_bounded(tmp_path):
     depth = 40
     img = tmp_path / "ct.nii.gz"
     write_synthetic_ct(img, tmp_path / "seg.nii.gz", (512, 512, depth))
-    ckpt = _ckpt(tmp_path / "m.pt", 0)
+    ckpt = strong_ckpt(tmp_path / "m.pt", 0)
     rises = {}
     for path, slices in (("streamed", 16), ("plain", 0)):
         case = {"image": str(img), "ckpt": str(ckpt), "label": path, "overrides": {

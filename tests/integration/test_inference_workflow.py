@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_utils import INFER_CONFIG, TINY, PositiveHUNet, random_ct, threshold_ckpt, tiny_bundle_parser
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
@@ -35,10 +36,8 @@ from pipofan_monai.preprocessing import CheckVolumed
 from pipofan_monai.networks import PIPOFAN
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "bundle" / "configs" / "inference.json"
 EVAL_CONFIG = REPO / "bundle" / "configs" / "evaluate.json"
 REALCT = Path(__file__).resolve().parents[3] / "shared" / "data" / "realct"
-TINY = [8, 16, 32, 64, 64]
 needs_realct = pytest.mark.skipif(not REALCT.is_dir(), reason=f"real CT test data not found at {REALCT}")
 
 
@@ -61,62 +60,18 @@ def _nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def _ct(shape, seed: int = 0, dtype=np.int16) -> np.ndarray:
-    """Random HU-like volume avoiding exact zeros (values +-(20..300))."""
-    rng = np.random.default_rng(seed)
-    mag = rng.integers(20, 300, size=shape)
-    sign = rng.choice([-1, 1], size=shape)
-    return (mag * sign).astype(dtype)
-
-
 def _affine(spacing, origin, flips=(1, 1, 1)) -> np.ndarray:
     a = np.diag([s * f for s, f in zip(spacing, flips)] + [1.0])
     a[:3, 3] = origin
     return a
 
 
-def _parser(out_dir: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    cfg = {
-        "bundle_root": str(REPO / "bundle"),
-        "network_channels": TINY,
-        "spatial_size": 32,
-        "sw_batch_size": 8,
-        "output_dir": str(out_dir),
-        "device": "cpu",
-        "amp": False,
-        "save_overlay": False,
-    }
-    cfg.update(overrides)
-    parser.update(cfg)
-    return parser
-
-
 def _runner(out_dir: Path, network: torch.nn.Module | None = None, **overrides) -> SegmentationRunner:
-    parser = _parser(out_dir, **overrides)
+    parser = tiny_bundle_parser(out_dir, **overrides)
     if network is None:
         return parser.get_parsed_content("runner")
     kw = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
     return SegmentationRunner(network=network, **kw, overwrite=parser.get_parsed_content("overwrite"))
-
-
-class ThresholdNet(torch.nn.Module):
-    """Class 1 where the CENTRE slice (channel 1) is > 0 (HU > 0 after the window), else 0: with no in-plane
-    resize, the bundle's output must equal ``HU > 0`` voxel for voxel on the original grid."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        c = x[:, 1:2] * self.scale
-        return torch.cat([-c, c, -c - 50, -c - 50], dim=1)
-
-
-def _threshold_ckpt(path: Path) -> Path:
-    torch.save(ThresholdNet().state_dict(), path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- bundle runner
@@ -125,10 +80,10 @@ def test_bundle_cli_run_inference(tmp_path):
     labels (a checkpoint that says "kidney" everywhere), a bad input listed at the end with a non-zero exit while
     the good one is written."""
     ckpt = _constant_ckpt(tmp_path / "kidney.pt", 2)
-    good = _nifti(tmp_path / "case_a.nii.gz", _ct((20, 18, 3)), _affine((1.5, 1.5, 3.0), (-10, 20, 30)))
-    bad = _nifti(tmp_path / "flat.nii.gz", _ct((20, 18)), np.eye(4))
+    good = _nifti(tmp_path / "case_a.nii.gz", random_ct((20, 18, 3)), _affine((1.5, 1.5, 3.0), (-10, 20, 30)))
+    bad = _nifti(tmp_path / "flat.nii.gz", random_ct((20, 18)), np.eye(4))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(CONFIG),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
            "--input_files", f"['{good}', '{bad}']", "--output_dir", str(out), "--ckpt_path", str(ckpt),
            "--network_channels", "[8,16,32,64,64]", "--spatial_size", "32", "--save_overlay", "False"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -151,8 +106,8 @@ def test_bundle_cli_run_inference(tmp_path):
 def test_config_components_for_monai_label(tmp_path):
     """Keys MONAI Label reads: network_def, preprocessing (first transform loads {"image": path}), inferer,
     postprocessing with an Invertd; no @_meta_ references."""
-    parser = _parser(tmp_path)
-    text = CONFIG.read_text()
+    parser = tiny_bundle_parser(tmp_path)
+    text = INFER_CONFIG.read_text()
     assert "_meta_" not in text
     for key in ("device", "bundle_root", "network_def", "preprocessing", "postprocessing", "inferer", "run",
                 "inference", "ensemble"):
@@ -170,9 +125,10 @@ def test_config_components_for_monai_label(tmp_path):
 def test_geometry_exact_round_trip(tmp_path):
     """No resize + a thresholding network: output == (HU > 0) voxel for voxel, with the input's shape and affine,
     for RAS, LPS, the PLI volume, a one-slice volume and the DICOM series; every slice written."""
-    ras = _nifti(tmp_path / "ras.nii.gz", _ct((24, 20, 6), 1), _affine((0.8, 0.9, 2.5), (5, -7, 11)))
-    lps = _nifti(tmp_path / "lps.nii.gz", _ct((22, 26, 5), 2), _affine((0.8, 0.9, 2.5), (50, 60, -20), (-1, -1, 1)))
-    one = _nifti(tmp_path / "one.nii.gz", _ct((20, 16, 1), 3), _affine((1, 1, 5), (0, 0, 0)))
+    ras = _nifti(tmp_path / "ras.nii.gz", random_ct((24, 20, 6), 1), _affine((0.8, 0.9, 2.5), (5, -7, 11)))
+    lps = _nifti(tmp_path / "lps.nii.gz", random_ct((22, 26, 5), 2),
+                 _affine((0.8, 0.9, 2.5), (50, 60, -20), (-1, -1, 1)))
+    one = _nifti(tmp_path / "one.nii.gz", random_ct((20, 16, 1), 3), _affine((1, 1, 5), (0, 0, 0)))
     pli_img = nib.load(str(REALCT / "deeplesion_pelvis" / "ct_pli.nii.gz")).slicer[200:248, 180:236, :]
     assert nib.aff2axcodes(pli_img.affine) == ("P", "L", "I")
     pli = tmp_path / "pli.nii.gz"
@@ -180,12 +136,12 @@ def test_geometry_exact_round_trip(tmp_path):
     dicom = REALCT / "ts_upper_abdomen_dicom" / "dicom"
     nrrd = REALCT / "dcmqi_ct3slice" / "liver_seg.nrrd"  # a 0/1 mask, read by ITK like any NRRD image
     out = tmp_path / "out"
-    thr = _threshold_ckpt(tmp_path / "thr.pt")
+    thr = threshold_ckpt(tmp_path / "thr.pt", PositiveHUNet)
     # the real CT (JPEG-2000 DICOM, PLI NIfTI) passes the default CT plausibility check; the NRRD is a mask, which
     # that check refuses (tests/unit/apps/test_input_checks.py): its geometry is tested with the check off
-    res = _runner(out, ThresholdNet(), spatial_size=0, postprocess=False).run([ras, lps, one, pli, dicom], thr)
+    res = _runner(out, PositiveHUNet(), spatial_size=0, postprocess=False).run([ras, lps, one, pli, dicom], thr)
     assert res["num_ok"] == 5, res
-    res = _runner(out, ThresholdNet(), spatial_size=0, postprocess=False, ct_check="off").run([nrrd], thr)
+    res = _runner(out, PositiveHUNet(), spatial_size=0, postprocess=False, ct_check="off").run([nrrd], thr)
     assert res["num_ok"] == 1, res
     for src in (ras, lps, one, pli):
         ref = nib.load(str(src))
@@ -206,9 +162,9 @@ def test_geometry_with_resize(tmp_path, ckpt):
     """The real pipeline (in-plane resize to 32, PIPO-FAN, inversion with probability resampling): shape and affine
     of the input for odd sizes, LPS storage and 1 or 2 slices."""
     cases = {
-        "lps": (_ct((27, 23, 5), 4), _affine((0.7, 0.7, 3.0), (1, 2, 3), (-1, -1, 1))),
-        "oneslice": (_ct((30, 28, 1), 5), _affine((1.0, 1.0, 5.0), (0, 0, 0))),
-        "twoslices": (_ct((30, 28, 2), 6).astype(np.float32), _affine((1.0, 1.2, 5.0), (3, 0, 0), (1, -1, 1))),
+        "lps": (random_ct((27, 23, 5), 4), _affine((0.7, 0.7, 3.0), (1, 2, 3), (-1, -1, 1))),
+        "oneslice": (random_ct((30, 28, 1), 5), _affine((1.0, 1.0, 5.0), (0, 0, 0))),
+        "twoslices": (random_ct((30, 28, 2), 6).astype(np.float32), _affine((1.0, 1.2, 5.0), (3, 0, 0), (1, -1, 1))),
     }
     paths = [_nifti(tmp_path / f"{k}.nii.gz", a, aff) for k, (a, aff) in cases.items()]
     out = tmp_path / "out"
@@ -237,7 +193,7 @@ def _constant_ckpt(path: Path, cls: int) -> Path:
 def test_every_slice_written_and_memory_batching(tmp_path):
     """A constant network through the resize path, sw_batch_size smaller than the slice count: every voxel of
     every slice (first and last included) holds the class."""
-    src = _nifti(tmp_path / "vol.nii.gz", _ct((20, 22, 11), 7), _affine((1, 1, 2), (0, 0, 0)))
+    src = _nifti(tmp_path / "vol.nii.gz", random_ct((20, 22, 11), 7), _affine((1, 1, 2), (0, 0, 0)))
     out = tmp_path / "out"
     res = _runner(out, sw_batch_size=4).run([src], _constant_ckpt(tmp_path / "c.pt", 3))
     assert res["num_ok"] == 1
@@ -249,12 +205,12 @@ def test_every_slice_written_and_memory_batching(tmp_path):
 # ---------------------------------------------------------------------------------------------- bad inputs
 @needs_realct
 def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
-    good = _nifti(tmp_path / "good.nii.gz", _ct((16, 16, 3)), np.eye(4))
-    nan = _ct((16, 16, 3)).astype(np.float32)
+    good = _nifti(tmp_path / "good.nii.gz", random_ct((16, 16, 3)), np.eye(4))
+    nan = random_ct((16, 16, 3)).astype(np.float32)
     nan[3, 4, 1] = np.nan
     bad = {
-        "2d": (_nifti(tmp_path / "flat.nii.gz", _ct((16, 16)), np.eye(4)), "2D image"),
-        "4d": (_nifti(tmp_path / "series4d.nii.gz", _ct((16, 16, 3, 2)), np.eye(4)), "holds 2 volumes"),
+        "2d": (_nifti(tmp_path / "flat.nii.gz", random_ct((16, 16)), np.eye(4)), "2D image"),
+        "4d": (_nifti(tmp_path / "series4d.nii.gz", random_ct((16, 16, 3, 2)), np.eye(4)), "holds 2 volumes"),
         "nan": (_nifti(tmp_path / "nan.nii.gz", nan, np.eye(4)), "1 NaN"),
         "missing": (tmp_path / "missing.nii.gz", "not found"),
         "empty_dir": (tmp_path / "empty_series", "contains no DICOM series"),
@@ -266,7 +222,7 @@ def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
     (tmp_path / "notes" / "readme.txt").write_text("no images here")
     (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
     (tmp_path / "other").mkdir()
-    _nifti(tmp_path / "other" / "good.nii.gz", _ct((16, 16, 3)), np.eye(4))
+    _nifti(tmp_path / "other" / "good.nii.gz", random_ct((16, 16, 3)), np.eye(4))
     out = tmp_path / "out"
     inputs = [bad["2d"][0], bad["4d"][0], good, bad["nan"][0], bad["missing"][0], bad["empty_dir"][0],
               bad["not_dicom"][0], bad["corrupt"][0], tmp_path / "other" / "good.nii.gz"]
@@ -286,7 +242,7 @@ def test_bad_inputs_listed_others_processed(tmp_path, ckpt):
 
 
 def test_check_volumed_accepts_single_volume_4d(tmp_path):
-    arr = _ct((10, 12, 3, 1))
+    arr = random_ct((10, 12, 3, 1))
     img = LoadImage(image_only=True, ensure_channel_first=True)(str(_nifti(tmp_path / "t1.nii.gz", arr, np.eye(4))))
     assert tuple(CheckVolumed("image")({"image": img})["image"].shape) == (1, 10, 12, 3)
 
@@ -315,7 +271,7 @@ def test_checkpoint_errors(tmp_path, ckpt):
     load_network_weights(net, tmp_path / "ddp.pt")
     assert all(torch.equal(net.state_dict()[k], v) for k, v in sd.items())
     # in a run, a bad checkpoint stops everything before any output is written
-    src = _nifti(tmp_path / "v.nii.gz", _ct((16, 16, 2)), np.eye(4))
+    src = _nifti(tmp_path / "v.nii.gz", random_ct((16, 16, 2)), np.eye(4))
     with pytest.raises(ValueError, match="does not match the network"):
         _runner(tmp_path / "out").run([src], other)
     # no output; the run report says why
@@ -324,7 +280,7 @@ def test_checkpoint_errors(tmp_path, ckpt):
 
 
 def test_overwrite_protection(tmp_path, ckpt):
-    src = _nifti(tmp_path / "v.nii.gz", _ct((16, 16, 2)), np.eye(4))
+    src = _nifti(tmp_path / "v.nii.gz", random_ct((16, 16, 2)), np.eye(4))
     out = tmp_path / "out"
     target = out / "v_seg.nii.gz"
     _runner(out).run([src], ckpt)
@@ -371,7 +327,7 @@ def test_mean_probabilities():
 def test_ensemble_run_equals_combination_of_single_runs(tmp_path):
     """vote == majority_vote of the single-model label maps; mean == argmax of the mean of their probabilities
     (both on the original grid); save_probabilities writes the mean probabilities."""
-    src = _nifti(tmp_path / "v.nii.gz", _ct((21, 19, 4), 9), _affine((1.1, 0.9, 3), (0, 0, 0), (-1, 1, 1)))
+    src = _nifti(tmp_path / "v.nii.gz", random_ct((21, 19, 4), 9), _affine((1.1, 0.9, 3), (0, 0, 0), (-1, 1, 1)))
     ckpts = [_save_ckpt(tmp_path / f"m{k}.pt", seed=10 + k) for k in range(3)]
     labels, probs = [], []
     for k, c in enumerate(ckpts):
@@ -423,7 +379,7 @@ def test_evaluate_with_labels_and_overview(tmp_path, ckpt):
     """evaluate.json overlay: labeled DICOM (3 slices) + NRRD liver mask; reports, overview PNG with the ground
     truth; a constant 'liver' model gives Dice = 2|GT| / (|GT| + all voxels)."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIG), str(EVAL_CONFIG)])
+    parser.read_config([str(INFER_CONFIG), str(EVAL_CONFIG)])
     parser.update({"bundle_root": str(REPO / "bundle"), "network_channels": TINY, "spatial_size": 32,
                    "device": "cpu", "amp": False, "output_dir": str(tmp_path / "eval"), "postprocess": False})
     assert parser.get_parsed_content("compute_metrics") is True

@@ -25,38 +25,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from bundle_utils import TRAIN, make_tiny_demo
+from training_utils import tiny_workflow
 from pipofan_monai.plans import PlansMismatchError
 from pipofan_monai.apps.training import DivergenceGuard, TrainingDivergedError
-
-TINY = {
-    "network_channels": [4, 8, 16, 32, 32],
-    "spatial_size": 32,
-    "roi_size": 32,
-    "samples_per_epoch": 4,
-    "batch_size": 2,
-    "num_workers": 0,
-    "sw_batch_size": 16,
-    "progress_bar": False,
-    "max_val_volumes": 1,
-    "val_interval": 1,
-    "dps_epochs": 1,
-}
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("demo"))
-
-
-def _workflow(run: Path, demo: Path, **over):
-    from monai.bundle import ConfigWorkflow
-
-    settings = {**TINY, "datalist": str(demo), "ckpt_dir": str(run / "models"), "output_dir": str(run / "runs"), **over}
-    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train", logging_file=False, **settings)
-    wf.initialize()
-    return wf
-
 
 def _root_cause(e: BaseException) -> BaseException:
     """The error behind MONAI's "Failed to evaluate ConfigExpression" wrappers (as the traceback shows it)."""
@@ -109,7 +80,7 @@ def test_guard_passes_a_healthy_run_and_null_checks_finiteness_only():
 
 def test_huge_learning_rate_stops_in_the_first_epoch_and_saves_nothing(demo, tmp_path):
     """The reported case: ``--learning_rate 1e6`` trained to loss 1.7e14, weights 4e33, and saved model.pt."""
-    wf = _workflow(tmp_path, demo, max_epochs=2, learning_rate=1e6)
+    wf = tiny_workflow(tmp_path, demo, max_epochs=2, learning_rate=1e6)
     with pytest.raises(Exception) as err:
         wf.run()
     cause = _root_cause(err.value)
@@ -122,7 +93,7 @@ def test_huge_learning_rate_stops_in_the_first_epoch_and_saves_nothing(demo, tmp
 
 
 def test_divergence_in_epoch_two_keeps_epoch_one_checkpoints(demo, tmp_path):
-    wf = _workflow(tmp_path, demo, max_epochs=3)
+    wf = tiny_workflow(tmp_path, demo, max_epochs=3)
     trainer = wf.parser.get_parsed_content("train#trainer")
     optimizer = wf.parser.get_parsed_content("optimizer")
     saved = {}
@@ -147,11 +118,11 @@ def test_divergence_in_epoch_two_keeps_epoch_one_checkpoints(demo, tmp_path):
 
 
 def test_resume_with_another_width_names_the_setting_and_both_values(demo, tmp_path):
-    wf = _workflow(tmp_path, demo, max_epochs=1)
+    wf = tiny_workflow(tmp_path, demo, max_epochs=1)
     wf.run()
     wf.finalize()
     before = _digest(tmp_path / "runs" / "last.pt")
-    wf = _workflow(tmp_path, demo, max_epochs=2, resume=True, network_channels=[8, 16, 32, 64, 64])
+    wf = tiny_workflow(tmp_path, demo, max_epochs=2, resume=True, network_channels=[8, 16, 32, 64, 64])
     with pytest.raises(Exception) as err:
         wf.run()
     cause = _root_cause(err.value)
@@ -165,7 +136,7 @@ def test_resume_with_another_width_names_the_setting_and_both_values(demo, tmp_p
     last = torch.load(tmp_path / "runs" / "last.pt", map_location="cpu", weights_only=False)
     del last["plans"]
     torch.save(last, tmp_path / "runs" / "last.pt")
-    wf = _workflow(tmp_path, demo, max_epochs=2, resume=True, network_channels=[8, 16, 32, 64, 64])
+    wf = tiny_workflow(tmp_path, demo, max_epochs=2, resume=True, network_channels=[8, 16, 32, 64, 64])
     with pytest.raises(Exception) as err:
         wf.run()
     msg = str(_root_cause(err.value))

@@ -30,20 +30,11 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from bundle_utils import REPO, TRAIN, make_tiny_demo
+from bundle_utils import REPO, TRAIN
+from training_utils import TINY_WORKFLOW, tiny_workflow, workflow_settings
 
 TINY = {
-    "network_channels": [4, 8, 16, 32, 32],
-    "spatial_size": 32,
-    "roi_size": 32,
-    "samples_per_epoch": 4,
-    "batch_size": 2,
-    "num_workers": 0,
-    "sw_batch_size": 16,
-    "progress_bar": False,
-    "max_val_volumes": 1,
-    "val_interval": 1,
-    "dps_epochs": 1,  # the stage switch happens at the start of epoch 2
+    **TINY_WORKFLOW,
     "lr_decay_epochs": 1,  # the learning rate changes every epoch, so an lr one epoch behind shows
     "lr_decay": 0.9,
 }
@@ -61,25 +52,10 @@ class Killed(BaseException):
     """Raised at a kill point; a BaseException, so no engine handler reacts (as after SIGKILL)."""
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("demo"))
-
-
-def _workflow(run: Path, demo: Path, **over):
-    from monai.bundle import ConfigWorkflow
-
-    settings = {**TINY, "datalist": str(demo), "ckpt_dir": str(run / "models"), "output_dir": str(run / "runs"), **over}
-    # logging_file=False: keep pytest's log capture (the bundle's logging.conf replaces the root handlers)
-    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train", logging_file=False, **settings)
-    wf.initialize()
-    return wf
-
-
 def _train(run: Path, demo: Path, max_epochs: int = MAX_EPOCHS, resume: bool = False, kill=None, **over) -> None:
     """Train in-process; ``kill=(epoch, "after_save" | "after_validation")`` stops dead at that point: right after
     the epoch's last.pt is written, or right after its validation (best model saved, metrics row and last.pt not)."""
-    wf = _workflow(run, demo, max_epochs=max_epochs, resume=resume, **over)
+    wf = tiny_workflow(run, demo, TINY, max_epochs=max_epochs, resume=resume, **over)
     trainer = wf.parser.get_parsed_content("train#trainer")
     if kill is None:
         wf.run()
@@ -192,7 +168,7 @@ def _fixed_scores(monkeypatch, run_scores: dict[int, float]) -> dict:
 
 
 def _track_epoch(run, demo, current, **kw):
-    wf = _workflow(run, demo, **kw)
+    wf = tiny_workflow(run, demo, TINY, **kw)
     wf.parser.get_parsed_content("validate#evaluator").add_event_handler(
         Events.EPOCH_STARTED, lambda e: current.__setitem__("epoch", e.state.epoch))
     return wf
@@ -289,8 +265,7 @@ wf.run()
 
 
 def test_sigkill_during_save_then_resume(demo, reference, tmp_path):
-    settings = {**TINY, "datalist": str(demo), "ckpt_dir": str(tmp_path / "models"),
-                "output_dir": str(tmp_path / "runs"), "max_epochs": MAX_EPOCHS}
+    settings = workflow_settings(tmp_path, demo, TINY, max_epochs=MAX_EPOCHS)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, json.dumps(settings), TRAIN], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -331,7 +306,7 @@ def test_second_training_into_a_folder_in_use_is_refused(demo, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock = _write_lock(tmp_path / "runs", holder.pid)
-        wf = _workflow(tmp_path, demo, max_epochs=1)
+        wf = tiny_workflow(tmp_path, demo, TINY, max_epochs=1)
         with pytest.raises(RuntimeError) as err:
             wf.run()  # its first step takes the lock, before anything is built
         cause = err.value
@@ -353,7 +328,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(demo, tmp_path, caplog):
     dead.wait()
     lock = _write_lock(tmp_path / "runs", dead.pid)
     caplog.set_level("WARNING")
-    wf = _workflow(tmp_path, demo, max_epochs=1)
+    wf = tiny_workflow(tmp_path, demo, TINY, max_epochs=1)
     wf.parser.get_parsed_content("run#0")  # the run's first step: prepare the output folder
     assert f"taking over the stale training lock {lock}" in caplog.text
     assert json.loads(lock.read_text())["pid"] == os.getpid()

@@ -21,41 +21,18 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from inference_utils import NAMES, TINY, inference_parser, nifti, random_ct, threshold_ckpt, threshold_runner
 
 from pipofan_monai.networks import PIPOFAN
 from pipofan_monai.plans import DEFAULT_PREPROCESSING, PlansMismatchError, make_plans
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = [8, 16, 32, 64, 64]
-NAMES = ["background", "liver", "kidney", "spleen"]
-
-
-CONFIG = REPO / "bundle" / "configs" / "inference.json"
-
-
-class ThresholdNet(torch.nn.Module):
-    """Class 1 (liver) where the centre slice is > 0.5 after the window (HU > 100), class 2 (kidney) where < -0.5
-    (HU < -100), else background: exact label values known from the CT alone (no in-plane resize)."""
-
-    def __init__(self, delay: float = 0.0):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-        self.delay = delay
-
-    def forward(self, x):
-        if self.delay:
-            time.sleep(self.delay)
-        c = x[:, 1:2]
-        hi, lo = (c - 0.5) * self.scale, (-c - 0.5) * self.scale
-        return torch.cat([torch.zeros_like(c), hi, lo, torch.full_like(c, -50.0)], dim=1)
 
 
 def _ckpt(path: Path, spatial_size: int = 32, channels=TINY, seed: int = 0) -> Path:
@@ -67,43 +44,6 @@ def _ckpt(path: Path, spatial_size: int = 32, channels=TINY, seed: int = 0) -> P
     return path
 
 
-def _nifti(path: Path, array: np.ndarray, spacing=(1.5, 1.25, 3.0)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
-    return path
-
-
-def _ct(shape=(20, 18, 3), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.integers(20, 300, size=shape) * rng.choice([-1, 1], size=shape)).astype(np.int16)
-
-
-def _parser(**overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    parser.update({"device": "cpu", "amp": False, "save_overlay": False, "sw_batch_size": 8, **overrides})
-    return parser
-
-
-
-def _threshold_runner(out: Path, delay: float = 0.0, **overrides):
-    from pipofan_monai.apps.inference import SegmentationRunner
-
-    parser = _parser(output_dir=str(out), spatial_size=0, postprocess=False, network_channels=TINY,
-                     bundle_root=str(out / "no_bundle"), **overrides)
-    kw = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
-    extra = {k: parser.get_parsed_content(k) for k in ("statistics", "report_file", "mirror_folders", "overwrite",
-                                                          "fail_on_error")}
-    ids = parser.get_parsed_content("write_class_ids")
-    return SegmentationRunner(network=ThresholdNet(delay), **kw, **extra, class_names=NAMES, prefetch=True,
-                              statistics_organs=None if ids is None else [NAMES[i] for i in ids])
-
-
-def _threshold_ckpt(path: Path) -> Path:
-    torch.save(ThresholdNet().state_dict(), path)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- plans
 def test_default_model_of_the_bundle_does_not_decide_the_plans(tmp_path):
     """A bundle whose models/model.pt (a quick-start model: 256, other widths) disagrees with the run: a run with
@@ -112,28 +52,28 @@ def test_default_model_of_the_bundle_does_not_decide_the_plans(tmp_path):
     bundle = tmp_path / "bundle"
     _ckpt(bundle / "models" / "model.pt", spatial_size=256, channels=[16, 32, 64, 128, 128])
     folds = [_ckpt(bundle / "models" / f"fold{k}" / "model.pt", seed=k) for k in range(2)]
-    image = _nifti(tmp_path / "case.nii.gz", _ct())
+    image = nifti(tmp_path / "case.nii.gz", random_ct())
     # a script that parses the config and runs with its own checkpoint (as the test suite does: weights only)
     plain = tmp_path / "weights.pt"
     torch.save(torch.load(folds[0], weights_only=True)["model"], plain)
-    runner = _parser(bundle_root=str(bundle), output_dir=str(tmp_path / "a"), network_channels=TINY,
-                     spatial_size=32).get_parsed_content("runner")
+    runner = inference_parser(bundle_root=str(bundle), output_dir=str(tmp_path / "a"), network_channels=TINY,
+                              spatial_size=32).get_parsed_content("runner")
     assert runner.plans["preprocessing"]["spatial_size"] == 32
     res = runner.run([str(image)], plain)
     assert res["num_ok"] == 1 and (tmp_path / "a" / "case_seg.nii.gz").is_file()
     # parsed without settings or a run id (as MONAI Label serves the bundle): built from models/model.pt
-    net = _parser(bundle_root=str(bundle)).get_parsed_content("network_def")
+    net = inference_parser(bundle_root=str(bundle)).get_parsed_content("network_def")
     assert net.get_config()["channels"] == [16, 32, 64, 128, 128]
     # the bundle's run ids: the plans come from the checkpoints they run
-    parser = _parser(bundle_root=str(bundle), output_dir=str(tmp_path / "b"), input_files=[str(image)],
-                     num_folds=2)
+    parser = inference_parser(bundle_root=str(bundle), output_dir=str(tmp_path / "b"), input_files=[str(image)],
+                              num_folds=2)
     results = [parser.get_parsed_content(f"ensemble#{i}") for i in range(len(parser.config["ensemble"]))]
     assert results[-1]["num_ok"] == 1
     assert parser.get_parsed_content("plans")["network"]["channels"] == TINY
     assert parser.get_parsed_content("run_ckpt_paths") == [str(f) for f in folds]
     # the inference run id with that default model and a conflicting explicit setting: named, not silent
-    parser = _parser(bundle_root=str(bundle), output_dir=str(tmp_path / "c"), input_files=[str(image)],
-                     spatial_size=32)
+    parser = inference_parser(bundle_root=str(bundle), output_dir=str(tmp_path / "c"), input_files=[str(image)],
+                              spatial_size=32)
     parser.get_parsed_content("run#0")
     with pytest.raises(RuntimeError) as err:  # MONAI's expression error, caused by the plans' own error
         parser.get_parsed_content("run#1")
@@ -145,18 +85,18 @@ def test_default_model_of_the_bundle_does_not_decide_the_plans(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- output layout
 def test_same_names_in_different_folders_are_mirrored_and_real_clashes_refused(tmp_path):
-    a = _nifti(tmp_path / "in" / "patientA" / "ct.nii.gz", _ct(seed=1))
-    b = _nifti(tmp_path / "in" / "patientB" / "ct.nii.gz", _ct(seed=2))
+    a = nifti(tmp_path / "in" / "patientA" / "ct.nii.gz", random_ct(seed=1))
+    b = nifti(tmp_path / "in" / "patientB" / "ct.nii.gz", random_ct(seed=2))
     out = tmp_path / "out"
-    res = _threshold_runner(out, mirror_folders=True).run([str(a), str(b)], _threshold_ckpt(tmp_path / "t.pt"))
+    res = threshold_runner(out, mirror_folders=True).run([str(a), str(b)], threshold_ckpt(tmp_path / "t.pt"))
     assert res["num_ok"] == 2, res
     for src in (a, b):
         seg = nib.load(str(out / src.parent.name / "ct_seg.nii.gz"))
         ct = np.asarray(nib.load(str(src)).dataobj)
         np.testing.assert_array_equal(np.asarray(seg.dataobj), np.where(ct > 100, 1, np.where(ct < -100, 2, 0)))
     # a real clash: two inputs of one folder with one name
-    c = _nifti(tmp_path / "in" / "patientA" / "ct.nii", _ct(seed=3))
-    res = _threshold_runner(tmp_path / "out2", mirror_folders=True, fail_on_error=False).run(
+    c = nifti(tmp_path / "in" / "patientA" / "ct.nii", random_ct(seed=3))
+    res = threshold_runner(tmp_path / "out2", mirror_folders=True, fail_on_error=False).run(
         [str(a), str(c)], tmp_path / "t.pt")
     assert [x["status"] for x in res["cases"]] == ["ok", "failed"]
     assert "would also be written for input" in res["cases"][1]["error"] and str(a) in res["cases"][1]["error"]
@@ -166,30 +106,30 @@ def test_same_names_in_different_folders_are_mirrored_and_real_clashes_refused(t
 def test_a_case_claimed_by_another_live_process_is_skipped_and_a_dead_claim_taken_over(tmp_path):
     from pipofan_monai.utils import process_start_time
 
-    image = _nifti(tmp_path / "case.nii.gz", _ct())
+    image = nifti(tmp_path / "case.nii.gz", random_ct())
     out = tmp_path / "out"
     out.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         claim = out / ".case_seg.nii.gz.claim"
         claim.write_text(json.dumps({"pid": other.pid, "start": process_start_time(other.pid)}))
-        res = _threshold_runner(out).run([str(image)], _threshold_ckpt(tmp_path / "t.pt"))
+        res = threshold_runner(out).run([str(image)], threshold_ckpt(tmp_path / "t.pt"))
         assert res["cases"][0]["status"] == "skipped"
         assert f"claimed by process {other.pid}" in res["cases"][0]["reason"]
         assert not (out / "case_seg.nii.gz").exists() and claim.is_file()
     finally:
         other.kill()
         other.wait()
-    res = _threshold_runner(out).run([str(image)], tmp_path / "t.pt")  # its process is gone: taken over
+    res = threshold_runner(out).run([str(image)], tmp_path / "t.pt")  # its process is gone: taken over
     assert res["num_ok"] == 1 and (out / "case_seg.nii.gz").is_file() and not claim.exists()
 
 
 _TWO_RUNS = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
-    from test_inference_outputs import _threshold_runner
+    from inference_utils import threshold_runner
     from pathlib import Path
-    runner = _threshold_runner(Path({out!r}), delay=1.5)
+    runner = threshold_runner(Path({out!r}), delay=1.5)
     Path({ready!r} + str(os.getpid())).touch()
     while len([p for p in os.listdir({tmp!r}) if p.startswith("ready")]) < 2:
         time.sleep(0.01)
@@ -201,10 +141,10 @@ _TWO_RUNS = textwrap.dedent("""
 def test_two_processes_into_one_folder_compute_each_case_once(tmp_path):
     """Two real processes start one run each on the same input and folder (overwrite False) at the same moment:
     one segments the case, the other skips it as claimed by the first (it used to write it a second time)."""
-    image = _nifti(tmp_path / "case.nii.gz", _ct())
-    ckpt = _threshold_ckpt(tmp_path / "t.pt")
-    code = _TWO_RUNS.format(tests=str(Path(__file__).resolve().parent), out=str(tmp_path / "out"), ready=str(tmp_path / "ready"),
-                            tmp=str(tmp_path), image=str(image), ckpt=str(ckpt))
+    image = nifti(tmp_path / "case.nii.gz", random_ct())
+    ckpt = threshold_ckpt(tmp_path / "t.pt")
+    code = _TWO_RUNS.format(tests=str(Path(__file__).resolve().parents[2]), out=str(tmp_path / "out"),
+                            ready=str(tmp_path / "ready"), tmp=str(tmp_path), image=str(image), ckpt=str(ckpt))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -221,11 +161,11 @@ def test_two_processes_into_one_folder_compute_each_case_once(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- report, prefetch
 def test_report_json_lists_models_cases_stages_and_failures(tmp_path):
-    good = _nifti(tmp_path / "good.nii.gz", _ct((20, 18, 3)), spacing=(1.5, 1.25, 3.0))
-    flat = _nifti(tmp_path / "flat.nii.gz", _ct((20, 18)))
-    ckpt = _threshold_ckpt(tmp_path / "t.pt")
+    good = nifti(tmp_path / "good.nii.gz", random_ct((20, 18, 3)), spacing=(1.5, 1.25, 3.0))
+    flat = nifti(tmp_path / "flat.nii.gz", random_ct((20, 18)))
+    ckpt = threshold_ckpt(tmp_path / "t.pt")
     report = tmp_path / "out" / "report.json"
-    res = _threshold_runner(tmp_path / "out", report_file=str(report), fail_on_error=False).run(
+    res = threshold_runner(tmp_path / "out", report_file=str(report), fail_on_error=False).run(
         [str(good), str(flat)], ckpt)
     assert res["num_ok"] == 1 and res["num_failed"] == 1
     rep = json.loads(report.read_text())
@@ -244,7 +184,7 @@ def test_report_json_lists_models_cases_stages_and_failures(tmp_path):
     # a run that stops before its first case (no such checkpoint) still leaves its report, saying why
     early = tmp_path / "o3" / "report.json"
     with pytest.raises(FileNotFoundError):
-        _threshold_runner(tmp_path / "o3", report_file=str(early)).run([str(good)], tmp_path / "missing.pt")
+        threshold_runner(tmp_path / "o3", report_file=str(early)).run([str(good)], tmp_path / "missing.pt")
     rep = json.loads(early.read_text())
     assert rep["error"].startswith("FileNotFoundError: checkpoint not found") and rep["cases"] == []
 
@@ -252,10 +192,10 @@ def test_report_json_lists_models_cases_stages_and_failures(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- organs, statistics
 def test_organ_filter_and_statistics_of_the_final_label_map(tmp_path):
-    ct = _ct((20, 18, 4), seed=5)
-    image = _nifti(tmp_path / "case.nii.gz", ct, spacing=(1.5, 1.25, 3.0))
+    ct = random_ct((20, 18, 4), seed=5)
+    image = nifti(tmp_path / "case.nii.gz", ct, spacing=(1.5, 1.25, 3.0))
     out = tmp_path / "out"
-    res = _threshold_runner(out, organs="kidney", statistics=True).run([str(image)], _threshold_ckpt(tmp_path / "t.pt"))
+    res = threshold_runner(out, organs="kidney", statistics=True).run([str(image)], threshold_ckpt(tmp_path / "t.pt"))
     assert res["num_ok"] == 1
     seg = np.asarray(nib.load(str(out / "case_seg.nii.gz")).dataobj)
     np.testing.assert_array_equal(seg, np.where(ct < -100, 2, 0))  # liver (HU > 100) not written
@@ -269,5 +209,5 @@ def test_organ_filter_and_statistics_of_the_final_label_map(tmp_path):
     csv = (out / "statistics.csv").read_text().splitlines()
     assert len(csv) == 2 and csv[1].startswith(f"{image},kidney,{kidney.size},")
     with pytest.raises(RuntimeError) as err:  # MONAI's expression error, caused by the organ check's
-        _threshold_runner(tmp_path / "o2", organs="liver,pancreas")
+        threshold_runner(tmp_path / "o2", organs="liver,pancreas")
     assert "organs ['pancreas'] are not classes of the model" in str(err.value.__cause__)

@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_utils import PositiveHUNet, threshold_ckpt
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
@@ -66,24 +67,8 @@ def _nifti(path: Path, array: np.ndarray, affine=None) -> Path:
     return path
 
 
-class ThresholdNet(torch.nn.Module):
-    """Class 1 where the centre slice is > 0 after the HU window, else 0 (finite weights)."""
-
-    def __init__(self, nan: bool = False):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-        self.nan = nan
-
-    def forward(self, x):
-        c = x[:, 1:2] * self.scale
-        if self.nan:  # finite weights, non-finite output (as a diverged BatchNorm gives)
-            c = c * float("nan")
-        return torch.cat([-c, c, -c - 50, -c - 50], dim=1)
-
-
 def _ckpt(path: Path) -> Path:
-    torch.save(ThresholdNet().state_dict(), path)
-    return path
+    return threshold_ckpt(path, PositiveHUNet)
 
 
 def _runner(out: Path, network: torch.nn.Module | None = None, **overrides) -> SegmentationRunner:
@@ -94,8 +79,8 @@ def _runner(out: Path, network: torch.nn.Module | None = None, **overrides) -> S
     cfg.update(overrides)
     parser.update(cfg)
     kw = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
-    return SegmentationRunner(network=network or ThresholdNet(), **kw, overwrite=parser.get_parsed_content("overwrite"),
-                              fail_on_error=False)
+    return SegmentationRunner(network=network or PositiveHUNet(), **kw,
+                              overwrite=parser.get_parsed_content("overwrite"), fail_on_error=False)
 
 
 def _partial_then_enospc(monkeypatch):
@@ -416,7 +401,7 @@ def test_non_finite_network_output_fails_naming_the_checkpoint(tmp_path):
     src = _nifti(tmp_path / "case.nii.gz", _ct((16, 16, 4)))
     ckpt = _ckpt(tmp_path / "diverged.pt")
     out = tmp_path / "out"
-    res = _runner(out, network=ThresholdNet(nan=True)).run([src], ckpt)
+    res = _runner(out, network=PositiveHUNet(nan=True)).run([src], ckpt)
     case = res["cases"][0]
     assert case["status"] == "failed" and str(ckpt) in case["error"] and "NaN" in case["error"], case
     assert not (out / "case_seg.nii.gz").exists()  # no all-background label map

@@ -25,44 +25,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from inference_utils import INFER_CONFIG, TINY, body_ct, nifti, strong_ckpt
 
 from pipofan_monai.apps.segment import expand_inputs, main
-from pipofan_monai.networks import PIPOFAN
-from pipofan_monai.plans import DEFAULT_PREPROCESSING, make_plans
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIG = REPO / "bundle" / "configs" / "inference.json"
-TINY = [8, 16, 32, 64, 64]
-NAMES = ["background", "liver", "kidney", "spleen"]
 
 
 def _ckpt(path: Path, seed: int = 0) -> Path:
-    """A tiny model with its plans, heads strengthened so that several classes win somewhere."""
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    sd = net.state_dict()
-    for k in sd:
-        if k.endswith("head.conv.weight"):
-            sd[k].mul_(20)
-    plans = make_plans(net, NAMES, {**DEFAULT_PREPROCESSING, "spatial_size": 32})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": sd, "plans": plans}, path)
-    return path
+    """A tiny model with its plans (32x32), heads strengthened so that several classes win somewhere."""
+    return strong_ckpt(path, seed, plans_size=32)
 
 
 def _ct(path: Path, shape=(24, 20, 4), seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    vol = np.zeros(shape, np.float32)
-    for _ in range(5):
-        c, r, a = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 0.6), rng.uniform(-250, 250)
-        vol += a * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / r**2)
-    vol += rng.normal(0, 15, shape)
-    vol[grids[0] ** 2 + grids[1] ** 2 > 0.8] = -1000  # air around the body
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.clip(vol, -1000, 1000).astype(np.int16), np.diag([0.8, 0.9, 2.5, 1.0])), str(path))
-    return path
+    return nifti(path, body_ct(shape, seed), spacing=(0.8, 0.9, 2.5))
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -92,7 +68,7 @@ def test_same_label_maps_as_the_bundle_runner(tmp_path):
     images = [_ct(tmp_path / "in" / f"case{i}.nii.gz", seed=i) for i in range(2)]
     ckpt = _ckpt(tmp_path / "model.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(CONFIG),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
            "--bundle_root", str(tmp_path / "bundle"), "--input_files", repr([str(p) for p in images]),
            "--output_dir", str(tmp_path / "bundle_out"), "--ckpt_path", str(ckpt), "--device", "cpu",
            "--save_overlay", "False"]

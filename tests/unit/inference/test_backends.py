@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_utils import TINY, bn_network, plans_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -33,35 +34,15 @@ from pipofan_monai.inference import (
 )
 from pipofan_monai.inference.backends import OnnxRuntimeNetwork, cpu_quota, prepare_network, resolve_backend  # noqa: E402
 from pipofan_monai.networks import PIPOFAN  # noqa: E402
-from pipofan_monai.plans import PlansState, make_plans, read_plans  # noqa: E402
-
-
-CLASSES = ["background", "liver", "kidney", "spleen"]
+from pipofan_monai.plans import read_plans  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = (8, 16, 32, 64, 64)
 
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch, tmp_path):
     monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
     monkeypatch.setenv("PIPOFAN_CACHE_DIR", str(tmp_path / "cache"))
     backends._WARNED.clear()
-
-
-def _network(seed: int = 0) -> PIPOFAN:
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    for m in net.modules():  # non-trivial BatchNorm statistics: eval-mode normalisation is part of the comparison
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
-
-
-def _checkpoint(path: Path, net: torch.nn.Module, size: int = 64) -> Path:
-    plans = make_plans(net, CLASSES, {"spatial_size": size})
-    torch.save({"model": net.state_dict(), "plans": PlansState(plans).state_dict()}, path)
-    return path
 
 
 def _exports(caplog) -> list[str]:
@@ -97,8 +78,8 @@ def test_threads_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
 
 
 def test_export_once_beside_checkpoint_equal_logits(tmp_path, caplog):
-    net = _network()
-    ckpt = _checkpoint(tmp_path / "model.pt", net)
+    net = bn_network()
+    ckpt = plans_checkpoint(tmp_path / "model.pt", net)
     plans = read_plans(ckpt)
     caplog.set_level(logging.INFO, logger="pipofan.inference")
     ort_net = prepare_network(net, plans, ckpt, "onnxruntime", "cpu")
@@ -120,18 +101,18 @@ def test_export_once_beside_checkpoint_equal_logits(tmp_path, caplog):
     # a second process (here: a second prepare) loads the cached file, no export
     inode = onnx_file.stat().st_ino  # a rewrite (atomic replace) would give the name another inode
     caplog.clear()
-    again = prepare_network(_network(), plans, ckpt, "auto", "cpu")
+    again = prepare_network(bn_network(), plans, ckpt, "auto", "cpu")
     assert isinstance(again, OnnxRuntimeNetwork) and _exports(caplog) == [] and onnx_file.stat().st_ino == inode
 
 
 def test_stale_and_corrupt_exports_are_rebuilt(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="pipofan.inference")
-    ckpt = _checkpoint(tmp_path / "model.pt", _network(0))
+    ckpt = plans_checkpoint(tmp_path / "model.pt", bn_network(0))
     plans = read_plans(ckpt)
-    prepare_network(_network(0), plans, ckpt, "onnxruntime")
+    prepare_network(bn_network(0), plans, ckpt, "onnxruntime")
     onnx_file = tmp_path / "model.pt.64x64.onnx"
-    new = _network(1)  # retrained: same file name, other weights -> the export is stale
-    _checkpoint(ckpt, new)
+    new = bn_network(1)  # retrained: same file name, other weights -> the export is stale
+    plans_checkpoint(ckpt, new)
     caplog.clear()
     ort_net = prepare_network(new, plans, ckpt, "onnxruntime")
     assert len(_exports(caplog)) == 1 and "stale before" in _exports(caplog)[0]
@@ -151,9 +132,9 @@ def test_stale_and_corrupt_exports_are_rebuilt(tmp_path, caplog):
 
 
 def test_read_only_checkpoint_folder_uses_the_cache_folder(tmp_path, monkeypatch):
-    ckpt = _checkpoint(tmp_path / "model.pt", _network())
+    ckpt = plans_checkpoint(tmp_path / "model.pt", bn_network())
     monkeypatch.setattr(backends, "_writable", lambda folder: False)
-    ort_net = prepare_network(_network(), read_plans(ckpt), ckpt, "onnxruntime")
+    ort_net = prepare_network(bn_network(), read_plans(ckpt), ckpt, "onnxruntime")
     assert isinstance(ort_net, OnnxRuntimeNetwork)
     assert not list(tmp_path.glob("*.onnx")) and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
 
@@ -163,7 +144,7 @@ def test_missing_onnxruntime_falls_back_with_one_warning(monkeypatch, caplog):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    net = _network()
+    net = bn_network()
     assert resolve_backend("auto", "cpu") == "torch"  # auto: PyTorch, silently
     caplog.set_level(logging.WARNING, logger="pipofan.inference")
     for _ in range(2):
@@ -177,8 +158,8 @@ def test_failed_export_falls_back_with_one_warning(tmp_path, monkeypatch, caplog
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(backends, "_export_bytes", broken)
-    net = _network()
-    ckpt = _checkpoint(tmp_path / "model.pt", net)
+    net = bn_network()
+    ckpt = plans_checkpoint(tmp_path / "model.pt", net)
     caplog.set_level(logging.WARNING, logger="pipofan.inference")
     assert prepare_network(net, read_plans(ckpt), ckpt, "auto", "cpu") is net
     # the inferer does not try again with a network its caller prepared
@@ -196,7 +177,7 @@ def test_inferer_backend_on_a_plain_network(tmp_path, caplog, monkeypatch):
     """As MONAI Label calls it: the inferer gets the bundle's network_def with weights loaded, no checkpoint path;
     exported once (key = the weights' hash, in the cache folder), again after the weights change in place."""
     caplog.set_level(logging.INFO, logger="pipofan.inference")
-    net = _network()
+    net = bn_network()
     vol = torch.rand(1, 1, 64, 64, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ref_inferer = SlidingSliceInferer(sw_batch_size=4)
     inferer = SlidingSliceInferer(sw_batch_size=4, backend="onnxruntime")
@@ -205,13 +186,13 @@ def test_inferer_backend_on_a_plain_network(tmp_path, caplog, monkeypatch):
         a, b = inferer(vol, net), inferer(vol, net)
     assert float((a - ref).abs().max()) < 1e-4 and torch.equal(a, b) and len(_exports(caplog)) == 1
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
-    net.load_state_dict(_network(2).state_dict())  # new weights, same object (MONAI Label reloads in place)
+    net.load_state_dict(bn_network(2).state_dict())  # new weights, same object (MONAI Label reloads in place)
     with torch.inference_mode():
         c, ref2 = inferer(vol, net), ref_inferer(vol, net)
     assert len(_exports(caplog)) == 2 and float((c - ref2).abs().max()) < 1e-4 and not torch.equal(c, a)
     # the cache folder keeps the most recently used exports only
     monkeypatch.setattr(backends, "CACHE_KEEP", 2)
-    net.load_state_dict(_network(3).state_dict())
+    net.load_state_dict(bn_network(3).state_dict())
     with torch.inference_mode():
         inferer(vol, net)
     assert len(_exports(caplog)) == 3 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
@@ -236,7 +217,7 @@ def test_bundle_inference_same_label_maps(tmp_path, caplog):
     torch.manual_seed(0)
     net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
     calibrate_batchnorm(net, torch.rand(16, 3, 64, 64) * 2 - 1)  # random weights with non-trivial label maps
-    ckpt = _checkpoint(tmp_path / "model.pt", net)
+    ckpt = plans_checkpoint(tmp_path / "model.pt", net)
     image = tmp_path / "ct.nii.gz"
     write_synthetic_ct(image, tmp_path / "seg.nii.gz", (96, 80, 10), "btcv", seed=0)
     caplog.set_level(logging.INFO, logger="pipofan.inference")

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_utils import PositiveHUNet, threshold_ckpt
 from monai.data import MetaTensor
 from monai.transforms import Orientation, SaveImaged
 
@@ -460,18 +461,6 @@ REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "bundle" / "configs" / "inference.json"
 
 
-class _ThresholdNet(torch.nn.Module):
-    """Class 1 (liver) where the centre slice is > 0 after the HU window, else background: a known prediction."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        c = x[:, 1:2] * self.scale
-        return torch.cat([-c, c, -c - 50, -c - 50], dim=1)
-
-
 def _bundle_runner(out_dir: Path, **overrides):
     from monai.bundle import ConfigParser
 
@@ -484,7 +473,7 @@ def _bundle_runner(out_dir: Path, **overrides):
                    "postprocess": False, **overrides})
     kw = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
     names = parser.get_parsed_content("plans")["class_names"]
-    return SegmentationRunner(network=_ThresholdNet(), **kw, class_names=names)
+    return SegmentationRunner(network=PositiveHUNet(), **kw, class_names=names)
 
 
 @needs_realct
@@ -493,8 +482,7 @@ def test_runner_writes_seg_from_the_bundle_postprocessing(dcmqi_case, tmp_path, 
     """The bundle's postprocessing (Invertd back to the series grid, argmax) with output_format: the SEG holds the
     same voxels as the NIfTI label map of the same run."""
     folder = dcmqi_case[0]
-    ckpt = tmp_path / "thr.pt"
-    torch.save(_ThresholdNet().state_dict(), ckpt)
+    ckpt = threshold_ckpt(tmp_path / "thr.pt", PositiveHUNet)
     out = tmp_path / "out"
     runner = _bundle_runner(out, output_format=output_format)
     res = runner.run([str(folder)], str(ckpt))

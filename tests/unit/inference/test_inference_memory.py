@@ -24,30 +24,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from inference_utils import body_ct, strong_ckpt, tiny_bundle_runner
 from monai.transforms import Activationsd, AsDiscreted, Invertd
 
 from pipofan_monai.inference.streaming import SlabInverter
-from pipofan_monai.networks import PIPOFAN
 from pipofan_monai.plans import DEFAULT_PREPROCESSING
 from pipofan_monai.preprocessing import get_inference_transforms
 from pipofan_monai.preprocessing.io import LoadCTd
-
-REPO = Path(__file__).resolve().parents[3]
-CONFIG = REPO / "bundle" / "configs" / "inference.json"
-TINY = [8, 16, 32, 64, 64]
-
-
-def _ct(shape, seed: int, dtype=np.int16) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    vol = np.zeros(shape, np.float32)
-    for _ in range(5):
-        c, r, a = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 0.6), rng.uniform(-250, 250)
-        vol += a * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / r**2)
-    vol += rng.normal(0, 15, shape)
-    vol[grids[0] ** 2 + grids[1] ** 2 > 0.8] = -1000
-    return np.clip(vol, -1000, 1000).astype(dtype)
 
 
 def _save(path: Path, arr: np.ndarray, affine) -> Path:
@@ -63,7 +46,7 @@ RAS = np.diag([0.8, 0.9, 2.5, 1.0])
                                                  (np.uint8, RAS, torch.uint8), (np.float64, LPS, torch.float32),
                                                  (np.int32, RAS, torch.float32)])
 def test_compact_loading_gives_the_float32_pipelines_image(tmp_path, dtype, affine, loaded):
-    vol = _ct((40, 36, 7), 1, dtype=np.float32)
+    vol = body_ct((40, 36, 7), 1, dtype=np.float32)
     if dtype == np.uint8:
         vol = np.clip(vol + 1000, 0, 255)  # not a CT in HU: the check is off for this dtype case
     path = _save(tmp_path / "ct.nii.gz", vol.astype(dtype), affine)
@@ -103,37 +86,16 @@ def test_slab_activation_is_bitwise_the_whole_volume_softmax():
     assert not sigmoid_other.activates_slabs(x.shape)
 
 
-def _ckpt(path: Path, seed: int) -> str:
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    sd = net.state_dict()
-    for k in sd:  # strong heads: several classes win somewhere
-        if k.endswith("head.conv.weight"):
-            sd[k].mul_(20)
-    torch.save(sd, path)
-    return str(path)
-
-
-def _runner(out_dir: Path, **overrides):
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    cfg = {"bundle_root": str(REPO / "bundle"), "network_channels": TINY, "spatial_size": 32, "sw_batch_size": 4,
-           "output_dir": str(out_dir), "device": "cpu", "amp": False, "save_overlay": False, "overwrite": True}
-    cfg.update(overrides)
-    parser.update(cfg)
-    return parser.get_parsed_content("runner")
-
-
 @pytest.mark.parametrize("affine", [LPS, RAS], ids=["lps", "ras"])
 def test_bundle_labels_equal_the_float32_whole_volume_reference(tmp_path, affine):
     """The default path (int16 loading, slab softmax + inversion) against the reference: float32 loading,
     whole-volume softmax and MONAI's Invertd on the whole volume (stream_slices 0): the same label map."""
-    src = _save(tmp_path / "ct.nii.gz", _ct((48, 40, 13), 3), affine)
-    ckpt = _ckpt(tmp_path / "m.pt", 22)
-    runner = _runner(tmp_path / "new", postprocess=False)
+    src = _save(tmp_path / "ct.nii.gz", body_ct((48, 40, 13), 3), affine)
+    ckpt = str(strong_ckpt(tmp_path / "m.pt", 22))
+    runner = tiny_bundle_runner(tmp_path / "new", sw_batch_size=4, postprocess=False)
     assert runner.pipeline.pre[0].compact and runner.pipeline.streamer is not None
     new = runner.pipeline(str(src), runner._networks(ckpt))["pred"]
-    ref_runner = _runner(tmp_path / "ref", stream_slices=0, postprocess=False)
+    ref_runner = tiny_bundle_runner(tmp_path / "ref", sw_batch_size=4, stream_slices=0, postprocess=False)
     loader = ref_runner.pipeline.pre[0]
     loader.compact = False
     loader._loader.dtype = np.float32  # the loading before the compact one

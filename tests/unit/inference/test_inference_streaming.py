@@ -22,40 +22,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from inference_utils import body_ct, strong_ckpt, tiny_bundle_runner
 from monai.data import MetaTensor
 
 from pipofan_monai.apps.inference import CasePipeline
 from pipofan_monai.inference.streaming import SlabInverter
-from pipofan_monai.networks import PIPOFAN
-
-REPO = Path(__file__).resolve().parents[3]
-CONFIG = REPO / "bundle" / "configs" / "inference.json"
-TINY = [8, 16, 32, 64, 64]
-
-
-def _ckpt(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=TINY)
-    sd = net.state_dict()
-    for k in sd:  # stronger heads than the initialisation: several classes win somewhere
-        if k.endswith("head.conv.weight"):
-            sd[k].mul_(20)
-    torch.save(sd, path)
-    return path
-
-
-def _ct(shape, seed: int) -> np.ndarray:
-    """A smooth body-like HU volume (blobs + noise), so that the label maps have regions, not salt and pepper."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    vol = np.zeros(shape, np.float32)
-    for _ in range(6):
-        c, r, a = rng.uniform(-0.6, 0.6, 3), rng.uniform(0.2, 0.6), rng.uniform(-250, 250)
-        vol += a * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / r**2)
-    vol += rng.normal(0, 15, shape)
-    vol[grids[0] ** 2 + grids[1] ** 2 > 0.8] = -1000  # air around the body
-    return np.clip(vol, -1000, 1000).astype(np.int16)
 
 
 def _rotation(deg_z: float, deg_x: float) -> np.ndarray:
@@ -90,29 +61,19 @@ def volumes(tmp_path_factory):
     paths = {}
     for i, (name, (shape, affine)) in enumerate(CASES.items()):
         paths[name] = root / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image(_ct(shape, i), affine), str(paths[name]))
+        nib.save(nib.Nifti1Image(body_ct(shape, i, blobs=6), affine), str(paths[name]))
     return paths
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    return [_ckpt(root / f"m{k}.pt", 20 + k) for k in range(3)]
-
-
-def _runner(out_dir: Path, **overrides):
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    cfg = {"bundle_root": str(REPO / "bundle"), "network_channels": TINY, "spatial_size": 32, "sw_batch_size": 8,
-           "output_dir": str(out_dir), "device": "cpu", "amp": False, "save_overlay": False, "overwrite": True}
-    cfg.update(overrides)
-    parser.update(cfg)
-    return parser.get_parsed_content("runner")
+    return [strong_ckpt(root / f"m{k}.pt", 20 + k) for k in range(3)]
 
 
 def _segment(tmp_path: Path, tag: str, src: Path, ckpts, **overrides):
     """(pred MetaTensor of the pipeline, saved NIfTI) of one case."""
-    runner = _runner(tmp_path / tag, **overrides)
+    runner = tiny_bundle_runner(tmp_path / tag, **overrides)
     nets = runner._networks(ckpts)
     d = runner.pipeline(str(src), nets)
     saved = nib.load(str(tmp_path / tag / src.name.replace(".nii.gz", "_seg.nii.gz")))
@@ -193,9 +154,9 @@ def test_streamed_mean_ensemble_equals_up_to_ties(tmp_path, volumes, ckpts):
 def test_streaming_falls_back_where_it_does_not_apply(tmp_path, volumes, ckpts):
     """save_probabilities needs the full-resolution probabilities: the whole-volume path is used (and gives the
     same labels); a bad stream_slices is refused."""
-    runner = _runner(tmp_path / "prob", save_probabilities=True)
+    runner = tiny_bundle_runner(tmp_path / "prob", save_probabilities=True)
     assert runner.pipeline.streamer is None and "probabilities" in runner.pipeline.stream_reason
-    runner = _runner(tmp_path / "plain")
+    runner = tiny_bundle_runner(tmp_path / "plain")
     assert runner.pipeline.streamer is not None and runner.pipeline.stream_slices == 16  # the bundle's default
     streamer = runner.pipeline.streamer
     assert streamer.why_not(torch.zeros(1, 4, 4, 2)) is not None  # no applied operations to undo

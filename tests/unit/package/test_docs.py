@@ -35,13 +35,6 @@ README = REPO / "README.md"
 DOCS = sorted([README, REPO / "CHANGELOG.md", *(REPO / "docs").rglob("*.md")])
 USER_DOCS = [p for p in DOCS if p.name != "CHANGELOG.md"]
 
-# Named in the docs but built on other branches. After merging them the lead empties these lists; each entry's
-# xfail(strict=True) test below turns red as soon as the thing exists, so a stale entry cannot stay.
-PENDING_COMMANDS: list[str] = []
-PENDING_FILES = [
-]
-PENDING_QUICKSTART_TEST = False  # tests/integration/test_bundle_train.py runs the README's quick-start bundle command
-
 FENCE = re.compile(r"^```[^\n]*\n.*?^```[ \t]*$", re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r"`[^`\n]+`")
 LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -112,13 +105,10 @@ def test_docs_exist_and_are_linked_from_the_readme():
 
 
 def test_relative_links_and_anchors_resolve():
-    pending = {(REPO / p).resolve() for p in PENDING_FILES}
     bad = []
     for doc, target in _links():
         path, _, anchor = target.partition("#")
         dest = (doc.parent / path).resolve() if path else doc.resolve()
-        if dest in pending:
-            continue
         if not dest.exists():
             bad.append(f"{_rel(doc)}: {target} (no such file)")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
@@ -165,25 +155,12 @@ def _help(command: str) -> str:
 def test_named_pipofan_commands_answer_help():
     named = named_pipofan_commands()
     assert {"download", "datalist", "preprocess", "organs"} <= set(named), sorted(named)
-    for command in sorted(set(named) - set(PENDING_COMMANDS)):
+    for command in sorted(named):
         text = _help(command)
         assert f"pipofan_monai {command}" in text or f"pipofan {command}" in text, (command, named[command], text[:300])
     # an unknown command must not pass as "answers --help"
     with pytest.raises(AssertionError, match="exited"):
         _help("no_such_command")
-
-
-@pytest.mark.parametrize("command", PENDING_COMMANDS)
-@pytest.mark.xfail(strict=True, reason="built on another branch: remove it from PENDING_COMMANDS after the merge")
-def test_pending_command_answers_help(command):
-    assert command in named_pipofan_commands(), f"{command} is no longer named in the docs"
-    assert command in _help(command)
-
-
-@pytest.mark.parametrize("path", PENDING_FILES)
-@pytest.mark.xfail(strict=True, reason="written on another branch: remove it from PENDING_FILES after the merge")
-def test_pending_file_exists(path):
-    assert (REPO / path).exists()
 
 
 def _config_files(arg: str) -> list[str]:
@@ -287,9 +264,8 @@ def test_readme_quickstart_names_the_bundle_configs():
     assert _config_files(readme_quickstart_config()) == ["bundle/configs/train.json", "bundle/configs/quickstart.json"]
 
 
-@pytest.mark.xfail(PENDING_QUICKSTART_TEST, strict=True,
-                   reason="the quick-start test is built on another branch: set PENDING_QUICKSTART_TEST = False")
 def test_readme_quickstart_is_what_the_tests_run():
+    """tests/integration/test_bundle_train.py runs the README's quick-start bundle command."""
     assert readme_quickstart_config() in (REPO / "tests" / "integration" / "test_bundle_train.py").read_text(encoding="utf-8")
 
 

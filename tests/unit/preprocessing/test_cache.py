@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cache_utils import KW, SHAPE, entry_files
 from monai.data import CacheDataset, DataLoader, PersistentDataset
 from monai.data.utils import set_rnd
 
-from pipofan_monai.apps.dataset_conversion import generate_demo_dataset, load_datalist
 from pipofan_monai.apps.training import PartialLabelSampler, get_train_transforms
 from pipofan_monai.apps.training.cached_data import (
     CachedSliceDataset,
@@ -36,20 +36,6 @@ from pipofan_monai.preprocessing import get_val_transforms
 from pipofan_monai.preprocessing.cache import CacheEntry, PreprocessedCache
 
 REPO = Path(__file__).resolve().parents[3]
-SHAPE = (48, 48, 20)
-KW = {"spatial_size": 40, "roi_size": 32}
-
-
-@pytest.fixture(scope="module")
-def items(tmp_path_factory):
-    """Four demo volumes, one per source dataset (LiTS, KiTS19, MSD Spleen, BTCV), in their own conventions."""
-    root = tmp_path_factory.mktemp("demo")
-    return load_datalist(generate_demo_dataset(root / "demo", num_cases_per_source=1, num_test=1, shape=SHAPE,
-                                               seed=0))["training"]
-
-
-def _entry_files(entry: CacheEntry) -> dict:
-    return {n: os.stat(entry.path / n).st_ino for n in ("image.npy", "label.npy", "meta.json")}
 
 
 def _assert_same_sample(old: dict, new: dict) -> None:
@@ -148,19 +134,19 @@ def test_entries_are_memory_mapped_slice_major_with_organ_slices(items, tmp_path
 def test_reuse_and_invalidation(items, tmp_path):
     cache = PreprocessedCache(tmp_path / "cache", spatial_size=40)
     first = cache.fill(items, progress=False)
-    files = [_entry_files(e) for e in first]
+    files = [entry_files(e) for e in first]
     again = cache.fill(items, progress=False)
-    assert [_entry_files(e) for e in again] == files  # reused, nothing rewritten
+    assert [entry_files(e) for e in again] == files  # reused, nothing rewritten
     # a changed setting: new entries beside the old ones, which stay valid for their own setting
     other = PreprocessedCache(tmp_path / "cache", spatial_size=40, hu_window=(-100, 300)).fill(items, progress=False)
     assert {e.path for e in other}.isdisjoint({e.path for e in first})
     assert not np.array_equal(np.asarray(other[0].image), np.asarray(first[0].image))
-    assert [_entry_files(e) for e in cache.fill(items, progress=False)] == files
+    assert [entry_files(e) for e in cache.fill(items, progress=False)] == files
     # a changed source file (mtime): only that entry is rebuilt, in place
     st = os.stat(items[1]["label"])
     os.utime(items[1]["label"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     rebuilt = cache.fill(items, progress=False)
-    after = [_entry_files(e) for e in rebuilt]
+    after = [entry_files(e) for e in rebuilt]
     assert after[1] != files[1] and rebuilt[1].path == first[1].path
     assert [a for i, a in enumerate(after) if i != 1] == [f for i, f in enumerate(files) if i != 1]
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith((".tmp", ".trash"))]  # none left
