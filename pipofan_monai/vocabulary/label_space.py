@@ -225,6 +225,12 @@ class LabelSpace:
             raise ValueError(f"{unknown} are not organs of this model; its classes are {list(self.class_names[1:])}.")
         return tuple(ids)
 
+    def __reduce__(self) -> tuple:
+        # pickled by value (the cache's worker processes receive it): read-only mapping views and the cached
+        # tables do not pickle
+        return (_restore, (list(self.class_names), dict(self.organ_config), dict(self.dataset_config),
+                           self.partial_labels, self.placeholders))
+
     def __eq__(self, other: object) -> bool:
         # compared as JSON: a table read back from a checkpoint has string keys ({"1": "liver"}) where the config
         # had ints ({1: "liver"}), and both mean the same label space
@@ -243,3 +249,9 @@ class LabelSpace:
         extra += [f"placeholders={list(self.placeholders)}"] if self.placeholders else []
         return f"LabelSpace({list(self.class_names)}{''.join(', ' + e for e in extra)})"
 
+
+def _restore(class_names: list, organ_config: dict, dataset_config: dict, partial_labels: bool,
+             placeholders: tuple) -> LabelSpace:
+    """Unpickle a :class:`LabelSpace` (its values were validated when it was created)."""
+    return LabelSpace(tuple(class_names), _frozen(organ_config), _frozen(dataset_config), partial_labels,
+                      tuple(placeholders))

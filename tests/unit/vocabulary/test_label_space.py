@@ -142,3 +142,15 @@ def test_training_pipeline_follows_the_space_partial_labels():
 
     assert mapper(LabelSpace.create(FIVE)).partial_labels is True
     assert mapper(LabelSpace.create(FIVE, partial_labels=False)).partial_labels is False
+
+
+def test_space_pickles_by_value():
+    """The cache's worker processes receive the label space."""
+    import pickle
+
+    space = LabelSpace.create(FIVE, dataset_table=MY_TABLE, partial_labels=False)
+    _ = space.organs  # a cached table is not part of the state
+    back = pickle.loads(pickle.dumps(space))
+    assert back == space and back.partial_labels is False and back.labeled_mask("my_ct").tolist() == [1, 1, 0, 0, 1]
+    loose = LabelSpace.create(["background", "class1"], strict=False)
+    assert pickle.loads(pickle.dumps(loose)).placeholders == ("class1",)
