@@ -100,3 +100,23 @@ def test_cpu_bf16_check_reads_cpuinfo_without_torch_probes(monkeypatch):
     assert inferers.cpu_has_native_bf16() is torch.backends.mkldnn.is_available()
     monkeypatch.setattr(builtins, "open", fake_open("avx2 avx512f avx512bw"))
     assert inferers.cpu_has_native_bf16() is False
+
+
+def test_inference_amp_on_the_cpu_runs_pytorch_in_bfloat16():
+    """The bundle's inference with ``amp`` on a CPU with bfloat16 units: PyTorch autocast (the ONNX export is
+    float32), outputs float32 and close to the float32 ones; without amp "auto" keeps its meaning."""
+    from pipofan_monai.inference import SlidingSliceInferer
+
+    assert SlidingSliceInferer(backend="auto", amp=True, amp_dtype="bfloat16").backend == "torch"
+    assert SlidingSliceInferer(backend="auto", amp=True, amp_dtype=None).backend == "auto"
+    assert SlidingSliceInferer(backend="auto", amp=False, amp_dtype="bfloat16").backend == "auto"
+    assert SlidingSliceInferer(backend="onnxruntime", amp=True, amp_dtype="bfloat16").backend == "onnxruntime"
+    torch.manual_seed(0)
+    net = PIPOFAN(spatial_dims=2, in_channels=3, out_channels=4, channels=(4, 8, 16, 16, 16)).eval()
+    vol = torch.randn(1, 1, 32, 32, 6)
+    with torch.no_grad():
+        ref = SlidingSliceInferer(sw_batch_size=4)(vol, net)
+        half = SlidingSliceInferer(sw_batch_size=4, amp=True, amp_dtype="bfloat16", backend="auto")(vol, net)
+    assert half.dtype == torch.float32 and half.shape == ref.shape == (1, 4, 32, 32, 6)
+    err = (half - ref).abs().max().item()
+    assert 0 < err < 0.05  # computed in bfloat16: not bitwise the float32 result
