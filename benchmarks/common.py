@@ -103,12 +103,11 @@ def default_amp_dtype(device: torch.device) -> str | None:
 
 
 def _cpu_has_bf16() -> bool:
-    fn = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool((fn is not None and fn()) or (amx is not None and amx()))
-    except Exception:  # pragma: no cover - private API differences across versions
-        return False
+    """The library's check (:func:`pipofan_monai.inference.cpu_has_native_bf16`), the one rule of when bfloat16 is
+    worth it on a CPU."""
+    from pipofan_monai.inference import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def cpu_candidates() -> list[ExecutionPath]:

@@ -88,10 +88,10 @@ def _checkpoint(path: Path, image: str, s: Mapping[str, Any], seed: int) -> str:
     return str(path)
 
 
-def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, Any]) -> dict:
-    """The bundle's inference of ``image`` with ``backend``: preparation (export or cache) timed apart, then one case
-    through the runner's pipeline with a stage timer, and the bare network over the same slice count before and
-    after it."""
+def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, Any], amp: bool = False) -> dict:
+    """The bundle's inference of ``image`` with ``backend`` (``amp``: the bundle's ``--amp True``, PyTorch in
+    bfloat16 on a CPU with bfloat16 units): preparation (export or cache) timed apart, then one case through the
+    runner's pipeline with a stage timer, and the bare network over the same slice count before and after it."""
     import nibabel as nib
     from monai.bundle import ConfigParser
 
@@ -100,7 +100,7 @@ def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, 
     parser = ConfigParser()
     parser.read_config(str(DEFAULT_CONFIG))
     parser.update({"ckpt_path": ckpt, "fold_ckpt_paths": [], "output_dir": str(out), "backend": backend,
-                   "device": "$torch.device('cpu')", "amp": False, "sw_batch_size": int(s["sw_batch_size"]),
+                   "device": "$torch.device('cpu')", "amp": bool(amp), "sw_batch_size": int(s["sw_batch_size"]),
                    "save_overlay": False, "overwrite": True})
     runner = parser.get_parsed_content("runner")
     t0 = time.perf_counter()
@@ -108,7 +108,10 @@ def _bundle_run(ckpt: str, image: str, out: Path, backend: str, s: Mapping[str, 
     prepare_s = time.perf_counter() - t0
     kind = type(nets[0]).__name__
     depth, size, batch = int(s["volume_shape"][2]), int(s["spatial_size"]), int(s["sw_batch_size"])
-    path = ExecutionPath("fp32 channels_last", None, True) if kind != "OnnxRuntimeNetwork" else None
+    path = None
+    if kind != "OnnxRuntimeNetwork":
+        path = (ExecutionPath("bf16 autocast channels_last", "bfloat16", True) if amp
+                else ExecutionPath("fp32 channels_last", None, True))
     bare_before = bare_network_seconds(nets[0], depth, size, batch, torch.device("cpu"), path=path)  # + warm-up
     _reset_peak_rss()
     rss_before = _status_mib("VmRSS")
@@ -182,6 +185,7 @@ def run_cpu_benchmark(quick: Any = False, threads: int | None = None, depth: int
         seed: weights and CT seed.
         workdir: parent of the temporary folder (CT, checkpoint, export, outputs).
     """
+    from pipofan_monai.inference import cpu_has_native_bf16
     from pipofan_monai.inference.backends import cpu_quota
     from pipofan_monai.utils import as_bool
 
@@ -200,16 +204,25 @@ def run_cpu_benchmark(quick: Any = False, threads: int | None = None, depth: int
         write_synthetic_ct(image, root / "seg.nii.gz", s["volume_shape"], "btcv", seed)
         ckpt = _checkpoint(root / "model.pt", image, s, seed)
         rows = {}
-        for backend in ("torch", "onnxruntime"):
-            _progress(f"cpu: bundle inference of a {tuple(s['volume_shape'])} int16 CT, backend {backend}")
-            rows[backend] = _bundle_run(ckpt, image, root / backend, backend, s)
-            _progress(f"  {rows[backend]['total_s']:.1f} s ({rows[backend]['network']}), bare network "
-                      f"{rows[backend]['bare_network_s']:.1f} s, prepared in {rows[backend]['prepare_s']:.1f} s")
+        runs = [("torch", "torch", False), ("onnxruntime", "onnxruntime", False)]
+        if cpu_has_native_bf16():  # the bundle's --amp True on this CPU
+            runs.append(("torch_bf16", "auto", True))
+        for key, backend, amp in runs:
+            _progress(f"cpu: bundle inference of a {tuple(s['volume_shape'])} int16 CT, {key}")
+            rows[key] = _bundle_run(ckpt, image, root / key, backend, s, amp=amp)
+            _progress(f"  {rows[key]['total_s']:.1f} s ({rows[key]['network']}), bare network "
+                      f"{rows[key]['bare_network_s']:.1f} s, prepared in {rows[key]['prepare_s']:.1f} s")
         _progress("cpu: MONAI spleen bundle 3D UNet (peer)")
         peer = _peer_run(image, root / "peer", int(s["volume_shape"][2]), seed)
         _progress(f"  {peer['total_s']:.1f} s")
     t, o = rows["torch"], rows["onnxruntime"]
-    report["agreement"] = {"voxels_equal": float((t.pop("labels") == o.pop("labels")).mean())}
+    report["agreement"] = {"voxels_equal": float((t["labels"] == o["labels"]).mean())}
+    if "torch_bf16" in rows:
+        b = rows["torch_bf16"]
+        report["agreement"]["bf16_voxels_equal"] = float((t["labels"] == b["labels"]).mean())
+        report["bf16_network_stage_speedup"] = t["network_s"] / b["network_s"]
+    for row in rows.values():
+        row.pop("labels")
     report["rows"] = rows
     report["peer"] = peer
     report["network_speedup"] = t["bare_network_s"] / o["bare_network_s"]
@@ -234,7 +247,9 @@ def format_cpu_report(r: Mapping[str, Any]) -> str:
              "| peak RSS MiB | x peer |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"torch": f"PIPO-FAN bundle, torch eager channels_last ({s['spatial_size']}², b{s['sw_batch_size']})",
-             "onnxruntime": f"PIPO-FAN bundle, ONNX Runtime ({s['spatial_size']}², b{s['sw_batch_size']})"}
+             "onnxruntime": f"PIPO-FAN bundle, ONNX Runtime ({s['spatial_size']}², b{s['sw_batch_size']})",
+             "torch_bf16": f"PIPO-FAN bundle, --amp True: torch bfloat16 channels_last ({s['spatial_size']}², "
+                           f"b{s['sw_batch_size']})"}
     for k, row in r["rows"].items():
         lines.append(f"| {names[k]} | {row['slices_per_s']:.2f} | {row['total_s']:.1f} | {row['network_s']:.1f} | "
                      f"{row['bare_network_s']:.1f} ({row['bare_slices_per_s']:.2f}) | {row['pipeline_over_bare']:.2f} "
@@ -245,7 +260,12 @@ def format_cpu_report(r: Mapping[str, Any]) -> str:
     o = r["rows"]["onnxruntime"]
     lines += [f"network: ONNX Runtime / torch channels_last = {r['network_speedup']:.2f}x bare, "
               f"{r['network_stage_speedup']:.2f}x in the pipeline; export {o['prepare_s']:.1f} s (once per "
-              f"checkpoint); label maps equal in {100 * r['agreement']['voxels_equal']:.4f} % of voxels",
+              f"checkpoint); label maps equal in {100 * r['agreement']['voxels_equal']:.4f} % of voxels"]
+    if "torch_bf16" in r["rows"]:
+        lines.append(f"network stage: torch bfloat16 / torch float32 channels_last = "
+                     f"{r['bf16_network_stage_speedup']:.2f}x; label maps equal to float32's in "
+                     f"{100 * r['agreement']['bf16_voxels_equal']:.4f} % of voxels")
+    lines += [
               "stages (s): " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.1f}" for n, v in row["stages"].items() if v)
                                          for k, row in r["rows"].items())
               + "; peer: " + ", ".join(f"{n} {v:.1f}" for n, v in p["stages"].items())]

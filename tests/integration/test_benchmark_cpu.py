@@ -55,7 +55,17 @@ def test_quick_cpu_section_cli(tmp_path):
     assert p["network_s"] > 0 and p["slices_per_s"] == pytest.approx(depth / p["total_s"])
     assert r["agreement"]["voxels_equal"] > 0.999  # the two backends segment alike
     assert "ONNX Runtime / torch channels_last" in proc.stdout and "MONAI spleen bundle 3D UNet" in proc.stdout
-    assert proc.stdout.count("| PIPO-FAN bundle") == 2
+    from pipofan_monai.inference import cpu_has_native_bf16
+
+    bf16 = cpu_has_native_bf16()  # the bundle's --amp True runs as a third row where the CPU has bfloat16 units
+    assert proc.stdout.count("| PIPO-FAN bundle") == 2 + bf16
+    if bf16:
+        b = r["rows"]["torch_bf16"]
+        assert b["network"] == "PIPOFAN" and b["network_s"] > 0  # PyTorch ran it, not ONNX Runtime
+        assert r["bf16_network_stage_speedup"] == pytest.approx(t["network_s"] / b["network_s"])
+        assert r["agreement"]["bf16_voxels_equal"] > 0.99
+    else:
+        assert set(r["rows"]) == {"torch", "onnxruntime"}
 
 
 def test_spleen_peer_network():
