@@ -174,9 +174,10 @@ def test_fast_filter_equals_the_reference_on_random_maps(seed, shape):
             assert (expected != lab).any()  # something was removed: the comparison means something
 
 
-def test_bounding_box_and_sizes_equal_scipy():
+def test_bounding_box_and_sizes_equal_scipy(monkeypatch):
     from scipy import ndimage
 
+    from pipofan_monai.postprocessing import components
     from pipofan_monai.postprocessing.components import _bounding_box, _component_sizes
 
     lab = _random_labels((30, 26, 12), 5)
@@ -185,4 +186,23 @@ def test_bounding_box_and_sizes_equal_scipy():
         expected = ndimage.find_objects(mask.astype(np.uint8))
         assert _bounding_box(mask) == (expected[0] if expected else None)
     comp, n = ndimage.label(lab == 1)
-    np.testing.assert_array_equal(_component_sizes(comp, n), np.bincount(comp.ravel(), minlength=n + 1))
+    expected = np.bincount(comp.ravel(), minlength=n + 1)
+    for chunk in (components._COUNT_CHUNK, 1, 7, 1000, comp.size):  # chunk boundaries inside and between runs
+        monkeypatch.setattr(components, "_COUNT_CHUNK", chunk)
+        for c in (comp, comp.astype(np.uint16)):
+            np.testing.assert_array_equal(_component_sizes(c, n), expected)
+
+
+def test_more_components_than_uint16_labels():
+    """41³ = 68921 single-voxel components (every other voxel; apart even with 26-connectivity) plus a bigger
+    one: the uint16 labelling falls back to int32, and the filter keeps only the big one."""
+    from pipofan_monai.postprocessing.components import _label
+
+    lab = np.zeros((84, 82, 82), dtype=np.uint8)
+    lab[:82:2, ::2, ::2] = 1
+    lab[82:, :3, :3] = 1  # 2 x 3 x 3 = 18 voxels
+    comp, n = _label(lab == 1, np.ones((3, 3, 3), dtype=bool))
+    assert n == 41**3 + 1 and comp.dtype == np.int32
+    out = keep_largest_components(lab, {1: 1}, threads=1)
+    assert int((out == 1).sum()) == 18 and (out[82:, :3, :3] == 1).all()
+    np.testing.assert_array_equal(out, _reference_filter(lab, {1: 1}, 3))
