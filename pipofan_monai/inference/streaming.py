@@ -336,6 +336,17 @@ class SlabInverter:
             height, width = h, w
         labels = torch.empty((1, height, width, depth), dtype=torch.uint8, device=p.device)
         affine = image.affine
+        if resize_op is not None:
+            base_op = dict(resize_op)
+            if self.invertd.nearest_interp[0]:  # as Invertd(nearest_interp=True) would resample
+                base_op[TraceKeys.EXTRA_INFO] = {**base_op[TraceKeys.EXTRA_INFO], "mode": "nearest",
+                                                 "align_corners": TraceKeys.NONE}
+            # the reoriented grid's affine, from MONAI's inverse of a one-channel dummy: the slice axis keeps its
+            # size, so any slab gives the volume's scale along it, except that MONAI scales an axis of one slice
+            # by 0 with align_corners=True (a one-slice volume gets that from Invertd too): two slices, or one
+            nz = min(depth, 2)
+            affine = _reference_resize(torch.zeros(1, h, w, nz), {**base_op, TraceKeys.ORIG_SIZE: (
+                height, width, nz)}, image.affine).affine
         cpu = p.device.type == "cpu"
         for z0 in range(0, depth, self.slices):
             z1 = min(depth, z0 + self.slices)
@@ -344,13 +355,7 @@ class SlabInverter:
                 slab = slab.as_tensor()  # plain tensor ops: no metadata copied per operation
             fast = cpu and all_finite(slab)  # argmax_uint8 assumes no NaN; interpolating finite values gives none
             if resize_op is not None:
-                op = {**resize_op, TraceKeys.ORIG_SIZE: (height, width, z1 - z0)}
-                if self.invertd.nearest_interp[0]:  # as Invertd(nearest_interp=True) would resample
-                    op[TraceKeys.EXTRA_INFO] = {**op[TraceKeys.EXTRA_INFO], "mode": "nearest", "align_corners":
-                                                TraceKeys.NONE}
-                if z0 == 0:  # the reoriented grid's affine (a slab's is the volume's: same z scale), from MONAI
-                    affine = _reference_resize(torch.zeros(1, h, w, 1), {**op, TraceKeys.ORIG_SIZE: (
-                        height, width, 1)}, image.affine).affine
+                op = {**base_op, TraceKeys.ORIG_SIZE: (height, width, z1 - z0)}
                 if fast and slab.dtype == torch.float32 and planar_resize_matches(slab.shape, op,
                                                                                  check=z1 - z0 == self.slices):
                     self._planar_labels(slab, op, labels[0, :, :, z0:z1])

@@ -101,13 +101,14 @@ def test_planar_check_is_cached_and_refuses_other_modes():
         **op[TraceKeys.EXTRA_INFO], "dtype": "float64"}})
 
 
-def _inverter(slices: int) -> tuple[SlabInverter, MetaTensor]:
+def _inverter(slices: int, align: bool | None = None, depth: int = 11) -> tuple[SlabInverter, MetaTensor]:
     """An inverter whose preprocessing is a reorientation and an in-plane Resize (the bundle's kind), and the
     preprocessed image with its applied operations (an LPS-like affine: the reorientation flips)."""
     from monai.transforms import Compose, Orientationd, Resized
 
-    pre = Compose([Orientationd("image", axcodes="RAS"), Resized("image", spatial_size=(32, 32, -1), mode="trilinear")])
-    image = pre({"image": MetaTensor(torch.zeros(1, 150, 140, 11), affine=torch.diag(torch.tensor(
+    pre = Compose([Orientationd("image", axcodes="RAS"),
+                   Resized("image", spatial_size=(32, 32, -1), mode="trilinear", align_corners=align)])
+    image = pre({"image": MetaTensor(torch.zeros(1, 150, 140, depth), affine=torch.diag(torch.tensor(
         [0.7, -0.8, 2.5, 1.0], dtype=torch.float64)))})["image"]
     inv = SlabInverter([], Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
                        AsDiscreted("pred", argmax=True), slices=slices)
@@ -120,11 +121,15 @@ def _reference_labels(inv: SlabInverter, probs: torch.Tensor, image: MetaTensor)
     return inv.argmax(d)["pred"]
 
 
-@pytest.mark.parametrize("slices", [4, 11, 16])
-def test_slab_labels_equal_monai_per_slab_with_and_without_the_planar_path(slices, monkeypatch):
-    inv, image = _inverter(slices)
+@pytest.mark.parametrize("slices,align,depth", [(4, None, 11), (11, None, 11), (16, None, 11), (1, True, 5),
+                                                (4, True, 11), (1, True, 2), (3, None, 1)])
+def test_slab_labels_equal_monai_per_slab_with_and_without_the_planar_path(slices, align, depth, monkeypatch):
+    """Labels and affine equal the whole-volume Invertd + argmax: slabs that divide the depth or not, one slab,
+    one-slice slabs, a one-slice volume, align_corners False and True (MONAI scales an axis of one slice by 0
+    then: the affine must not come from a one-slice slab of a thicker volume)."""
+    inv, image = _inverter(slices, align, depth)
     g = torch.Generator().manual_seed(slices)
-    probs = torch.softmax(torch.randn(4, 32, 32, 11, generator=g) * 3, 0)
+    probs = torch.softmax(torch.randn(4, 32, 32, depth, generator=g) * 3, 0)
     ref = _reference_labels(inv, probs, image)
     expected, affine = ref.as_tensor().to(torch.uint8), ref.affine
     calls = []
@@ -134,7 +139,8 @@ def test_slab_labels_equal_monai_per_slab_with_and_without_the_planar_path(slice
     out = inv.labels({"image": image, "pred": probs})["pred"]
     assert out.dtype == torch.uint8 and torch.equal(out.as_tensor(), expected)
     assert torch.equal(out.affine, affine)
-    if planar_resize_matches((4, 32, 32, min(slices, 11)), _op(150, 140, min(slices, 11))):
+    op = _op(150, 140, slices, align=TraceKeys.NONE if align is None else align)
+    if slices <= depth and planar_resize_matches((4, 32, 32, slices), op):
         assert calls  # the planar path did run (full slabs; a shorter last one only when already checked)
     # the planar path refused: MONAI's resize with the fast argmax, the same labels
     calls.clear()
