@@ -89,7 +89,7 @@ def argmax_uint8(probabilities: torch.Tensor, out: torch.Tensor) -> torch.Tensor
     The input must hold no NaN (``torch.argmax`` takes NaN as the maximum, the comparisons here never do): the
     callers check that the low-resolution input is finite (interpolating finite values gives no NaN).
     """
-    p = probabilities.numpy()
+    p = probabilities.detach().numpy()
     o = out.numpy()
     o[...] = 0
     k = p.shape[0]
