@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer, sliding_window_inference
+from pipofan_monai.preprocessing.intensity import all_finite
 from pipofan_monai.preprocessing.slices import make_slab_indices
 from monai.utils import BlendMode, PytorchPadMode, convert_to_dst_type, look_up_option, optional_import
 
@@ -358,7 +359,7 @@ class SlidingSliceInferer(Inferer):
             raise ValueError(f"inputs must have 1 channel (B, 1, H, W, D), got {inputs.shape[1]} channels.")
         if min(inputs.shape) < 1:
             raise ValueError(f"inputs has an empty dimension: shape {tuple(inputs.shape)}.")
-        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        if not all_finite(inputs):
             n_nan = int(torch.isnan(inputs).sum())
             raise ValueError(f"inputs contains non-finite values ({n_nan} NaN, the rest +-inf): clean the image first.")
 

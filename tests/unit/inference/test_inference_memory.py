@@ -138,6 +138,11 @@ def test_all_finite_chunked_and_network_output_check():
     t = torch.randn(4, 8, 8, 10)
     assert all_finite(t, chunk=7) and all_finite(t.permute(3, 0, 1, 2), chunk=7)
     assert all_finite(torch.zeros(3, dtype=torch.int16))
+    # finite values whose sum overflows: checked value by value, still finite; a NaN among them is found
+    huge = torch.full((4, 8, 8, 10), 3e38)
+    assert not torch.isfinite(huge.sum()) and all_finite(huge, chunk=7)
+    huge[1, 2, 3, 4] = float("nan")
+    assert not all_finite(huge, chunk=7)
     for idx, value in (((3, 7, 7, 9), float("nan")), ((0, 0, 0, 0), float("inf")), ((2, 3, 4, 5), -float("inf"))):
         bad = t.clone()
         bad[idx] = value
