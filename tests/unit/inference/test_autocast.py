@@ -120,3 +120,26 @@ def test_inference_amp_on_the_cpu_runs_pytorch_in_bfloat16():
     assert half.dtype == torch.float32 and half.shape == ref.shape == (1, 4, 32, 32, 6)
     err = (half - ref).abs().max().item()
     assert 0 < err < 0.05  # computed in bfloat16: not bitwise the float32 result
+
+
+@pytest.mark.parametrize("device", ["cpu", "$torch.device('cpu')"])
+def test_train_config_amp_rule_with_device_as_string_or_torch_device(device, tmp_path, monkeypatch):
+    """MONAI Label overrides ``device`` with a string: the training config's mixed-precision rule reads either."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr(inferers, "cpu_has_native_bf16", lambda: True)
+    repo = Path(__file__).resolve().parents[3]
+    parser = ConfigParser()
+    parser.read_config(str(repo / "bundle" / "configs" / "train.json"))
+    parser.update({"bundle_root": str(repo / "bundle"), "device": device, "output_dir": str(tmp_path),
+                   "network_channels": [4, 8, 16, 32, 32]})
+    net = parser.get_parsed_content("network")
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert parser.get_parsed_content("train#inferer").dtype is torch.bfloat16
+    assert parser.get_parsed_content("validate#inferer").amp_dtype is torch.bfloat16
+    parser["amp"] = False
+    parser.ref_resolver.reset()
+    assert parser.get_parsed_content("train#inferer").dtype is None
