@@ -42,7 +42,8 @@ __all__ = [
 
 #: global class id -> number of components to keep in the default vocabulary: 1 liver, 2 kidney (left + right),
 #: 3 spleen -- ``{1: 1, 2: 2, 3: 1}``, from the organ table. Another vocabulary's rules:
-#: :py:func:`pipofan_monai.vocabulary.organs.num_components_for` (``"num_components"`` of inference.json).
+#: :py:func:`pipofan_monai.vocabulary.organs.num_components_for`, or a ``LabelSpace``'s ``num_components`` (what
+#: inference.json passes: ``label_space=@label_space``).
 DEFAULT_NUM_COMPONENTS: dict[int, int] = num_components_for(DEFAULT_CLASS_NAMES)
 
 
