@@ -22,7 +22,8 @@ import platform
 import resource
 import sys
 import tempfile
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -261,6 +262,22 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def rss_window() -> Any:
+    """Memory and time of a block: yields a dict that holds ``before_mib`` (RSS on entry) and, on exit (also after
+    an exception), ``peak_mib`` (the high-water mark, reset on entry), ``after_mib`` and ``seconds``. The one
+    measurement behind every section's per-stage peaks."""
+    rec: dict[str, float] = {"before_mib": _status_mib("VmRSS")}
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    try:
+        yield rec
+    finally:
+        rec["peak_mib"] = max(_status_mib("VmHWM"), _status_mib("VmRSS"))
+        rec["after_mib"] = _status_mib("VmRSS")
+        rec["seconds"] = time.perf_counter() - t0
 
 
 def _parse_ints(value: Any, name: str, n: int | None = None) -> tuple[int, ...]:

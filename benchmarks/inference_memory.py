@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import _reset_peak_rss, _status_mib  # noqa: E402  (the RSS helpers of every section)
+from benchmarks.common import _reset_peak_rss, _status_mib, rss_window  # noqa: E402  (the RSS helpers of every section)
 
 CLASS_NAMES = ("background", "liver", "kidney", "spleen")
 FULL_CHANNELS = (64, 128, 256, 512, 512)
@@ -92,16 +92,13 @@ class TransformPeaks:
     def __call__(self, stage: str, name: str | None = None) -> Iterator[None]:
         self.overall = max(self.overall, _status_mib("VmHWM"))
         self.current = name or stage
-        before = _status_mib("VmRSS")
-        _reset_peak_rss()
-        t0 = time.perf_counter()
+        window: dict = {}
         try:
-            yield
+            with rss_window() as window:
+                yield
         finally:
-            peak = max(_status_mib("VmHWM"), _status_mib("VmRSS"))
-            self.overall = max(self.overall, peak)
-            self.rows.append({"stage": stage, "name": name or stage, "before_mib": before, "peak_mib": peak,
-                              "after_mib": _status_mib("VmRSS"), "seconds": time.perf_counter() - t0})
+            self.overall = max(self.overall, window["peak_mib"])
+            self.rows.append({"stage": stage, "name": name or stage, **window})
             self.current = f"after {name or stage}"
             _reset_peak_rss()
 

@@ -30,7 +30,7 @@ import torch
 
 from pipofan_monai.vocabulary.datasets import CLASS_NAMES
 
-from benchmarks.common import DEFAULT_CONFIG, _progress, _reset_peak_rss, _status_mib, write_synthetic_ct
+from benchmarks.common import DEFAULT_CONFIG, _progress, _reset_peak_rss, _status_mib, rss_window, write_synthetic_ct
 
 # ------------------------------------------------------------------------------ inference memory at real size
 #: encoder widths of the narrow network of the memory section: the per-slice slope is the data path (load,
@@ -54,17 +54,15 @@ class _StagePeakRSS:
 
     @contextlib.contextmanager
     def __call__(self, stage: str, name: str | None = None):
-        before = _status_mib("VmRSS")
-        _reset_peak_rss()
-        t0 = time.perf_counter()
+        window: dict = {}
         try:
-            yield
+            with rss_window() as window:
+                yield
         finally:
-            peak = max(_status_mib("VmHWM"), _status_mib("VmRSS"))
             rec = self.stages.setdefault(stage, {"peak_mib": 0.0, "rise_mib": 0.0, "seconds": 0.0})
-            rec["peak_mib"] = max(rec["peak_mib"], peak)
-            rec["rise_mib"] = max(rec["rise_mib"], peak - before)
-            rec["seconds"] += time.perf_counter() - t0
+            rec["peak_mib"] = max(rec["peak_mib"], window["peak_mib"])
+            rec["rise_mib"] = max(rec["rise_mib"], window["peak_mib"] - window["before_mib"])
+            rec["seconds"] += window["seconds"]
 
 
 def _inference_memory_cases(spec: Mapping[str, Any]) -> list[dict]:

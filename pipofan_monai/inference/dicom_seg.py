@@ -41,7 +41,7 @@ from typing import Any, Hashable, Mapping, Sequence
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from pipofan_monai.inference.dicom_codes import (  # noqa: F401  (re-exported: their former home)
+from pipofan_monai.inference.dicom_codes import (  # noqa: F401  (used here, and importable from here as before the split)
     _AI_FAMILY,
     SEGMENT_CATEGORY_ALTERED,
     SEGMENT_CATEGORY_ANATOMY,
@@ -50,7 +50,7 @@ from pipofan_monai.inference.dicom_codes import (  # noqa: F401  (re-exported: t
     rgb_to_dicom_lab,
     segment_code_for,
 )
-from pipofan_monai.inference.dicom_frames import (  # noqa: F401  (re-exported: their former home)
+from pipofan_monai.inference.dicom_frames import (  # noqa: F401  (used here, and importable from here as before the split)
     _as_array_and_affine,
     _checked_labels,
     _frames,
